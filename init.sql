@@ -1,0 +1,105 @@
+-- seatd schema. Applied by `seatd init-db`, by `make run`, by the test suite and by the
+-- PostgreSQL container on first start. Safe to run twice.
+--
+-- Every table that holds event data carries event_id, and every key, unique constraint and
+-- query includes it, so the tables can be distributed by event later without changing a query.
+-- The service's event actor is the first line of defence against double booking; the
+-- constraints below are the last: a seat can be in at most one live hold and one reservation.
+
+CREATE EXTENSION IF NOT EXISTS postgis;
+-- pg_cron must be created in the database named by the server setting cron.database_name
+-- (the service database; see docker-compose.yml and the README).
+CREATE EXTENSION IF NOT EXISTS pg_cron;
+
+CREATE TABLE IF NOT EXISTS events (
+    id                  text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'),
+    name                text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    starts_at           timestamptz,
+    venue               text,
+    location            geography(Point, 4326),
+    -- NULL means "use the service default" (DEFAULT_HOLD_DURATION, MAX_SEATS_PER_USER).
+    hold_duration_s     integer CHECK (hold_duration_s > 0),
+    max_seats_per_user  integer CHECK (max_seats_per_user > 0),
+    status              text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+    -- Bumped by every committed batch that changes seat state: the availability stream's clock.
+    version             bigint NOT NULL DEFAULT 0,
+    -- Bumped by each activating owner; every write is fenced by it (see seatd/adapters/postgres.py).
+    owner_epoch         bigint NOT NULL DEFAULT 0,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS events_location_idx ON events USING gist (location);
+CREATE INDEX IF NOT EXISTS events_starts_at_idx ON events (starts_at, id);
+
+CREATE TABLE IF NOT EXISTS seats (
+    event_id  text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    seat_id   text NOT NULL CHECK (length(seat_id) BETWEEN 1 AND 64),
+    section   text NOT NULL DEFAULT '',
+    row       text NOT NULL DEFAULT '',
+    number    integer,
+    category  text NOT NULL DEFAULT '',
+    x         double precision,
+    y         double precision,
+    -- Position in the organiser's seat list: listings keep that order.
+    ordinal   integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (event_id, seat_id)
+);
+
+CREATE TABLE IF NOT EXISTS holds (
+    event_id        text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    hold_id         uuid NOT NULL,
+    user_id         text NOT NULL,
+    created_at      timestamptz NOT NULL,
+    expires_at      timestamptz NOT NULL,
+    -- Refreshing never extends a hold past this instant.
+    max_expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (event_id, hold_id),
+    CHECK (expires_at <= max_expires_at)
+);
+CREATE INDEX IF NOT EXISTS holds_expires_at_idx ON holds (expires_at);
+
+-- The seats a hold covers. The primary key makes a seat part of at most one hold: a hold row
+-- exists only while it is live (expired, released and reserved holds are deleted).
+CREATE TABLE IF NOT EXISTS hold_seats (
+    event_id  text NOT NULL,
+    seat_id   text NOT NULL,
+    hold_id   uuid NOT NULL,
+    PRIMARY KEY (event_id, seat_id),
+    FOREIGN KEY (event_id, hold_id) REFERENCES holds (event_id, hold_id) ON DELETE CASCADE,
+    FOREIGN KEY (event_id, seat_id) REFERENCES seats (event_id, seat_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS hold_seats_hold_idx ON hold_seats (event_id, hold_id);
+
+-- One row per reserved seat; the primary key forbids reserving a seat twice.
+CREATE TABLE IF NOT EXISTS reservations (
+    event_id        text NOT NULL,
+    seat_id         text NOT NULL,
+    reservation_id  uuid NOT NULL,
+    user_id         text NOT NULL,
+    reserved_at     timestamptz NOT NULL,
+    PRIMARY KEY (event_id, seat_id),
+    FOREIGN KEY (event_id, seat_id) REFERENCES seats (event_id, seat_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS reservations_reservation_idx ON reservations (event_id, reservation_id);
+
+-- Outcomes of mutations sent with an idempotency key, written in the same transaction as the
+-- mutation itself, so a retried request gets the first answer even after a restart.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    event_id      text NOT NULL,
+    user_id       text NOT NULL,
+    key           text NOT NULL,
+    request_hash  text NOT NULL,
+    response      jsonb NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, user_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (created_at);
+
+-- Hourly safety net: the service expires holds itself (actor timer, Redis expiry notices), but
+-- holds of an event whose owner crashed stay behind until the event is loaded again. This job
+-- deletes exactly those rows; their hold_seats rows go with them (ON DELETE CASCADE).
+-- cron.schedule() with a job name replaces an existing job of that name, so re-running is safe.
+SELECT cron.schedule(
+    'seatd-expire-holds',
+    '0 * * * *',
+    $$DELETE FROM holds WHERE expires_at < now()$$
+);

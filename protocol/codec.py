@@ -1,0 +1,160 @@
+"""JSON frames <-> protocol messages. Pure functions; orjson does the JSON.
+
+A request frame is ``{"id": <string or integer>, "type": "<type>", ...fields}``. Decoding checks
+the envelope, then the fields against the request's dataclass; any problem becomes a
+``DecodeError`` naming the error code, the offending field (``details.path``) and, when the
+frame had a usable ``id``, that id, so the error reply can be matched to the request.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from protocol._validate import ValidationError, decoder, to_plain
+from protocol.messages import REQUEST_TYPES, Request
+
+__all__ = [
+    "DecodeError",
+    "RequestId",
+    "decode_request",
+    "encode_error",
+    "encode_push",
+    "encode_request",
+    "encode_result",
+    "format_time",
+    "parse_time",
+]
+
+RequestId = str | int
+_ENVELOPE = frozenset({"id", "type"})
+_DECODERS = {name: decoder(cls, ignore=_ENVELOPE) for name, cls in REQUEST_TYPES.items()}
+_INT64 = 2**63
+
+
+class DecodeError(ValueError):
+    """A frame that cannot be served; carries what the error reply needs."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        request_id: RequestId | None = None,
+        request_type: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.request_type = request_type
+        self.details = details
+
+
+def _request_id(value: object) -> RequestId | None:
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64:
+        return value
+    return None
+
+
+def decode_request(frame: str | bytes) -> tuple[RequestId, str, Request]:
+    """Parse and validate one request frame."""
+    try:
+        data = orjson.loads(frame)
+    except orjson.JSONDecodeError as error:
+        raise DecodeError("invalid_json", f"the frame is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise DecodeError("invalid_json", "a request must be a JSON object")
+    raw_id = data.get("id")
+    request_id = _request_id(raw_id)
+    raw_type = data.get("type")
+    if request_id is None:
+        problem = "is missing" if raw_id is None else "must be a non-empty string (at most 64 characters) or an integer"
+        raise DecodeError(
+            "invalid_request",
+            f"$.id {problem}",
+            request_type=raw_type if isinstance(raw_type, str) else None,
+            details={"path": "$.id"},
+        )
+    if not isinstance(raw_type, str):
+        raise DecodeError(
+            "invalid_request",
+            "$.type must be a string naming the request",
+            request_id=request_id,
+            details={"path": "$.type", "types": sorted(REQUEST_TYPES)},
+        )
+    decode = _DECODERS.get(raw_type)
+    if decode is None:
+        raise DecodeError(
+            "unknown_type",
+            f"unknown request type {raw_type[:64]!r}",
+            request_id=request_id,
+            details={"types": sorted(REQUEST_TYPES)},
+        )
+    try:
+        message = decode(data)
+    except ValidationError as error:
+        raise DecodeError(
+            "invalid_request",
+            str(error),
+            request_id=request_id,
+            request_type=raw_type,
+            details={"path": error.path, "reason": error.reason},
+        ) from None
+    return request_id, raw_type, message
+
+
+def encode_request(request_id: RequestId, request_type: str, message: object) -> bytes:
+    """A request frame (the SDK's side)."""
+    body = to_plain(message)
+    assert isinstance(body, dict)
+    return orjson.dumps({"id": request_id, "type": request_type, **body})
+
+
+def encode_result(request_id: RequestId, request_type: str, result: object) -> bytes:
+    return orjson.dumps({"id": request_id, "type": request_type, "ok": True, "result": to_plain(result)})
+
+
+def encode_error(
+    request_id: RequestId | None,
+    request_type: str | None,
+    code: str,
+    message: str,
+    *,
+    temporary: bool,
+    retry_after_ms: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message, "temporary": temporary}
+    if retry_after_ms is not None:
+        error["retry_after_ms"] = retry_after_ms
+    if details:
+        error["details"] = details
+    frame: dict[str, Any] = {"id": request_id, "ok": False, "error": error}
+    if request_type is not None:
+        frame["type"] = request_type
+    return orjson.dumps(frame)
+
+
+def encode_push(push_type: str, message: object) -> bytes:
+    body = to_plain(message)
+    assert isinstance(body, dict)
+    return orjson.dumps({"type": push_type, **body})
+
+
+def format_time(seconds: float) -> str:
+    """POSIX seconds -> RFC 3339 UTC with milliseconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> float:
+    """RFC 3339 (with offset, or Z) -> POSIX seconds; ValueError otherwise."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("the time needs an offset, e.g. 2026-12-01T19:30:00Z")
+    return value.timestamp()

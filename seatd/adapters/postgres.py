@@ -1,0 +1,355 @@
+"""PostgreSQL storage: the durable truth, written one transaction per actor batch.
+
+``persist`` first bumps the event's version *fenced by the owner epoch*: if another instance has
+claimed the event since this actor loaded it, zero rows match, the transaction is abandoned and
+``FencedOut`` is raised, so a paused or partitioned former owner can never write. The row lock
+that UPDATE takes also orders competing writers of one event.
+
+A batch's effects are netted first (a hold created and released in the same batch never touches
+the database) and then written with one statement per kind, using arrays (``unnest``) so a batch
+of a thousand holds costs a handful of round trips. Times travel as float seconds and are turned
+into timestamps by ``to_timestamp`` in SQL, which avoids building datetimes in Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from seatd.core import (
+    Effect,
+    EventInfo,
+    Hold,
+    HoldCreated,
+    HoldEnded,
+    HoldExtended,
+    Location,
+    Reservation,
+    ReservationCreated,
+    Seat,
+)
+from seatd.errors import EventExists, StoreUnavailable
+from seatd.runtime.ports import EventPage, FencedOut, IdempotencyRecord, LoadedEvent, NewEvent
+
+__all__ = ["PostgresStore", "connect_pool"]
+
+log = structlog.get_logger("seatd.postgres")
+
+# Failures that mean "the database is not reachable right now", as opposed to a refused query.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+_EVENT_COLUMNS = """
+    id, name, extract(epoch FROM starts_at)::float8 AS starts_at, venue,
+    ST_Y(location::geometry) AS latitude, ST_X(location::geometry) AS longitude,
+    hold_duration_s, max_seats_per_user, status
+"""
+
+_CLAIM = f"""
+UPDATE events SET owner_epoch = owner_epoch + 1 WHERE id = $1
+RETURNING {_EVENT_COLUMNS}, version, owner_epoch
+"""
+_SEATS = """
+SELECT seat_id, section, row, number, category, x, y FROM seats
+WHERE event_id = $1 ORDER BY ordinal, seat_id
+"""
+_HOLDS = """
+SELECT h.hold_id::text, h.user_id, extract(epoch FROM h.created_at)::float8,
+       extract(epoch FROM h.expires_at)::float8, extract(epoch FROM h.max_expires_at)::float8,
+       array_agg(s.seat_id ORDER BY s.seat_id)
+FROM holds h JOIN hold_seats s ON s.event_id = h.event_id AND s.hold_id = h.hold_id
+WHERE h.event_id = $1
+GROUP BY h.hold_id, h.user_id, h.created_at, h.expires_at, h.max_expires_at
+"""
+_RESERVATIONS = """
+SELECT reservation_id::text, user_id, array_agg(seat_id ORDER BY seat_id),
+       extract(epoch FROM min(reserved_at))::float8
+FROM reservations WHERE event_id = $1 GROUP BY reservation_id, user_id
+"""
+_FENCE = "UPDATE events SET version = $3 WHERE id = $1 AND owner_epoch = $2"
+_DELETE_HOLDS = "DELETE FROM holds WHERE event_id = $1 AND hold_id = ANY($2::uuid[])"
+_EXTEND_HOLDS = """
+UPDATE holds h SET expires_at = to_timestamp(u.expires_at)
+FROM unnest($2::uuid[], $3::float8[]) AS u(hold_id, expires_at)
+WHERE h.event_id = $1 AND h.hold_id = u.hold_id
+"""
+_INSERT_HOLDS = """
+INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at, max_expires_at)
+SELECT $1, u.hold_id, u.user_id, to_timestamp(u.created_at), to_timestamp(u.expires_at),
+       to_timestamp(u.max_expires_at)
+FROM unnest($2::uuid[], $3::text[], $4::float8[], $5::float8[], $6::float8[])
+     AS u(hold_id, user_id, created_at, expires_at, max_expires_at)
+"""
+_INSERT_HOLD_SEATS = """
+INSERT INTO hold_seats (event_id, seat_id, hold_id)
+SELECT $1, u.seat_id, u.hold_id FROM unnest($2::text[], $3::uuid[]) AS u(seat_id, hold_id)
+"""
+_INSERT_RESERVATIONS = """
+INSERT INTO reservations (event_id, seat_id, reservation_id, user_id, reserved_at)
+SELECT $1, u.seat_id, u.reservation_id, u.user_id, to_timestamp(u.reserved_at)
+FROM unnest($2::text[], $3::uuid[], $4::text[], $5::float8[])
+     AS u(seat_id, reservation_id, user_id, reserved_at)
+"""
+_INSERT_IDEMPOTENCY = """
+INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
+SELECT $1, u.user_id, u.key, u.request_hash, u.response::jsonb
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(user_id, key, request_hash, response)
+ON CONFLICT DO NOTHING
+"""
+_INSERT_EVENT = """
+INSERT INTO events (id, name, starts_at, venue, location, hold_duration_s, max_seats_per_user, status)
+VALUES ($1, $2, to_timestamp($3), $4,
+        CASE WHEN $5::float8 IS NULL THEN NULL
+             ELSE ST_SetSRID(ST_MakePoint($6::float8, $5::float8), 4326)::geography END,
+        $7, $8, $9)
+"""
+
+
+async def connect_pool(
+    *, host: str, port: int, user: str, password: str, database: str, max_size: int
+) -> asyncpg.Pool:
+    """A connection pool; raises StoreUnavailable with the reason if the database is down."""
+    try:
+        pool = await asyncpg.create_pool(
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            database=database,
+            min_size=1,
+            max_size=max_size,
+            command_timeout=15,
+            timeout=5,
+        )
+    except _UNAVAILABLE as error:
+        raise StoreUnavailable(f"cannot reach PostgreSQL at {host}:{port}: {error}") from error
+    assert pool is not None
+    return pool
+
+
+class PostgresStore:
+    """``SeatStore`` on an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
+
+    async def ping(self) -> bool:
+        try:
+            async with self._pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+        except Exception:
+            return False
+        return True
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def create_event(self, event: NewEvent) -> None:
+        info = event.info
+        location = info.location
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(
+                    _INSERT_EVENT,
+                    info.event_id,
+                    info.name,
+                    info.starts_at,
+                    info.venue,
+                    location.latitude if location else None,
+                    location.longitude if location else None,
+                    info.hold_duration_s,
+                    info.max_seats_per_user,
+                    info.status,
+                )
+                await conn.copy_records_to_table(
+                    "seats",
+                    records=[
+                        (info.event_id, s.seat_id, s.section, s.row, s.number, s.category, s.x, s.y, i)
+                        for i, s in enumerate(event.seats)
+                    ],
+                    columns=["event_id", "seat_id", "section", "row", "number", "category", "x", "y", "ordinal"],
+                )
+        except asyncpg.UniqueViolationError as error:
+            if error.table_name == "events" or error.constraint_name == "events_pkey":
+                raise EventExists(
+                    f"event {info.event_id} already exists", details={"event_id": info.event_id}
+                ) from error
+            raise
+
+    async def list_events(
+        self,
+        *,
+        near: tuple[float, float] | None,
+        radius_m: float | None,
+        limit: int,
+        after: str | None,
+    ) -> EventPage:
+        async with self._transaction() as conn:
+            if near is not None:
+                rows = await conn.fetch(
+                    f"""
+                    SELECT {_EVENT_COLUMNS},
+                           ST_Distance(location, ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography)
+                             AS distance
+                    FROM events
+                    WHERE location IS NOT NULL
+                      AND ($3::float8 IS NULL OR ST_DWithin(
+                            location, ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, $3))
+                    ORDER BY location <-> ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, id
+                    LIMIT $4
+                    """,
+                    near[0],
+                    near[1],
+                    radius_m,
+                    limit,
+                )
+                return EventPage(tuple((_event_info(r), r["distance"]) for r in rows), None)
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE ($1::text IS NULL OR id > $1) "
+                "ORDER BY id LIMIT $2",
+                after,
+                limit + 1,
+            )
+        page = rows[:limit]
+        next_after = page[-1]["id"] if len(rows) > limit else None
+        return EventPage(tuple((_event_info(r), None) for r in page), next_after)
+
+    async def load_event(self, event_id: str) -> LoadedEvent | None:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_CLAIM, event_id)
+            if row is None:
+                return None
+            seats = tuple(Seat(*r) for r in await conn.fetch(_SEATS, event_id))
+            holds = tuple(
+                Hold(r[0], r[1], tuple(r[5]), r[2], r[3], r[4])
+                for r in await conn.fetch(_HOLDS, event_id)
+            )
+            reservations = tuple(
+                Reservation(r[0], r[1], tuple(r[2]), r[3])
+                for r in await conn.fetch(_RESERVATIONS, event_id)
+            )
+        return LoadedEvent(
+            _event_info(row), seats, holds, reservations, row["version"], row["owner_epoch"]
+        )
+
+    # --- the batch write -------------------------------------------------------------------
+
+    async def persist(
+        self,
+        event_id: str,
+        epoch: int,
+        version: int,
+        effects: Sequence[Effect],
+        idempotency: Sequence[IdempotencyRecord] = (),
+    ) -> None:
+        net = _NetEffects(effects)
+        async with self._transaction() as conn:
+            status = await conn.execute(_FENCE, event_id, epoch, version)
+            if status != "UPDATE 1":
+                raise FencedOut(f"event {event_id}: owner epoch {epoch} is no longer current")
+            if net.deleted:
+                await conn.execute(_DELETE_HOLDS, event_id, net.deleted)
+            if net.extended:
+                await conn.execute(
+                    _EXTEND_HOLDS,
+                    event_id,
+                    [h.hold_id for h in net.extended.values()],
+                    [h.expires_at for h in net.extended.values()],
+                )
+            if net.created:
+                holds = list(net.created.values())
+                await conn.execute(
+                    _INSERT_HOLDS,
+                    event_id,
+                    [h.hold_id for h in holds],
+                    [h.user_id for h in holds],
+                    [h.created_at for h in holds],
+                    [h.expires_at for h in holds],
+                    [h.max_expires_at for h in holds],
+                )
+                await conn.execute(
+                    _INSERT_HOLD_SEATS,
+                    event_id,
+                    [sid for h in holds for sid in h.seat_ids],
+                    [h.hold_id for h in holds for _ in h.seat_ids],
+                )
+            if net.reservations:
+                rs = net.reservations
+                await conn.execute(
+                    _INSERT_RESERVATIONS,
+                    event_id,
+                    [sid for r in rs for sid in r.seat_ids],
+                    [r.reservation_id for r in rs for _ in r.seat_ids],
+                    [r.user_id for r in rs for _ in r.seat_ids],
+                    [r.reserved_at for r in rs for _ in r.seat_ids],
+                )
+            if idempotency:
+                await conn.execute(
+                    _INSERT_IDEMPOTENCY,
+                    event_id,
+                    [r.user_id for r in idempotency],
+                    [r.key for r in idempotency],
+                    [r.request_hash for r in idempotency],
+                    [r.response.decode() for r in idempotency],
+                )
+
+
+class _NetEffects:
+    """A batch's effects reduced to the rows to delete, update and insert.
+
+    Deleting before inserting is safe: the core guarantees the batch's final state is
+    consistent, so after the deletes no inserted seat row can collide with a live one.
+    """
+
+    __slots__ = ("created", "deleted", "extended", "reservations")
+
+    def __init__(self, effects: Sequence[Effect]) -> None:
+        self.created: dict[str, Hold] = {}
+        self.extended: dict[str, Hold] = {}
+        self.deleted: list[str] = []
+        self.reservations: list[Reservation] = []
+        for effect in effects:
+            if isinstance(effect, HoldCreated):
+                self.created[effect.hold.hold_id] = effect.hold
+            elif isinstance(effect, HoldExtended):
+                hold = effect.hold
+                target = self.created if hold.hold_id in self.created else self.extended
+                target[hold.hold_id] = hold
+            elif isinstance(effect, HoldEnded):
+                hold_id = effect.hold.hold_id
+                if self.created.pop(hold_id, None) is None:
+                    self.extended.pop(hold_id, None)
+                    self.deleted.append(hold_id)
+            elif isinstance(effect, ReservationCreated):
+                self.reservations.append(effect.reservation)
+
+
+def _event_info(row: Any) -> EventInfo:
+    latitude, longitude = row["latitude"], row["longitude"]
+    return EventInfo(
+        event_id=row["id"],
+        name=row["name"],
+        starts_at=row["starts_at"],
+        venue=row["venue"],
+        location=Location(latitude, longitude) if latitude is not None else None,
+        hold_duration_s=row["hold_duration_s"],
+        max_seats_per_user=row["max_seats_per_user"],
+        status=row["status"],
+    )

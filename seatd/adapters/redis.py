@@ -1,0 +1,276 @@
+"""Redis: a live mirror of holds for operators and other services, and expiry notices.
+
+Mirror. After each committed batch the owner writes, per event (all keys share the hash tag
+``{event_id}`` so an event lives on one Redis Cluster slot):
+
+- ``seatd:{E}:hold:<hold_id>``: JSON ``{user_id, seat_ids, expires_at}``, expiring at the hold's
+  ``expires_at`` (``PXAT``), deleted when the hold ends;
+- ``seatd:{E}:held_by_user``: hash ``user_id -> seats held now``.
+
+Writes are queued and sent in pipelines by one background task, never on the actor's path; if
+Redis is down they are dropped and the mirror is marked unhealthy. When Redis answers again the
+mirror rewrites every active event's keys from memory (Redis may have come back empty).
+
+Notices. Redis publishes ``__keyevent@<db>__:expired`` when it evicts an expired key; a hold key's
+eviction becomes an ``Expire(hold_id)`` hint for the event's actor. Eviction can lag the TTL by
+minutes, and the hint only asks the actor to expire what is due by its own clock, so a late or
+duplicate notice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from seatd.core import Effect, EventState, Expire, Hold, HoldCreated, HoldEnded, HoldExtended
+
+__all__ = ["ExpiryListener", "RedisMirror", "hold_key", "parse_hold_key", "user_counts_key"]
+
+log = structlog.get_logger("seatd.redis")
+
+_PREFIX = "seatd:{"
+
+
+def hold_key(event_id: str, hold_id: str) -> str:
+    return f"seatd:{{{event_id}}}:hold:{hold_id}"
+
+
+def user_counts_key(event_id: str) -> str:
+    return f"seatd:{{{event_id}}}:held_by_user"
+
+
+def parse_hold_key(key: str) -> tuple[str, str] | None:
+    """``(event_id, hold_id)`` of a hold key, or None for any other key."""
+    if not key.startswith(_PREFIX):
+        return None
+    event_id, sep, rest = key[len(_PREFIX) :].partition("}:hold:")
+    if not sep or not event_id or not rest:
+        return None
+    return event_id, rest
+
+
+def _hold_value(hold: Hold) -> bytes:
+    return orjson.dumps(
+        {"user_id": hold.user_id, "seat_ids": hold.seat_ids, "expires_at": hold.expires_at}
+    )
+
+
+def make_client(host: str, port: int, db: int, password: str | None) -> aioredis.Redis:
+    return aioredis.Redis(
+        host=host,
+        port=port,
+        db=db,
+        password=password,
+        socket_timeout=3,
+        socket_connect_timeout=3,
+        decode_responses=False,
+    )
+
+
+class RedisMirror:
+    """``CommitObserver`` that mirrors live holds into Redis, off the actor's path."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        live_states: Callable[[], Iterable[tuple[str, EventState]]],
+        *,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._live_states = live_states
+        self._retry_interval = retry_interval
+        self._ops: list[tuple[Any, ...]] = []
+        self._pending = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = False
+        self._needs_resync = True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis:mirror")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def committed(
+        self, event_id: str, version: int, effects: Sequence[Effect], state: object
+    ) -> None:
+        if not self.healthy and self._needs_resync:
+            return  # the resync after reconnecting rewrites everything anyway
+        assert isinstance(state, EventState)
+        ops = self._ops
+        users: set[str] = set()
+        for effect in effects:
+            if isinstance(effect, HoldCreated | HoldExtended):
+                hold = effect.hold
+                ops.append(("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at))
+                users.add(hold.user_id)
+            elif isinstance(effect, HoldEnded):
+                ops.append(("del", hold_key(event_id, effect.hold.hold_id)))
+                users.add(effect.hold.user_id)
+        if users:
+            counts_key = user_counts_key(event_id)
+            for user in users:
+                ops.append(("count", counts_key, user, state.held_seat_count(user)))
+        if ops:
+            self._pending.set()
+
+    async def _run(self) -> None:
+        while True:
+            if self._needs_resync:
+                if not await self._try(self._resync()):
+                    await asyncio.sleep(self._retry_interval)
+                    continue
+                self._needs_resync = False
+            await self._pending.wait()
+            self._pending.clear()
+            ops, self._ops = self._ops, []
+            if ops and not await self._try(self._send(ops)):
+                self._needs_resync = True
+
+    async def _try(self, action: Awaitable[None]) -> bool:
+        try:
+            await action
+        except (RedisError, OSError) as error:
+            if self.healthy:
+                log.warning("redis_unavailable", error=str(error))
+            self.healthy = False
+            return False
+        if not self.healthy:
+            log.info("redis_available")
+        self.healthy = True
+        return True
+
+    async def _send(self, ops: list[tuple[Any, ...]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for op in ops:
+            _apply(pipe, op)
+        await pipe.execute()
+
+    async def _resync(self) -> None:
+        """Rewrite every active event's keys from memory; drop keys of holds that ended."""
+        await self._client.ping()
+        for event_id, state in list(self._live_states()):
+            live = {h.hold_id: h for h in state.live_holds()}
+            pipe = self._client.pipeline(transaction=False)
+            async for raw in self._client.scan_iter(match=f"seatd:{{{event_id}}}:hold:*", count=500):
+                parsed = parse_hold_key(raw.decode())
+                if parsed is not None and parsed[1] not in live:
+                    pipe.delete(raw)
+            counts_key = user_counts_key(event_id)
+            pipe.delete(counts_key)
+            users: set[str] = set()
+            for hold in live.values():
+                _apply(pipe, ("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at))
+                users.add(hold.user_id)
+            for user in users:
+                pipe.hset(counts_key, user, state.held_seat_count(user))
+            await pipe.execute()
+        # Ops queued before the resync are already reflected in it.
+        self._ops.clear()
+
+
+def _apply(pipe: Any, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    if kind == "set":
+        _, key, value, expires_at = op
+        pipe.set(key, value, pxat=max(int(expires_at * 1000), 1))
+    elif kind == "del":
+        pipe.delete(op[1])
+    elif kind == "count":
+        _, key, user, count = op
+        if count:
+            pipe.hset(key, user, count)
+        else:
+            pipe.hdel(key, user)
+
+
+class ExpiryListener:
+    """Turns Redis key-expiry notices for hold keys into ``Expire`` hints for the actors."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        db: int,
+        deliver: Callable[[str, Expire], None],
+        *,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._channel = f"__keyevent@{db}__:expired"
+        self._deliver = deliver
+        self._retry_interval = retry_interval
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = False
+        self.on_reconnect: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis:expiry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as error:
+                if self.healthy:
+                    log.warning("redis_notices_lost", error=str(error))
+                self.healthy = False
+            await asyncio.sleep(self._retry_interval)
+
+    async def _listen(self) -> None:
+        await self._enable_notifications()
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+            self.healthy = True
+            log.info("redis_notices_subscribed", channel=self._channel)
+            if self.on_reconnect is not None:
+                self.on_reconnect()
+            while True:
+                message = await pubsub.get_message(timeout=5.0)
+                if message is None:
+                    await self._client.ping()  # notice a dead connection while idle
+                    continue
+                data = message.get("data")
+                key = data.decode() if isinstance(data, bytes) else str(data)
+                parsed = parse_hold_key(key)
+                if parsed is not None:
+                    event_id, hold_id = parsed
+                    self._deliver(event_id, Expire(hold_id))
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _enable_notifications(self) -> None:
+        """Make sure expired-key events are on, keeping any flags the operator set."""
+        try:
+            current = (await self._client.config_get("notify-keyspace-events")).get(
+                b"notify-keyspace-events", b""
+            )
+            flags = current.decode() if isinstance(current, bytes) else str(current)
+            has_expired = "x" in flags or "A" in flags
+            if not ("E" in flags and has_expired):
+                wanted = "".join(sorted(set(flags) | {"E", "x"}))
+                await self._client.config_set("notify-keyspace-events", wanted)
+        except ResponseError as error:  # CONFIG may be disabled on managed Redis
+            log.warning(
+                "redis_config_refused",
+                error=str(error),
+                hint="set notify-keyspace-events to include 'Ex' on the Redis server",
+            )

@@ -1,0 +1,119 @@
+"""Composition root: wires PostgreSQL, Redis, the actors and the gateway; runs until a signal.
+
+Shutdown on SIGTERM/SIGINT: stop accepting connections, refuse new requests with
+``shutting_down``, let every request in flight finish (its batch commits and it is answered),
+stop the actors, say goodbye to each client (``goaway`` push, close 1012), close the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import structlog
+
+from seatd.adapters.postgres import PostgresStore, connect_pool
+from seatd.adapters.redis import ExpiryListener, RedisMirror, make_client
+from seatd.auth import TokenAuthority
+from seatd.config import Settings
+from seatd.core import Policy
+from seatd.errors import StoreUnavailable
+from seatd.gateway.connection import GatewayContext
+from seatd.gateway.server import Gateway, Readiness
+from seatd.runtime.actor import ActorSettings
+from seatd.runtime.ports import Clock, SystemClock
+from seatd.runtime.registry import Registry
+
+__all__ = ["App", "run"]
+
+log = structlog.get_logger("seatd.app")
+
+
+class App:
+    """One running seatd instance."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    async def _connect_postgres(self) -> PostgresStore:
+        s = self.settings
+        deadline = time.monotonic() + s.startup_timeout
+        while True:
+            try:
+                pool = await connect_pool(
+                    host=s.postgres_host, port=s.postgres_port, user=s.postgres_user,
+                    password=s.postgres_password, database=s.postgres_db, max_size=s.pg_pool_size,
+                )
+                self._pool = pool
+                return PostgresStore(pool)
+            except StoreUnavailable as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("waiting_for_postgres", error=error.message)
+                await asyncio.sleep(1.0)
+
+    async def run(self) -> None:
+        s = self.settings
+        store = await self._connect_postgres()
+        policy = Policy(s.default_hold_duration, s.max_seats_per_user, s.max_hold_lifetime)
+        registry = Registry(
+            store, self.clock, policy,
+            ActorSettings(max_batch=s.max_batch, mailbox_limit=s.mailbox_limit, idle_timeout=s.actor_idle_timeout),
+        )
+        redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
+        mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
+        registry.observers.append(mirror)
+        listener = ExpiryListener(redis, s.redis_db, registry.tell)
+        mirror.start()
+        listener.start()
+        ctx = GatewayContext(
+            registry=registry, store=store, policy=policy, clock=self.clock.now,
+            max_frame_bytes=s.max_frame_bytes, max_inflight=s.max_inflight, send_queue=s.send_queue,
+        )
+
+        async def readiness() -> Readiness:
+            pg_ok = await store.ping()
+            redis_ok = mirror.healthy and listener.healthy
+            checks = {
+                "postgres": "ok" if pg_ok else "unavailable",
+                "redis": "ok" if redis_ok else "unavailable",
+                "accepting": "no" if ctx.draining else "yes",
+            }
+            return Readiness(ready=pg_ok and not ctx.draining, degraded=not redis_ok, checks=checks)
+
+        gateway = Gateway(ctx, TokenAuthority(s.jwt_secret), readiness)
+        await gateway.start(s.host, s.port)
+        self.gateway = gateway
+        self.registry = registry
+        log.info("serving", host=s.host, port=gateway.port, settings=s.public())
+        self.started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("shutting_down", connections=len(gateway.connections), events=len(registry))
+            await gateway.drain(s.shutdown_timeout)
+            await registry.close(s.shutdown_timeout)
+            await gateway.close()
+            await listener.close()
+            await mirror.close()
+            await redis.aclose()
+            await self._pool.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def run(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = App(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, app.stop)
+    await app.run()

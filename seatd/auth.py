@@ -1,0 +1,80 @@
+"""Access tokens: HS256 JWTs with ``sub`` (who), ``role`` (what they may do) and ``exp``.
+
+Identity always comes from a verified token, never from a request field: a ``user`` acts as
+itself, an ``agent`` (a box office, a kiosk) acts for the customer each request names in
+``on_behalf_of``, and only an ``admin`` creates events. PyJWT does the signing and the claim
+checks (expiry, required claims) so we do not hand-roll cryptography.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+
+from seatd.errors import Forbidden, InvalidRequest, Unauthenticated
+
+__all__ = ["ROLES", "Identity", "Role", "TokenAuthority"]
+
+Role = Literal["admin", "agent", "user"]
+ROLES: tuple[Role, ...] = ("admin", "agent", "user")
+_ALGORITHM = "HS256"
+_LEEWAY_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    role: Role
+    expires_at: float | None = None
+
+    def acting_for(self, on_behalf_of: str | None) -> str:
+        """The customer a request acts for, or Forbidden/InvalidRequest if it may not."""
+        if on_behalf_of is None:
+            if self.role == "agent":
+                raise InvalidRequest(
+                    "an agent must name the customer in on_behalf_of",
+                    details={"path": "$.on_behalf_of"},
+                )
+            return self.user_id
+        if self.role == "user" and on_behalf_of != self.user_id:
+            raise Forbidden("a user token can only act for its own user")
+        return on_behalf_of
+
+    def require_admin(self, action: str) -> None:
+        if self.role != "admin":
+            raise Forbidden(f"only an admin may {action}")
+
+
+class TokenAuthority:
+    """Mints and verifies tokens with one shared secret."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def mint(self, subject: str, role: Role, ttl_s: float = 86400.0, now: float | None = None) -> str:
+        issued = time.time() if now is None else now
+        claims = {"sub": subject, "role": role, "iat": int(issued), "exp": int(issued + ttl_s)}
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                options={"require": ["sub", "exp"]},
+                leeway=_LEEWAY_S,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthenticated(f"invalid token: {error}") from None
+        subject, role = claims.get("sub"), claims.get("role", "user")
+        if not isinstance(subject, str) or not 0 < len(subject) <= 128:
+            raise Unauthenticated("invalid token: sub must be a string of 1 to 128 characters")
+        if role not in ROLES:
+            raise Unauthenticated(f"invalid token: role must be one of {', '.join(ROLES)}")
+        return Identity(subject, role, float(claims["exp"]))

@@ -1,0 +1,189 @@
+"""The ``seatd`` command: serve, init-db, create-event, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEMO_EVENT_ID = "demo"
+
+
+def _settings_or_exit(*, need_secret: bool = True) -> object:
+    from seatd.config import ConfigError, Settings
+
+    env = dict(os.environ)
+    if not need_secret:
+        env.setdefault("SEATD_JWT_SECRET", "x" * 32)
+    try:
+        return Settings.from_env(env)
+    except ConfigError as error:
+        print(f"seatd: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from seatd.app import run
+    from seatd.config import Settings
+    from seatd.logging import configure_logging
+
+    settings = _settings_or_exit()
+    assert isinstance(settings, Settings)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works, only slower
+        asyncio.run(run(settings))
+    else:
+        uvloop.run(run(settings))
+    return 0
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from seatd.config import Settings
+
+    settings = _settings_or_exit(need_secret=False)
+    assert isinstance(settings, Settings)
+    sql = Path(args.file).read_text() if args.file else _bundled_schema()
+
+    async def apply() -> None:
+        conn = await asyncpg.connect(
+            host=settings.postgres_host, port=settings.postgres_port, user=settings.postgres_user,
+            password=settings.postgres_password, database=settings.postgres_db,
+        )
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(apply())
+    print("schema applied")
+    return 0
+
+
+def _bundled_schema() -> str:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "init.sql", here / "sql" / "init.sql"):
+        if candidate.exists():
+            return candidate.read_text()
+    raise SystemExit("seatd: init.sql not found; pass --file PATH")
+
+
+def _create_event(args: argparse.Namespace) -> int:
+    from protocol.messages import CreateEvent, SeatBlock
+    from seatd.adapters.postgres import PostgresStore, connect_pool
+    from seatd.config import Settings
+    from seatd.errors import EventExists
+    from seatd.gateway.translate import new_event
+
+    settings = _settings_or_exit(need_secret=False)
+    assert isinstance(settings, Settings)
+    rows = tuple(_row_names(args.rows))
+    request = CreateEvent(
+        name=args.name,
+        event_id=args.event_id,
+        venue=args.venue,
+        blocks=tuple(
+            SeatBlock(rows=rows, seats_per_row=args.seats_per_row, section=section, category=category)
+            for section, category in _sections(args.sections)
+        ),
+    )
+    event = new_event(request)
+
+    async def create() -> bool:
+        pool = await connect_pool(
+            host=settings.postgres_host, port=settings.postgres_port, user=settings.postgres_user,
+            password=settings.postgres_password, database=settings.postgres_db, max_size=1,
+        )
+        try:
+            await PostgresStore(pool).create_event(event)
+        except EventExists:
+            return False
+        finally:
+            await pool.close()
+        return True
+
+    created = asyncio.run(create())
+    verb = "created" if created else "already exists:"
+    print(f"event {verb} {event.info.event_id} ({len(event.seats)} seats)")
+    return 0 if created or args.demo else 1
+
+
+def _row_names(count: int) -> list[str]:
+    names: list[str] = []
+    for i in range(count):
+        name, n = "", i
+        while True:
+            name = chr(ord("A") + n % 26) + name
+            n = n // 26 - 1
+            if n < 0:
+                break
+        names.append(name)
+    return names
+
+
+def _sections(spec: str) -> list[tuple[str, str]]:
+    result = []
+    for part in spec.split(","):
+        section, _, category = part.strip().partition(":")
+        result.append((section, category or "standard"))
+    return result
+
+
+def _token(args: argparse.Namespace) -> int:
+    from seatd.auth import TokenAuthority
+
+    secret = os.environ.get("SEATD_JWT_SECRET", "")
+    if len(secret) < 16:
+        print("seatd: set SEATD_JWT_SECRET (the server's secret) to mint a token", file=sys.stderr)
+        return 2
+    print(TokenAuthority(secret).mint(args.sub, args.role, ttl_s=args.ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seatd", description="Real-time event seat reservation service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (configured by environment variables)")
+    serve.set_defaults(func=_serve)
+
+    init_db = sub.add_parser("init-db", help="apply the schema (init.sql) to POSTGRES_DB")
+    init_db.add_argument("--file", help="schema file (default: the bundled init.sql)")
+    init_db.set_defaults(func=_init_db)
+
+    create = sub.add_parser("create-event", help="create an event with rows of numbered seats")
+    create.add_argument("--demo", action="store_true", help="the demo event (id 'demo'); fine if it exists")
+    create.add_argument("--event-id", default=None)
+    create.add_argument("--name", default="Demo concert")
+    create.add_argument("--venue", default="Demo hall")
+    create.add_argument("--rows", type=int, default=10, help="rows per section (A, B, ...)")
+    create.add_argument("--seats-per-row", type=int, default=20)
+    create.add_argument("--sections", default="floor:standard,balcony:premium", help="section[:category],...")
+    create.set_defaults(func=_create_event)
+
+    token = sub.add_parser("token", help="mint an access token signed with SEATD_JWT_SECRET")
+    token.add_argument("--sub", required=True, help="the user id (or agent/admin id)")
+    token.add_argument("--role", choices=["admin", "agent", "user"], default="user")
+    token.add_argument("--ttl", type=float, default=86400.0, help="seconds until it expires")
+    token.set_defaults(func=_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "demo", False) and args.event_id is None:
+        args.event_id = DEMO_EVENT_ID
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Settings, read once from the environment and validated before anything starts.
+
+Every variable is listed in ``VARIABLES`` with its default and meaning; the README's
+configuration table is this list. A bad value stops the service with a message naming the
+variable, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["VARIABLES", "ConfigError", "Settings", "Variable"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    name: str
+    field: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters (use a long random string)")
+    return raw
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PORT", "port", "8080", _int_range(0, 65535), "TCP port of the WebSocket and HTTP endpoint."),
+    Variable("SEATD_HOST", "host", "0.0.0.0", _text, "Address to listen on."),
+    Variable("POSTGRES_HOST", "postgres_host", "localhost", _text, "PostgreSQL host."),
+    Variable("POSTGRES_PORT", "postgres_port", "5432", _int_range(1, 65535), "PostgreSQL port."),
+    Variable("POSTGRES_USER", "postgres_user", "seatd", _text, "PostgreSQL user."),
+    Variable("POSTGRES_PASSWORD", "postgres_password", "", str, "PostgreSQL password."),
+    Variable("POSTGRES_DB", "postgres_db", "seatd", _text, "PostgreSQL database."),
+    Variable("SEATD_PG_POOL_SIZE", "pg_pool_size", "10", _int_range(1, 200), "Most PostgreSQL connections this instance opens."),
+    Variable("REDIS_HOST", "redis_host", "localhost", _text, "Redis host."),
+    Variable("REDIS_PORT", "redis_port", "6379", _int_range(1, 65535), "Redis port."),
+    Variable("REDIS_DB", "redis_db", "0", _int_range(0, 1000), "Redis database number."),
+    Variable("REDIS_PASSWORD", "redis_password", "", str, "Redis password (empty: none)."),
+    Variable("DEFAULT_HOLD_DURATION", "default_hold_duration", "300", _seconds(1, 86400), "Seconds a hold lasts (and a refresh extends it by), unless the event overrides it."),
+    Variable("MAX_SEATS_PER_USER", "max_seats_per_user", "8", _int_range(1, 10000), "Seats one user may hold plus reserve per event, unless the event overrides it."),
+    Variable("MAX_HOLD_LIFETIME", "max_hold_lifetime", "1800", _seconds(1, 7 * 86400), "Longest total life of a hold, however often refreshed (at least the hold duration)."),
+    Variable("SEATD_JWT_SECRET", "jwt_secret", None, _secret, "HS256 secret that signs access tokens (required)."),
+    Variable("SEATD_ACTOR_IDLE_TIMEOUT", "actor_idle_timeout", "60", _seconds(0.05, 86400), "Seconds an event stays in memory without commands."),
+    Variable("SEATD_MAX_BATCH", "max_batch", "512", _int_range(1, 100_000), "Most commands one event commits in one transaction."),
+    Variable("SEATD_MAILBOX_LIMIT", "mailbox_limit", "10000", _int_range(1, 10_000_000), "Most commands queued per event before new ones are refused (overloaded)."),
+    Variable("SEATD_MAX_FRAME_BYTES", "max_frame_bytes", "65536", _int_range(256, 64 * 1024 * 1024), "Largest WebSocket frame a client may send."),
+    Variable("SEATD_MAX_INFLIGHT", "max_inflight", "256", _int_range(1, 100_000), "Requests one connection may have in progress; the server stops reading past it."),
+    Variable("SEATD_SEND_QUEUE", "send_queue", "1024", _int_range(8, 1_000_000), "Messages queued for one connection before it is closed as a slow consumer."),
+    Variable("SEATD_SHUTDOWN_TIMEOUT", "shutdown_timeout", "10", _seconds(0, 600), "Seconds to finish in-flight work on SIGTERM before closing anyway."),
+    Variable("SEATD_STARTUP_TIMEOUT", "startup_timeout", "30", _seconds(0, 3600), "Seconds to wait for PostgreSQL at start."),
+    Variable("LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level."),
+    Variable("LOG_FORMAT", "log_format", "auto", _choice("auto", "json", "console"), "json, console, or auto (console on a terminal)."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int
+    host: str
+    postgres_host: str
+    postgres_port: int
+    postgres_user: str
+    postgres_password: str
+    postgres_db: str
+    pg_pool_size: int
+    redis_host: str
+    redis_port: int
+    redis_db: int
+    redis_password: str
+    default_hold_duration: float
+    max_seats_per_user: int
+    max_hold_lifetime: float
+    jwt_secret: str
+    actor_idle_timeout: float
+    max_batch: int
+    mailbox_limit: int
+    max_frame_bytes: int
+    max_inflight: int
+    send_queue: int
+    shutdown_timeout: float
+    startup_timeout: float
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; raise ConfigError listing all problems."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for var in VARIABLES:
+            raw = source.get(var.name)
+            if raw is None or (raw == "" and var.default not in (None, "")):
+                raw = var.default
+            if raw is None:
+                problems.append(f"{var.name} is required: {var.help}")
+                continue
+            try:
+                values[var.field] = var.parse(raw)
+            except ValueError as error:
+                problems.append(f"{var.name}={raw!r} is invalid: {error}")
+        if not problems and values["max_hold_lifetime"] < values["default_hold_duration"]:
+            problems.append(
+                f"MAX_HOLD_LIFETIME ({values['max_hold_lifetime']:g}) must be at least "
+                f"DEFAULT_HOLD_DURATION ({values['default_hold_duration']:g})"
+            )
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to log (secrets masked)."""
+        masked = {"jwt_secret", "postgres_password", "redis_password"}
+        return {
+            f.name: ("***" if f.name in masked else getattr(self, f.name)) for f in fields(self)
+        }

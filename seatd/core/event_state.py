@@ -1,0 +1,377 @@
+"""The seat rules of one event, in memory, pure and deterministic given ``now``.
+
+The actor applies a whole batch of commands to an ``EventState``, persists the effects the batch
+produced, and then calls ``commit()``; if persisting fails it calls ``rollback()``, which undoes
+every change of the batch. Each command is all-or-nothing: a handler checks everything first and
+only then mutates, so a refused command leaves no trace.
+
+Invariants (checked by the property tests):
+- a seat is in at most one live hold and is never both held and reserved;
+- nobody holds plus reserves more than the event's per-user limit;
+- a hold past its ``expires_at`` is never observed by a command: every command first expires
+  what is due, so expiry is exact whatever the timers or Redis notices do.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from seatd.core.commands import (
+    AvailableSeats,
+    Command,
+    Effect,
+    EventSummary,
+    Expire,
+    GetEvent,
+    HoldCreated,
+    HoldEnded,
+    HoldExtended,
+    HoldReleased,
+    ListAvailable,
+    PlaceHold,
+    RefreshHold,
+    ReleaseHold,
+    ReservationCreated,
+    Reserve,
+    Result,
+)
+from seatd.core.model import EventInfo, Hold, HoldEndReason, Policy, Reservation, Seat, SeatState
+from seatd.errors import (
+    EventClosed,
+    Forbidden,
+    HoldExpired,
+    HoldLifetimeExceeded,
+    HoldNotFound,
+    SeatLimitExceeded,
+    SeatUnavailable,
+    UnknownSeat,
+)
+
+__all__ = ["EventState"]
+
+_MISSING: Any = object()
+# How many ended holds to remember, so a late request gets "hold_expired" rather than a bare
+# "hold_not_found". Memory only: after a restart such a hold is simply not found.
+_TOMBSTONES = 4096
+
+
+class _Journal:
+    """Undo log of dict writes made during a batch."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[dict[Any, Any], Any, Any]] = []
+
+    def set(self, mapping: dict[Any, Any], key: Any, value: Any) -> None:
+        self._entries.append((mapping, key, mapping.get(key, _MISSING)))
+        mapping[key] = value
+
+    def delete(self, mapping: dict[Any, Any], key: Any) -> None:
+        self._entries.append((mapping, key, mapping.pop(key)))
+
+    def add(self, counts: dict[str, int], key: str, delta: int) -> None:
+        value = counts.get(key, 0) + delta
+        if value:
+            self.set(counts, key, value)
+        else:
+            self.delete(counts, key)
+
+    def rollback(self) -> None:
+        for mapping, key, previous in reversed(self._entries):
+            if previous is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = previous
+        self._entries.clear()
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class EventState:
+    """Seats, live holds and reservations of one event, and the rules that change them."""
+
+    def __init__(
+        self,
+        info: EventInfo,
+        policy: Policy,
+        seats: Sequence[Seat],
+        holds: Iterable[Hold] = (),
+        reservations: Iterable[Reservation] = (),
+        version: int = 0,
+    ) -> None:
+        self.info = info
+        self.policy = policy
+        self.version = version
+        self._seats: dict[str, Seat] = {seat.seat_id: seat for seat in seats}
+        self._order: list[str] = [seat.seat_id for seat in seats]
+        self._position: dict[str, int] = {sid: i for i, sid in enumerate(self._order)}
+        self._holds: dict[str, Hold] = {}
+        self._seat_hold: dict[str, str] = {}
+        self._seat_reservation: dict[str, str] = {}
+        self._user_seats: dict[str, int] = {}  # held + reserved, what the limit counts
+        self._user_held: dict[str, int] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._ended: OrderedDict[str, HoldEndReason] = OrderedDict()
+        self._effects: list[Effect] = []
+        self._journal = _Journal()
+        for reservation in reservations:
+            for sid in reservation.seat_ids:
+                self._seat_reservation[sid] = reservation.reservation_id
+            self._journal.add(self._user_seats, reservation.user_id, len(reservation.seat_ids))
+        for hold in holds:
+            self._add_hold(hold)
+        self._journal.clear()
+        self._handlers: dict[type[Any], Callable[[Any, float], Result]] = {
+            PlaceHold: self._place_hold,
+            RefreshHold: self._refresh,
+            ReleaseHold: self._release,
+            Reserve: self._reserve,
+            ListAvailable: self._list_available,
+            GetEvent: self._summary,
+            Expire: self._expire,
+        }
+
+    # --- batch lifecycle ------------------------------------------------------------------
+
+    def handle(self, command: Command, now: float) -> Result:
+        """Apply one command; raise a ``RequestError`` (and change nothing) if it is refused."""
+        return self._handlers[type(command)](command, now)
+
+    @property
+    def effects(self) -> list[Effect]:
+        """What the current batch changed, in order (empty when it changed nothing)."""
+        return self._effects
+
+    def commit(self) -> list[Effect]:
+        """The batch is durable: keep its changes and advance the version if it changed seats."""
+        effects = self._effects
+        if effects:
+            self.version += 1
+            self._effects = []
+        self._journal.clear()
+        return effects
+
+    def rollback(self) -> None:
+        """The batch could not be persisted: forget every change it made."""
+        self._journal.rollback()
+        self._effects = []
+        self._heap = [(hold.expires_at, hold.hold_id) for hold in self._holds.values()]
+        heapq.heapify(self._heap)
+
+    # --- queries --------------------------------------------------------------------------
+
+    def next_expiry(self) -> float | None:
+        """When the earliest live hold expires (stale heap entries are dropped on the way)."""
+        heap = self._heap
+        while heap:
+            expires_at, hold_id = heap[0]
+            hold = self._holds.get(hold_id)
+            if hold is not None and hold.expires_at == expires_at:
+                return expires_at
+            heapq.heappop(heap)
+        return None
+
+    def seat_state(self, seat_id: str) -> SeatState:
+        if seat_id in self._seat_reservation:
+            return SeatState.RESERVED
+        if seat_id in self._seat_hold:
+            return SeatState.HELD
+        return SeatState.AVAILABLE
+
+    def hold(self, hold_id: str) -> Hold | None:
+        return self._holds.get(hold_id)
+
+    def live_holds(self) -> list[Hold]:
+        return list(self._holds.values())
+
+    def held_seat_count(self, user_id: str) -> int:
+        return self._user_held.get(user_id, 0)
+
+    def seat_ids(self) -> list[str]:
+        return list(self._order)
+
+    # --- command handlers -----------------------------------------------------------------
+
+    def _place_hold(self, cmd: PlaceHold, now: float) -> Hold:
+        self._expire_due(now)
+        if self.info.status != "open":
+            raise EventClosed(f"event {self.info.event_id} is {self.info.status}")
+        unknown = [sid for sid in cmd.seat_ids if sid not in self._seats]
+        if unknown:
+            raise UnknownSeat(
+                f"no such seat in event {self.info.event_id}: {', '.join(unknown)}",
+                details={"seat_ids": unknown},
+            )
+        conflicts = self._conflicts(cmd.seat_ids, cmd.user_id)
+        if conflicts:
+            names = ", ".join(f"{c['seat_id']} ({c['state']})" for c in conflicts)
+            raise SeatUnavailable(f"not available: {names}", details={"conflicts": conflicts})
+        limit = self.policy.max_seats_per_user
+        current = self._user_seats.get(cmd.user_id, 0)
+        if current + len(cmd.seat_ids) > limit:
+            raise SeatLimitExceeded(
+                f"at most {limit} seats per user in this event: {current} already held or "
+                f"reserved, {len(cmd.seat_ids)} requested",
+                details={"limit": limit, "current": current, "requested": len(cmd.seat_ids)},
+            )
+        hold = Hold(
+            hold_id=cmd.hold_id,
+            user_id=cmd.user_id,
+            seat_ids=cmd.seat_ids,
+            created_at=now,
+            expires_at=now + self.policy.hold_duration,
+            max_expires_at=now + self.policy.max_hold_lifetime,
+        )
+        self._add_hold(hold)
+        self._effects.append(HoldCreated(hold))
+        return hold
+
+    def _refresh(self, cmd: RefreshHold, now: float) -> Hold:
+        self._expire_due(now)
+        hold = self._owned_live_hold(cmd.user_id, cmd.hold_id)
+        expires_at = min(now + self.policy.hold_duration, hold.max_expires_at)
+        if expires_at <= hold.expires_at:
+            raise HoldLifetimeExceeded(
+                f"hold {hold.hold_id} cannot be extended past its maximum lifetime",
+                details={"max_expires_at": hold.max_expires_at},
+            )
+        refreshed = Hold(
+            hold.hold_id, hold.user_id, hold.seat_ids, hold.created_at, expires_at,
+            hold.max_expires_at,
+        )
+        self._journal.set(self._holds, hold.hold_id, refreshed)
+        heapq.heappush(self._heap, (expires_at, hold.hold_id))
+        self._effects.append(HoldExtended(refreshed))
+        return refreshed
+
+    def _release(self, cmd: ReleaseHold, now: float) -> HoldReleased:
+        self._expire_due(now)
+        hold = self._owned_live_hold(cmd.user_id, cmd.hold_id)
+        self._end_hold(hold, HoldEndReason.RELEASED)
+        return HoldReleased(hold.hold_id, hold.seat_ids)
+
+    def _reserve(self, cmd: Reserve, now: float) -> Reservation:
+        self._expire_due(now)
+        hold = self._owned_live_hold(cmd.user_id, cmd.hold_id)
+        self._end_hold(hold, HoldEndReason.RESERVED)
+        reservation = Reservation(cmd.reservation_id, hold.user_id, hold.seat_ids, now)
+        for sid in hold.seat_ids:
+            self._journal.set(self._seat_reservation, sid, reservation.reservation_id)
+        self._journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
+        self._effects.append(ReservationCreated(reservation))
+        return reservation
+
+    def _list_available(self, cmd: ListAvailable, now: float) -> AvailableSeats:
+        self._expire_due(now)
+        start = 0
+        if cmd.after is not None:
+            position = self._position.get(cmd.after)
+            if position is None:
+                raise UnknownSeat(f"no such seat: {cmd.after}", details={"seat_ids": [cmd.after]})
+            start = position + 1
+        page: list[Seat] = []
+        next_after: str | None = None
+        total = 0
+        for index, sid in enumerate(self._order):
+            if sid in self._seat_hold or sid in self._seat_reservation:
+                continue
+            seat = self._seats[sid]
+            if cmd.section is not None and seat.section != cmd.section:
+                continue
+            if cmd.category is not None and seat.category != cmd.category:
+                continue
+            total += 1
+            if index < start:
+                continue
+            if len(page) < cmd.limit:
+                page.append(seat)
+            elif next_after is None:
+                next_after = page[-1].seat_id
+        return AvailableSeats(tuple(page), next_after, total)
+
+    def _summary(self, cmd: GetEvent, now: float) -> EventSummary:
+        self._expire_due(now)
+        held, reserved = len(self._seat_hold), len(self._seat_reservation)
+        return EventSummary(
+            info=self.info,
+            total_seats=len(self._seats),
+            available=len(self._seats) - held - reserved,
+            held=held,
+            reserved=reserved,
+            version=self.version + (1 if self._effects else 0),
+            hold_duration=self.policy.hold_duration,
+            max_seats_per_user=self.policy.max_seats_per_user,
+        )
+
+    def _expire(self, cmd: Expire, now: float) -> tuple[Hold, ...]:
+        return self._expire_due(now)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _conflicts(self, seat_ids: tuple[str, ...], user_id: str) -> list[dict[str, Any]]:
+        conflicts: list[dict[str, Any]] = []
+        for sid in seat_ids:
+            if sid in self._seat_reservation:
+                conflicts.append({"seat_id": sid, "state": "reserved"})
+            else:
+                hold_id = self._seat_hold.get(sid)
+                if hold_id is not None:
+                    mine = self._holds[hold_id].user_id == user_id
+                    conflicts.append({"seat_id": sid, "state": "held", "yours": mine})
+        return conflicts
+
+    def _owned_live_hold(self, user_id: str, hold_id: str) -> Hold:
+        hold = self._holds.get(hold_id)
+        if hold is None:
+            reason = self._ended.get(hold_id)
+            if reason is HoldEndReason.EXPIRED:
+                raise HoldExpired(f"hold {hold_id} expired", details={"hold_id": hold_id})
+            if reason is not None:
+                raise HoldNotFound(
+                    f"hold {hold_id} was already {reason.value}",
+                    details={"hold_id": hold_id, "reason": reason.value},
+                )
+            raise HoldNotFound(f"no live hold {hold_id} in this event", details={"hold_id": hold_id})
+        if hold.user_id != user_id:
+            raise Forbidden(f"hold {hold_id} belongs to another user")
+        return hold
+
+    def _add_hold(self, hold: Hold) -> None:
+        journal = self._journal
+        journal.set(self._holds, hold.hold_id, hold)
+        for sid in hold.seat_ids:
+            journal.set(self._seat_hold, sid, hold.hold_id)
+        journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
+        journal.add(self._user_held, hold.user_id, len(hold.seat_ids))
+        heapq.heappush(self._heap, (hold.expires_at, hold.hold_id))
+
+    def _end_hold(self, hold: Hold, reason: HoldEndReason) -> None:
+        journal = self._journal
+        journal.delete(self._holds, hold.hold_id)
+        for sid in hold.seat_ids:
+            journal.delete(self._seat_hold, sid)
+        journal.add(self._user_held, hold.user_id, -len(hold.seat_ids))
+        if reason is not HoldEndReason.RESERVED:
+            journal.add(self._user_seats, hold.user_id, -len(hold.seat_ids))
+        self._ended[hold.hold_id] = reason
+        if len(self._ended) > _TOMBSTONES:
+            self._ended.popitem(last=False)
+        self._effects.append(HoldEnded(hold, reason))
+
+    def _expire_due(self, now: float) -> tuple[Hold, ...]:
+        heap = self._heap
+        if not heap or heap[0][0] > now:
+            return ()
+        expired: list[Hold] = []
+        while heap and heap[0][0] <= now:
+            expires_at, hold_id = heapq.heappop(heap)
+            hold = self._holds.get(hold_id)
+            if hold is not None and hold.expires_at == expires_at:
+                self._end_hold(hold, HoldEndReason.EXPIRED)
+                expired.append(hold)
+        return tuple(expired)

@@ -1,0 +1,181 @@
+"""The WebSocket and HTTP endpoint: handshake checks, health probes, connections, drain.
+
+Before the upgrade: ``GET /healthz`` (the process is alive) and ``GET /readyz`` (dependencies:
+503 when PostgreSQL is down or the server is draining, 200 with ``"degraded"`` when only Redis
+is down, because holds still expire on time without it). A WebSocket upgrade must carry a valid
+token (``Authorization: Bearer`` header or ``?token=`` query parameter), else HTTP 401. The
+subprotocol is ``seatd.v1``; a client offering only other versions is refused with HTTP 400, a
+client offering none gets v1.
+
+Buffers are bounded: ``max_size`` caps a frame, ``max_queue`` caps frames read ahead, and
+permessage-deflate is off (a small compressed frame can inflate enormously).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import NegotiationError
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from protocol.errors import CloseCode
+from protocol.messages import PROTOCOL_VERSION
+from seatd.auth import Identity, TokenAuthority
+from seatd.errors import Unauthenticated
+from seatd.gateway.connection import Connection, GatewayContext
+
+__all__ = ["Gateway", "Readiness"]
+
+log = structlog.get_logger("seatd.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    degraded: bool
+    checks: dict[str, str]
+
+
+class Gateway:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        authority: TokenAuthority,
+        readiness: Callable[[], Awaitable[Readiness]],
+    ) -> None:
+        self.ctx = ctx
+        self._authority = authority
+        self._readiness = readiness
+        self._identities: dict[int, Identity] = {}
+        self.connections: set[Connection] = set()
+        self._server: Server | None = None
+
+    async def start(self, host: str, port: int) -> Server:
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            subprotocols=[Subprotocol(PROTOCOL_VERSION)],
+            select_subprotocol=_select_subprotocol,
+            process_request=self._process_request,
+            compression=None,
+            max_size=self.ctx.max_frame_bytes,
+            max_queue=8,
+            write_limit=64 * 1024,
+            ping_interval=20,
+            ping_timeout=20,
+            open_timeout=10,
+            close_timeout=5,
+            server_header=None,
+        )
+        return self._server
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    # --- handshake -------------------------------------------------------------------------
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return _json_response(ws, http.HTTPStatus.OK, {"status": "ok"})
+        if path == "/readyz":
+            state = await self._readiness()
+            status = http.HTTPStatus.OK if state.ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            label = "degraded" if state.ready and state.degraded else ("ready" if state.ready else "unavailable")
+            return _json_response(ws, status, {"status": label, "checks": state.checks})
+        if self.ctx.draining:
+            return _json_response(ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"})
+        token = _token_from(request)
+        if token is None:
+            return _unauthorized(ws, "missing token: send 'Authorization: Bearer <token>' or ?token=<token>")
+        try:
+            identity = self._authority.verify(token)
+        except Unauthenticated as error:
+            return _unauthorized(ws, error.message)
+        self._identities[id(ws)] = identity
+        return None
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        identity = self._identities.pop(id(ws), None)
+        if identity is None:  # cannot happen: the handshake stored it
+            await ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
+            return
+        connection = Connection(ws, identity, self.ctx)
+        self.connections.add(connection)
+        structlog.contextvars.bind_contextvars(session_id=connection.session_id, user_id=identity.user_id)
+        log.info("connected", role=identity.role, remote=str(ws.remote_address))
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+            log.info("disconnected", code=ws.close_code)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, answer everything in flight, tell clients, close them (1012)."""
+        self.ctx.draining = True
+        if self._server is not None:
+            self._server.server.close()  # stop accepting; open connections stay for now
+        pending = [c.idle.wait() for c in self.connections if not c.idle.is_set()]
+        if pending:
+            done, still = await asyncio.wait(
+                [asyncio.ensure_future(p) for p in pending], timeout=timeout
+            )
+            for task in still:
+                task.cancel()
+
+    async def close(self) -> None:
+        closing: Sequence[Awaitable[None]] = [
+            c.go_away("server restart", CloseCode.SERVICE_RESTART) for c in list(self.connections)
+        ]
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
+        if self._server is not None:
+            self._server.close(close_connections=True, code=CloseCode.SERVICE_RESTART, reason="server restart")
+            await self._server.wait_closed()
+
+
+def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    if not offered:
+        return None  # plain clients (browsers' dev tools, CLI tools) speak v1
+    if PROTOCOL_VERSION in offered:
+        return Subprotocol(PROTOCOL_VERSION)
+    raise NegotiationError(f"unsupported subprotocol; this server speaks {PROTOCOL_VERSION}")
+
+
+def _token_from(request: Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    query = parse_qs(urlsplit(request.path).query)
+    values = query.get("token") or query.get("access_token")
+    return values[0] if values else None
+
+
+def _json_response(ws: ServerConnection, status: http.HTTPStatus, body: dict[str, object]) -> Response:
+    response = ws.respond(status, "")
+    payload = orjson.dumps(body) + b"\n"
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Cache-Control", "no-store")])
+    return Response(response.status_code, response.reason_phrase, headers, payload)
+
+
+def _unauthorized(ws: ServerConnection, message: str) -> Response:
+    response = _json_response(ws, http.HTTPStatus.UNAUTHORIZED, {"error": "unauthenticated", "message": message})
+    response.headers["WWW-Authenticate"] = 'Bearer realm="seatd"'
+    return response

@@ -1,0 +1,194 @@
+"""Protocol messages <-> core commands and results, and service errors -> error frames.
+
+The only place that knows both vocabularies: the core never sees the wire format, and the
+protocol package never sees the core.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from protocol import messages as wire
+from protocol.codec import RequestId, encode_error, format_time, parse_time
+from protocol.errors import ERROR_CODES
+from seatd import core
+from seatd.auth import Identity
+from seatd.errors import InvalidRequest, SeatdError
+from seatd.runtime.ports import NewEvent
+
+__all__ = [
+    "error_frame",
+    "event_view",
+    "new_event",
+    "result_to_wire",
+    "to_command",
+]
+
+ActorRequest = (
+    wire.HoldRequest | wire.Refresh | wire.Release | wire.Reserve | wire.ListAvailable | wire.GetEvent
+)
+
+
+def to_command(request: ActorRequest, identity: Identity) -> core.Command:
+    """The core command for a request that an event's actor serves."""
+    if isinstance(request, wire.HoldRequest):
+        user = identity.acting_for(request.on_behalf_of)
+        return core.PlaceHold(user, request.seat_ids, str(uuid.uuid4()))
+    if isinstance(request, wire.Reserve):
+        user = identity.acting_for(request.on_behalf_of)
+        return core.Reserve(user, _hold_id(request.hold_id), str(uuid.uuid4()))
+    if isinstance(request, wire.Refresh):
+        return core.RefreshHold(identity.acting_for(request.on_behalf_of), _hold_id(request.hold_id))
+    if isinstance(request, wire.Release):
+        return core.ReleaseHold(identity.acting_for(request.on_behalf_of), _hold_id(request.hold_id))
+    if isinstance(request, wire.ListAvailable):
+        return core.ListAvailable(request.section, request.category, request.limit, request.after)
+    return core.GetEvent()
+
+
+def _hold_id(text: str) -> str:
+    """Hold ids are UUIDs; normalise them so any spelling of one finds the hold."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidRequest(
+            f"$.hold_id: {text[:64]!r} is not a hold id (a UUID)", details={"path": "$.hold_id"}
+        ) from None
+
+
+def result_to_wire(event_id: str, command: core.Command, result: core.Result) -> object:
+    """The wire result for what the actor answered to ``command``."""
+    if isinstance(result, core.Hold):
+        return wire.HoldView(
+            hold_id=result.hold_id,
+            event_id=event_id,
+            user_id=result.user_id,
+            seat_ids=result.seat_ids,
+            expires_at=format_time(result.expires_at),
+            max_expires_at=format_time(result.max_expires_at),
+        )
+    if isinstance(result, core.Reservation):
+        assert isinstance(command, core.Reserve)
+        return wire.ReservationView(
+            reservation_id=result.reservation_id,
+            hold_id=command.hold_id,
+            event_id=event_id,
+            user_id=result.user_id,
+            seat_ids=result.seat_ids,
+            reserved_at=format_time(result.reserved_at),
+        )
+    if isinstance(result, core.HoldReleased):
+        return wire.Released(result.hold_id, event_id, result.seat_ids)
+    if isinstance(result, core.AvailableSeats):
+        return wire.AvailableSeats(
+            event_id=event_id,
+            seats=tuple(_seat_view(seat) for seat in result.seats),
+            total_available=result.total_available,
+            next_after=result.next_after,
+        )
+    if isinstance(result, core.EventSummary):
+        return event_view(
+            result.info,
+            hold_duration=result.hold_duration,
+            max_seats_per_user=result.max_seats_per_user,
+            live=result,
+        )
+    raise TypeError(f"no wire form for {type(result).__name__}")
+
+
+def _seat_view(seat: core.Seat) -> wire.SeatView:
+    return wire.SeatView(seat.seat_id, seat.section, seat.row, seat.category, seat.number, seat.x, seat.y)
+
+
+def event_view(
+    info: core.EventInfo,
+    *,
+    hold_duration: float,
+    max_seats_per_user: int,
+    live: core.EventSummary | None = None,
+    distance_m: float | None = None,
+) -> wire.EventView:
+    location = info.location
+    return wire.EventView(
+        event_id=info.event_id,
+        name=info.name,
+        status="closed" if info.status == "closed" else "open",
+        hold_duration_s=hold_duration,
+        max_seats_per_user=max_seats_per_user,
+        starts_at=format_time(info.starts_at) if info.starts_at is not None else None,
+        venue=info.venue,
+        location=wire.Location(location.latitude, location.longitude) if location else None,
+        total_seats=live.total_seats if live else None,
+        available=live.available if live else None,
+        held=live.held if live else None,
+        reserved=live.reserved if live else None,
+        version=live.version if live else None,
+        distance_m=distance_m,
+    )
+
+
+def new_event(request: wire.CreateEvent) -> NewEvent:
+    """Validate an event description (beyond field types) and expand its seat blocks."""
+    starts_at: float | None = None
+    if request.starts_at is not None:
+        try:
+            starts_at = parse_time(request.starts_at)
+        except ValueError as error:
+            raise InvalidRequest(
+                f"$.starts_at: {error}", details={"path": "$.starts_at"}
+            ) from None
+    seats = [
+        core.Seat(s.seat_id, s.section, s.row, s.number, s.category, s.x, s.y)
+        for s in request.seats
+    ]
+    for block in request.blocks:
+        for row in block.rows:
+            for offset in range(block.seats_per_row):
+                number = block.first_number + offset
+                label = f"{block.section}-{row}-{number}" if block.section else f"{row}-{number}"
+                seats.append(core.Seat(label, block.section, row, number, block.category))
+    if not seats:
+        raise InvalidRequest("an event needs seats: give seats or blocks", details={"path": "$.seats"})
+    if len(seats) > wire.MAX_SEATS_PER_EVENT:
+        raise InvalidRequest(
+            f"an event has at most {wire.MAX_SEATS_PER_EVENT} seats, this one {len(seats)}",
+            details={"path": "$.blocks"},
+        )
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    for seat in seats:
+        if seat.seat_id in seen:
+            duplicates.append(seat.seat_id)
+        seen.add(seat.seat_id)
+    if duplicates:
+        raise InvalidRequest(
+            f"seat ids must be unique; repeated: {', '.join(duplicates[:10])}",
+            details={"path": "$.seats", "seat_ids": duplicates[:100]},
+        )
+    location = request.location
+    info = core.EventInfo(
+        event_id=request.event_id or f"ev-{uuid.uuid4().hex[:16]}",
+        name=request.name,
+        starts_at=starts_at,
+        venue=request.venue,
+        location=core.Location(location.latitude, location.longitude) if location else None,
+        hold_duration_s=request.hold_duration_s,
+        max_seats_per_user=request.max_seats_per_user,
+    )
+    return NewEvent(info, tuple(seats))
+
+
+def error_frame(request_id: RequestId | None, request_type: str | None, error: SeatdError) -> bytes:
+    """The error reply for a service error; its code must be registered in the protocol."""
+    entry = ERROR_CODES[error.code]
+    details: dict[str, Any] | None = error.details
+    return encode_error(
+        request_id,
+        request_type,
+        entry.code,
+        error.message,
+        temporary=entry.temporary,
+        retry_after_ms=error.retry_after_ms,
+        details=details,
+    )

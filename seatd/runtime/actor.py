@@ -1,0 +1,245 @@
+"""The event actor: the single owner of one event's seat state on this instance.
+
+Commands queue in a mailbox. The loop takes everything queued (a batch), applies it to the
+pure ``EventState``, persists the batch's effects in ONE transaction fenced by the owner epoch,
+and only then answers each caller and tells the observers (Redis mirror, subscribers). While a
+commit is in flight new commands pile up, so under load batches grow by themselves and one
+commit serves many commands (group commit).
+
+A failed commit undoes the batch in memory, answers every caller with a temporary error, and
+stops the actor: the outcome of a commit whose connection broke is unknown, so the next command
+reloads the truth from PostgreSQL instead of trusting memory. A stopped actor answers every
+pending caller; nobody waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from seatd.core import Command, EventState, Expire, Result
+from seatd.errors import (
+    Overloaded,
+    OwnershipLost,
+    RequestError,
+    SeatdError,
+    ShuttingDown,
+    StoreUnavailable,
+)
+from seatd.runtime.ports import Clock, CommitObserver, FencedOut, IdempotencyRecord, SeatStore
+
+__all__ = ["ActorSettings", "Envelope", "EventActor"]
+
+log = structlog.get_logger("seatd.actor")
+
+
+@dataclass(frozen=True, slots=True)
+class ActorSettings:
+    max_batch: int = 512
+    mailbox_limit: int = 10_000
+    idle_timeout: float = 60.0
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A command plus where its answer goes (``future`` is None for fire-and-forget tells).
+
+    ``idempotency`` makes a keyed mutation's first outcome durable with its batch: it is called
+    with the command's reply after the batch is applied and returns the record to store.
+    """
+
+    command: Command
+    future: asyncio.Future[Result] | None = None
+    idempotency: Callable[[Result | SeatdError], IdempotencyRecord | None] | None = field(
+        default=None
+    )
+
+
+class EventActor:
+    """Owns one event on this instance; see the module docstring for the batch loop."""
+
+    def __init__(
+        self,
+        event_id: str,
+        state: EventState,
+        epoch: int,
+        store: SeatStore,
+        clock: Clock,
+        observers: Sequence[CommitObserver],
+        settings: ActorSettings,
+        on_stop: Callable[[EventActor], None],
+    ) -> None:
+        self.event_id = event_id
+        self.state = state
+        self.epoch = epoch
+        self._store = store
+        self._clock = clock
+        self._observers = observers
+        self._settings = settings
+        self._on_stop = on_stop
+        self._mailbox: deque[Envelope] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False  # drain the mailbox, then stop
+        self.stopped = False  # accepts nothing more
+        self.stop_reason = ""
+        self._last_active = clock.now()
+        # Things that keep an idle actor alive (subscriptions, in a later step).
+        self.pins = 0
+
+    # --- the public face -------------------------------------------------------------------
+
+    def submit(self, command: Command, envelope: Envelope | None = None) -> asyncio.Future[Result]:
+        """Queue a command and return the future of its answer."""
+        if self.stopped or self._stopping:
+            raise ShuttingDown("the event is being handed over; retry")
+        if len(self._mailbox) >= self._settings.mailbox_limit:
+            raise Overloaded(f"event {self.event_id} has too many queued commands")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        if envelope is None:
+            envelope = Envelope(command, future)
+        else:
+            envelope.future = future
+        self._mailbox.append(envelope)
+        self._wake.set()
+        return future
+
+    def tell(self, command: Command) -> None:
+        """Queue a command nobody waits for (expiry hints)."""
+        if not self.stopped and len(self._mailbox) < self._settings.mailbox_limit:
+            self._mailbox.append(Envelope(command))
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        """Finish what is queued, then stop (graceful shutdown)."""
+        self._stopping = True
+        self._wake.set()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        reason = "idle"
+        try:
+            while True:
+                if not self._mailbox:
+                    if self._stopping:
+                        reason = "shutdown"
+                        break
+                    if not await self._idle_wait():
+                        break
+                    continue
+                if not await self._run_batch():
+                    reason = self.stop_reason
+                    break
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        finally:
+            self._finish(reason)
+
+    async def _idle_wait(self) -> bool:
+        """Sleep until a command, the next expiry, or the idle deadline. False: passivate."""
+        next_expiry = self.state.next_expiry()
+        idle_deadline = self._last_active + self._settings.idle_timeout
+        deadline = idle_deadline if next_expiry is None else min(next_expiry, idle_deadline)
+        self._wake.clear()
+        await self._clock.wait(self._wake, deadline)
+        if self._mailbox or self._stopping:
+            return True
+        now = self._clock.now()
+        next_expiry = self.state.next_expiry()
+        if next_expiry is not None and next_expiry <= now:
+            self._mailbox.append(Envelope(Expire()))
+            return True
+        return now < idle_deadline or self.pins > 0
+
+    async def _run_batch(self) -> bool:
+        """Apply, persist and answer one batch. False when the actor must stop."""
+        mailbox = self._mailbox
+        size = min(len(mailbox), self._settings.max_batch)
+        batch = [mailbox.popleft() for _ in range(size)]
+        state = self.state
+        now = self._clock.now()
+        self._last_active = now
+        replies: list[Result | SeatdError] = []
+        records: list[IdempotencyRecord] = []
+        for envelope in batch:
+            reply: Result | SeatdError
+            try:
+                reply = state.handle(envelope.command, now)
+            except RequestError as error:
+                reply = error
+            if envelope.idempotency is not None:
+                record = envelope.idempotency(reply)
+                if record is not None:
+                    records.append(record)
+            replies.append(reply)
+        effects = state.effects
+        if effects or records:
+            try:
+                failure = await self._persist(records)
+            except asyncio.CancelledError:
+                state.rollback()
+                for envelope in batch:
+                    _answer(envelope, ShuttingDown("stopped before the change was committed"))
+                raise
+            if failure is not None:
+                state.rollback()
+                for envelope in batch:
+                    _answer(envelope, failure)
+                return False
+            effects = state.commit()
+            for observer in self._observers:
+                try:
+                    observer.committed(self.event_id, state.version, effects, state)
+                except Exception:  # an observer must never break the owner of the seats
+                    log.exception("observer_failed", event_id=self.event_id)
+        for envelope, reply in zip(batch, replies, strict=True):
+            _answer(envelope, reply)
+        return True
+
+    async def _persist(self, records: list[IdempotencyRecord]) -> SeatdError | None:
+        """Write the batch; on failure say why (as the error every caller gets) and stop."""
+        try:
+            await self._store.persist(
+                self.event_id, self.epoch, self.state.version + 1, self.state.effects, records
+            )
+        except FencedOut:
+            self.stop_reason = "fenced"
+            log.warning("actor_fenced", event_id=self.event_id, epoch=self.epoch)
+            return OwnershipLost("another instance took this event over; retry")
+        except SeatdError as error:
+            self.stop_reason = "store_error"
+            log.warning("persist_failed", event_id=self.event_id, error=str(error))
+            return error
+        except Exception as error:
+            self.stop_reason = "store_error"
+            log.warning("persist_failed", event_id=self.event_id, error=repr(error))
+            return StoreUnavailable("the database did not accept the change; nothing was changed")
+        return None
+
+    def _finish(self, reason: str) -> None:
+        self.stopped = True
+        self.stop_reason = reason
+        if self._mailbox:
+            error: SeatdError = (
+                OwnershipLost("another instance took this event over; retry")
+                if reason == "fenced"
+                else ShuttingDown("the event was stopped before this command ran; retry")
+            )
+            while self._mailbox:
+                _answer(self._mailbox.popleft(), error)
+        self._on_stop(self)
+
+
+def _answer(envelope: Envelope, reply: Result | SeatdError) -> None:
+    future = envelope.future
+    if future is None or future.done():
+        return
+    if isinstance(reply, SeatdError):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)

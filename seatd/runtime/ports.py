@@ -1,0 +1,129 @@
+"""What the runtime needs from the outside world, as Protocols. Adapters implement them; tests
+may pass real adapters or small fakes (only the clock is ever faked)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from seatd.core import Effect, EventInfo, Hold, Reservation, Seat
+
+__all__ = [
+    "Clock",
+    "CommitObserver",
+    "EventPage",
+    "FencedOut",
+    "IdempotencyRecord",
+    "LoadedEvent",
+    "NewEvent",
+    "SeatStore",
+    "SystemClock",
+]
+
+
+class FencedOut(Exception):
+    """A write was refused because another instance took the event over (newer owner epoch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedEvent:
+    """Everything an actor needs to own an event, read in one transaction that also claimed it."""
+
+    info: EventInfo
+    seats: tuple[Seat, ...]
+    holds: tuple[Hold, ...]
+    reservations: tuple[Reservation, ...]
+    version: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    info: EventInfo
+    seats: tuple[Seat, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: tuple[tuple[EventInfo, float | None], ...]  # (event, distance in metres if near)
+    next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The first outcome of a keyed mutation, stored in the same transaction as its effects."""
+
+    user_id: str
+    key: str
+    request_hash: str
+    response: bytes  # JSON
+
+
+class SeatStore(Protocol):
+    """Durable storage (PostgreSQL). Every write is fenced by the caller's owner epoch."""
+
+    async def create_event(self, event: NewEvent) -> None: ...
+
+    async def load_event(self, event_id: str) -> LoadedEvent | None:
+        """Claim the event (next owner epoch) and read its state; None if it does not exist."""
+        ...
+
+    async def persist(
+        self,
+        event_id: str,
+        epoch: int,
+        version: int,
+        effects: Sequence[Effect],
+        idempotency: Sequence[IdempotencyRecord] = (),
+    ) -> None:
+        """Write a batch's effects in one transaction, or raise (FencedOut when not the owner)."""
+        ...
+
+    async def list_events(
+        self,
+        *,
+        near: tuple[float, float] | None,
+        radius_m: float | None,
+        limit: int,
+        after: str | None,
+    ) -> EventPage: ...
+
+
+class CommitObserver(Protocol):
+    """Told, synchronously and in commit order, what each durable batch changed."""
+
+    def committed(self, event_id: str, version: int, effects: Sequence[Effect], state: object) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """POSIX seconds."""
+        ...
+
+    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
+        ...
+
+
+class SystemClock:
+    """The real clock: wall time for hold expiry, which must agree across instances."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        if deadline is None:
+            await event.wait()
+            return
+        delay = deadline - time.time()
+        if delay <= 0:
+            return
+        # A timer that sets the event is cheaper than wait_for, which wraps a task per call.
+        timer = asyncio.get_running_loop().call_later(delay, event.set)
+        try:
+            await event.wait()
+        finally:
+            timer.cancel()

@@ -1,0 +1,207 @@
+"""Finds or activates the actor of an event, and keeps passivated events' expiries on time.
+
+Activation loads the event from PostgreSQL (claiming the next owner epoch) the first time it is
+used; concurrent first uses share one load. Idle actors stop to free memory; an event stopped
+with live holds leaves a (time, event) entry in a heap, and a single timer task wakes it when
+its earliest hold is due, so expiry never depends on Redis notices alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Sequence
+
+import structlog
+
+from seatd.core import Command, EventState, Expire, Policy, Result
+from seatd.errors import EventNotFound, SeatdError, ShuttingDown
+from seatd.runtime.actor import ActorSettings, Envelope, EventActor
+from seatd.runtime.ports import Clock, CommitObserver, SeatStore
+
+__all__ = ["Registry"]
+
+log = structlog.get_logger("seatd.registry")
+
+
+class Registry:
+    """All event actors of this instance."""
+
+    def __init__(
+        self,
+        store: SeatStore,
+        clock: Clock,
+        policy: Policy,
+        settings: ActorSettings,
+        observers: Sequence[CommitObserver] = (),
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._settings = settings
+        self.observers: list[CommitObserver] = list(observers)
+        self._actors: dict[str, EventActor] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loading: dict[str, asyncio.Future[EventActor]] = {}
+        self._dormant: list[tuple[float, str]] = []
+        self._dormant_wake = asyncio.Event()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def active(self, event_id: str) -> EventActor | None:
+        actor = self._actors.get(event_id)
+        return actor if actor is not None and not actor.stopped else None
+
+    def actors(self) -> list[EventActor]:
+        return [actor for actor in self._actors.values() if not actor.stopped]
+
+    # --- asking ----------------------------------------------------------------------------
+
+    def submit_nowait(self, event_id: str, envelope: Envelope) -> asyncio.Future[Result] | None:
+        """Fast path: queue on an already active actor without a task switch; None if inactive."""
+        actor = self._actors.get(event_id)
+        if actor is None or actor.stopped:
+            return None
+        return actor.submit(envelope.command, envelope)
+
+    async def ask(self, event_id: str, command: Command, envelope: Envelope | None = None) -> Result:
+        """Run a command on the event's actor (activating it if needed) and await the answer."""
+        envelope = envelope or Envelope(command)
+        for _ in range(3):
+            actor = await self.activate(event_id)
+            if actor.stopped:
+                continue  # stopped between activation and now: load it again
+            return await actor.submit(command, envelope)
+        raise ShuttingDown(f"event {event_id} keeps stopping; retry")
+
+    def tell(self, event_id: str, command: Command) -> None:
+        """Deliver a command nobody waits for, activating the event in the background."""
+        actor = self.active(event_id)
+        if actor is not None:
+            actor.tell(command)
+            return
+        if self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._tell_later(event_id, command))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _tell_later(self, event_id: str, command: Command) -> None:
+        try:
+            actor = await self.activate(event_id)
+        except EventNotFound:
+            return
+        except SeatdError as error:
+            log.warning("activation_failed", event_id=event_id, error=str(error))
+            return
+        actor.tell(command)
+
+    # --- activation ------------------------------------------------------------------------
+
+    async def activate(self, event_id: str) -> EventActor:
+        actor = self.active(event_id)
+        if actor is not None:
+            return actor
+        if self._closing:
+            raise ShuttingDown("the server is shutting down; reconnect and retry")
+        loading = self._loading.get(event_id)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[event_id] = loading
+            try:
+                actor = await self._load(event_id)
+            except BaseException as error:
+                loading.set_exception(error)
+                loading.exception()  # mark retrieved: waiters (if any) re-raise it
+                raise
+            finally:
+                del self._loading[event_id]
+            loading.set_result(actor)
+            return actor
+        return await asyncio.shield(loading)
+
+    async def _load(self, event_id: str) -> EventActor:
+        loaded = await self._store.load_event(event_id)
+        if loaded is None:
+            raise EventNotFound(f"no event {event_id}", details={"event_id": event_id})
+        if self._closing:
+            raise ShuttingDown("the server is shutting down; reconnect and retry")
+        state = EventState(
+            loaded.info,
+            self._policy.for_event(loaded.info),
+            loaded.seats,
+            loaded.holds,
+            loaded.reservations,
+            loaded.version,
+        )
+        actor = EventActor(
+            event_id,
+            state,
+            loaded.epoch,
+            self._store,
+            self._clock,
+            self.observers,
+            self._settings,
+            self._on_actor_stop,
+        )
+        self._actors[event_id] = actor
+        self._tasks[event_id] = asyncio.get_running_loop().create_task(
+            actor.run(), name=f"actor:{event_id}"
+        )
+        self._ensure_timer()
+        log.debug("actor_activated", event_id=event_id, epoch=loaded.epoch, seats=len(loaded.seats))
+        return actor
+
+    def _on_actor_stop(self, actor: EventActor) -> None:
+        if self._actors.get(actor.event_id) is actor:
+            del self._actors[actor.event_id]
+            self._tasks.pop(actor.event_id, None)
+        log.debug("actor_stopped", event_id=actor.event_id, reason=actor.stop_reason)
+        if actor.stop_reason in ("idle", "store_error") and not self._closing:
+            next_expiry = actor.state.next_expiry()
+            if next_expiry is not None:
+                heapq.heappush(self._dormant, (next_expiry, actor.event_id))
+                self._dormant_wake.set()
+
+    # --- expiry of passivated events -------------------------------------------------------
+
+    def _ensure_timer(self) -> None:
+        if self._timer_task is None:
+            self._timer_task = asyncio.get_running_loop().create_task(
+                self._dormant_timer(), name="registry:dormant-expiry"
+            )
+
+    async def _dormant_timer(self) -> None:
+        while not self._closing:
+            deadline = self._dormant[0][0] if self._dormant else None
+            self._dormant_wake.clear()
+            await self._clock.wait(self._dormant_wake, deadline)
+            now = self._clock.now()
+            while self._dormant and self._dormant[0][0] <= now:
+                _, event_id = heapq.heappop(self._dormant)
+                self.tell(event_id, Expire())
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop activating, let every actor finish its queued commands, then stop them all."""
+        self._closing = True
+        for actor in list(self._actors.values()):
+            actor.request_stop()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for task in [self._timer_task, *self._background]:
+            if task is not None:
+                task.cancel()
+        leftovers = [t for t in [self._timer_task, *self._background] if t is not None]
+        if leftovers:
+            await asyncio.wait(leftovers)
