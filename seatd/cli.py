@@ -141,7 +141,7 @@ def _token(args: argparse.Namespace) -> int:
     from seatd.auth import TokenAuthority
 
     secret = os.environ.get("SEATD_JWT_SECRET", "")
-    if len(secret) < 16:
+    if len(secret.encode()) < 32:
         print("seatd: set SEATD_JWT_SECRET (the server's secret) to mint a token", file=sys.stderr)
         return 2
     print(TokenAuthority(secret).mint(args.sub, args.role, ttl_s=args.ttl))

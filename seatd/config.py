@@ -65,8 +65,8 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _secret(raw: str) -> str:
-    if len(raw) < 16:
-        raise ValueError("must be at least 16 characters (use a long random string)")
+    if len(raw.encode()) < 32:
+        raise ValueError("must be at least 32 bytes (HS256 needs a 256-bit key): use a long random string")
     return raw
 
 

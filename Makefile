@@ -1,0 +1,69 @@
+# Developer entry points. `make run` starts a private PostgreSQL + Redis (seatd.devstack, never
+# the system services on 5432/6379) and serves on $(PORT); `make test` runs the suite, which
+# starts its own throwaway instances.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEVSTACK := $(PY) -m seatd.devstack
+# Loads the devstack's POSTGRES_*/REDIS_*/SEATD_JWT_SECRET into the recipe's shell; an
+# assignment keeps the command's exit status, so `set -e` stops on failure (a bare eval would not).
+LOAD_ENV := set -euo pipefail; devstack_env="$$($(DEVSTACK) env)"; eval "$$devstack_env"
+
+PORT ?= 8080
+SUB ?= alice
+ROLE ?= user
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps services run stop token test lint clean
+
+help:
+	@echo "make run      start PostgreSQL + Redis (private ports), init the db, serve on PORT=$(PORT)"
+	@echo "make stop     stop the dev PostgreSQL + Redis"
+	@echo "make token    print a JWT (SUB=$(SUB) ROLE=$(ROLE))"
+	@echo "make test     run the test suite (PYTEST_ARGS=...)"
+	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make clean    stop the dev services, delete their data and the caches"
+
+venv: $(STAMP)
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps:
+	@bash scripts/ensure-system-deps.sh
+
+services: deps venv
+	@$(DEVSTACK) up
+
+run: deps venv services
+	@$(LOAD_ENV); \
+	$(VENV)/bin/seatd init-db; \
+	$(VENV)/bin/seatd create-event --demo; \
+	export PORT='$(PORT)'; \
+	exec $(VENV)/bin/seatd serve
+
+stop:
+	@$(DEVSTACK) down
+
+token: venv
+	@$(LOAD_ENV); $(VENV)/bin/seatd token --sub '$(SUB)' --role '$(ROLE)'
+
+test: deps venv
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	@if [[ -x $(PY) ]]; then $(DEVSTACK) purge; fi
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

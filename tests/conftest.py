@@ -1,0 +1,41 @@
+"""Session-wide service fixtures: one private PostgreSQL and one private Redis per test run.
+
+They are sync fixtures (starting servers is subprocess work) and are created only when a test
+asks for them. Teardown stops and deletes both servers even when tests fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from support.services import service_env as build_service_env
+from support.services import start_postgres, start_redis
+
+from seatd.devstack import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A started PostgreSQL (PostGIS + pg_cron) with init.sql applied, database `seatd_test`."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A started redis-server on a free port (keyspace expiry notifications on)."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(postgres: PostgresServer, redis_server: RedisServer) -> dict[str, str]:
+    """POSTGRES_* and REDIS_* environment variables for the two servers above."""
+    return build_service_env(postgres, redis_server)

@@ -1,0 +1,34 @@
+"""A clock the test moves by hand: timers fire only when the test says so."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class FakeClock:
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._advanced = asyncio.Event()
+
+    def now(self) -> float:
+        return self._now
+
+    def set(self, now: float, *, fire_timers: bool) -> None:
+        """Move time; with ``fire_timers`` every sleeper whose deadline passed wakes up."""
+        self._now = now
+        if fire_timers:
+            self._advanced.set()
+            self._advanced = asyncio.Event()
+
+    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        while not event.is_set():
+            if deadline is not None and self._now >= deadline:
+                return
+            advanced = self._advanced
+            waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(advanced.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
