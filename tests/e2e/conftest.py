@@ -1,0 +1,39 @@
+"""One in-process seatd for the end-to-end tests, on the session's PostgreSQL and Redis.
+
+Tests share the server but never an event: each creates its own (``new_event_id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from support.client import RawClient, client
+from support.server import RunningServer, base_env, in_process_server
+
+from seatd.logging import configure_logging
+
+
+@pytest.fixture(scope="session")
+async def server(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    configure_logging("warning", "json")
+    async with in_process_server(base_env(service_env)) as running:
+        yield running
+
+
+@pytest.fixture
+async def admin(server: RunningServer) -> AsyncIterator[RawClient]:
+    async with client(server.url, "admin-1", "admin") as c:
+        yield c
+
+
+@pytest.fixture
+async def alice(server: RunningServer) -> AsyncIterator[RawClient]:
+    async with client(server.url, "alice", "user") as c:
+        yield c
+
+
+@pytest.fixture
+async def bob(server: RunningServer) -> AsyncIterator[RawClient]:
+    async with client(server.url, "bob", "user") as c:
+        yield c

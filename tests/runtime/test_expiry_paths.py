@@ -1,0 +1,155 @@
+"""Each expiry path on its own: the actor's timer, and Redis key-expiry notices.
+
+The timer test runs with no Redis at all. The notice test runs on a fake clock whose timers never
+fire, so only the notice can make the actor look at the hold; a control run without the listener
+shows the hold would otherwise stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+from redis.asyncio import Redis
+from support.clock import FakeClock
+
+from seatd.adapters.postgres import PostgresStore
+from seatd.adapters.redis import ExpiryListener, RedisMirror, hold_key, make_client
+from seatd.core import EventInfo, Expire, Hold, PlaceHold, Policy, Seat
+from seatd.devstack import RedisServer
+from seatd.runtime.actor import ActorSettings
+from seatd.runtime.ports import NewEvent, SystemClock
+from seatd.runtime.registry import Registry
+
+POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
+
+
+async def _new_event(store: PostgresStore, hold_duration_s: int) -> str:
+    event_id = f"exp-{uuid.uuid4().hex[:10]}"
+    info = EventInfo(event_id, "Expiry test", hold_duration_s=hold_duration_s)
+    await store.create_event(NewEvent(info, tuple(Seat(f"S{i}") for i in range(4))))
+    return event_id
+
+
+async def _hold_rows(pool: asyncpg.Pool, event_id: str) -> int:
+    count: int = await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id)
+    return count
+
+
+async def _eventually(predicate: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_actor_timer_expires_a_hold_on_time_without_redis(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings(idle_timeout=60))
+    try:
+        event_id = await _new_event(store, hold_duration_s=1)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        assert await _hold_rows(pool, event_id) == 1
+        # No command is sent after the hold: only the actor's own timer can remove it.
+        freed = await _eventually(lambda: _gone(pool, event_id), timeout=3.0)
+        assert freed, "the actor timer did not expire the hold"
+        freed_at = time.time()
+        assert hold.expires_at <= freed_at < hold.expires_at + 1.0, "expired late or early"
+        actor = registry.active(event_id)
+        assert actor is not None and actor.state.live_holds() == []
+    finally:
+        await registry.close()
+
+
+async def _gone(pool: asyncpg.Pool, event_id: str) -> bool:
+    return await _hold_rows(pool, event_id) == 0
+
+
+@contextlib.asynccontextmanager
+async def _notice_rig(
+    store: PostgresStore, redis_server: RedisServer, *, listen: bool
+) -> AsyncIterator[tuple[str, Hold]]:
+    """A hold whose Redis key has expired while the service's (fake) timers slept."""
+    clock = FakeClock()
+    registry = Registry(store, clock, POLICY, ActorSettings(idle_timeout=3600))
+    client = make_client("127.0.0.1", redis_server.port, 0, None)
+    mirror = RedisMirror(client, lambda: [(a.event_id, a.state) for a in registry.actors()])
+    registry.observers.append(mirror)
+    listener = ExpiryListener(client, 0, registry.tell)
+    mirror.start()
+    try:
+        if listen:
+            listener.start()
+            assert await _eventually(lambda: _value(listener.healthy), 5.0)
+        event_id = await _new_event(store, hold_duration_s=1)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S2",), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        key = hold_key(event_id, hold.hold_id)
+        assert await _eventually(lambda: _exists(client, key, True), 5.0), "hold not mirrored"
+        # Time passes for the service, but its timers stay asleep.
+        clock.set(hold.expires_at + 0.5, fire_timers=False)
+        # Redis evicts the key on its own clock (~1 s after the hold was made) and announces it.
+        assert await _eventually(lambda: _exists(client, key, False), 5.0)
+        yield event_id, hold
+    finally:
+        await registry.close()
+        await listener.close()
+        await mirror.close()
+        await client.aclose()
+
+
+async def _value(value: bool) -> bool:
+    return value
+
+
+async def _exists(client: Redis, key: str, expected: bool) -> bool:
+    return bool(await client.exists(key)) is expected
+
+
+async def test_redis_expiry_notice_expires_a_hold(
+    store: PostgresStore, pool: asyncpg.Pool, redis_server: RedisServer
+) -> None:
+    async with _notice_rig(store, redis_server, listen=True) as (event_id, _):
+        assert await _eventually(lambda: _gone(pool, event_id), 5.0), "notice did not expire the hold"
+
+
+async def test_without_the_notice_the_fake_clock_keeps_the_hold(
+    store: PostgresStore, pool: asyncpg.Pool, redis_server: RedisServer
+) -> None:
+    """Control for the test above: same set-up, no listener, and the hold stays."""
+    async with _notice_rig(store, redis_server, listen=False) as (event_id, _):
+        await asyncio.sleep(1.0)
+        assert await _hold_rows(pool, event_id) == 1
+
+
+async def test_late_notice_never_touches_a_newer_hold_on_the_same_seat(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    clock = FakeClock()
+    registry = Registry(store, clock, POLICY, ActorSettings(idle_timeout=3600))
+    try:
+        event_id = await _new_event(store, hold_duration_s=10)
+        old = await registry.ask(event_id, PlaceHold("u1", ("S3",), str(uuid.uuid4())))
+        assert isinstance(old, Hold)
+        clock.set(old.expires_at + 1, fire_timers=True)  # the old hold expires by the timer
+        assert await _eventually(lambda: _gone(pool, event_id), 5.0)
+        new = await registry.ask(event_id, PlaceHold("u2", ("S3",), str(uuid.uuid4())))
+        assert isinstance(new, Hold)
+        # Redis announces the old hold's key only now, minutes late, twice.
+        registry.tell(event_id, Expire(old.hold_id))
+        registry.tell(event_id, Expire(old.hold_id))
+        await asyncio.sleep(0.3)
+        holders = await pool.fetch(
+            "SELECT h.hold_id::text, h.user_id FROM holds h WHERE h.event_id = $1", event_id
+        )
+        assert [(r["hold_id"], r["user_id"]) for r in holders] == [(new.hold_id, "u2")]
+    finally:
+        await registry.close()
