@@ -46,8 +46,12 @@ class App:
         while True:
             try:
                 pool = await connect_pool(
-                    host=s.postgres_host, port=s.postgres_port, user=s.postgres_user,
-                    password=s.postgres_password, database=s.postgres_db, max_size=s.pg_pool_size,
+                    host=s.postgres_host,
+                    port=s.postgres_port,
+                    user=s.postgres_user,
+                    password=s.postgres_password,
+                    database=s.postgres_db,
+                    max_size=s.pg_pool_size,
                 )
                 self._pool = pool
                 return PostgresStore(pool)
@@ -62,8 +66,14 @@ class App:
         store = await self._connect_postgres()
         policy = Policy(s.default_hold_duration, s.max_seats_per_user, s.max_hold_lifetime)
         registry = Registry(
-            store, self.clock, policy,
-            ActorSettings(max_batch=s.max_batch, mailbox_limit=s.mailbox_limit, idle_timeout=s.actor_idle_timeout),
+            store,
+            self.clock,
+            policy,
+            ActorSettings(
+                max_batch=s.max_batch,
+                mailbox_limit=s.mailbox_limit,
+                idle_timeout=s.actor_idle_timeout,
+            ),
         )
         redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
@@ -72,8 +82,13 @@ class App:
         mirror.start()
         listener.start()
         ctx = GatewayContext(
-            registry=registry, store=store, policy=policy, clock=self.clock.now,
-            max_frame_bytes=s.max_frame_bytes, max_inflight=s.max_inflight, send_queue=s.send_queue,
+            registry=registry,
+            store=store,
+            policy=policy,
+            clock=self.clock.now,
+            max_frame_bytes=s.max_frame_bytes,
+            max_inflight=s.max_inflight,
+            send_queue=s.send_queue,
         )
 
         async def readiness() -> Readiness:

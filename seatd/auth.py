@@ -54,7 +54,9 @@ class TokenAuthority:
     def __init__(self, secret: str) -> None:
         self._secret = secret
 
-    def mint(self, subject: str, role: Role, ttl_s: float = 86400.0, now: float | None = None) -> str:
+    def mint(
+        self, subject: str, role: Role, ttl_s: float = 86400.0, now: float | None = None
+    ) -> str:
         issued = time.time() if now is None else now
         claims = {"sub": subject, "role": role, "iat": int(issued), "exp": int(issued + ttl_s)}
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)

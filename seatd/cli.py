@@ -55,8 +55,11 @@ def _init_db(args: argparse.Namespace) -> int:
 
     async def apply() -> None:
         conn = await asyncpg.connect(
-            host=settings.postgres_host, port=settings.postgres_port, user=settings.postgres_user,
-            password=settings.postgres_password, database=settings.postgres_db,
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            user=settings.postgres_user,
+            password=settings.postgres_password,
+            database=settings.postgres_db,
         )
         try:
             await conn.execute(sql)
@@ -91,7 +94,9 @@ def _create_event(args: argparse.Namespace) -> int:
         event_id=args.event_id,
         venue=args.venue,
         blocks=tuple(
-            SeatBlock(rows=rows, seats_per_row=args.seats_per_row, section=section, category=category)
+            SeatBlock(
+                rows=rows, seats_per_row=args.seats_per_row, section=section, category=category
+            )
             for section, category in _sections(args.sections)
         ),
     )
@@ -99,8 +104,12 @@ def _create_event(args: argparse.Namespace) -> int:
 
     async def create() -> bool:
         pool = await connect_pool(
-            host=settings.postgres_host, port=settings.postgres_port, user=settings.postgres_user,
-            password=settings.postgres_password, database=settings.postgres_db, max_size=1,
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            user=settings.postgres_user,
+            password=settings.postgres_password,
+            database=settings.postgres_db,
+            max_size=1,
         )
         try:
             await PostgresStore(pool).create_event(event)
@@ -149,7 +158,9 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seatd", description="Real-time event seat reservation service.")
+    parser = argparse.ArgumentParser(
+        prog="seatd", description="Real-time event seat reservation service."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server (configured by environment variables)")
@@ -160,13 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     init_db.set_defaults(func=_init_db)
 
     create = sub.add_parser("create-event", help="create an event with rows of numbered seats")
-    create.add_argument("--demo", action="store_true", help="the demo event (id 'demo'); fine if it exists")
+    create.add_argument(
+        "--demo", action="store_true", help="the demo event (id 'demo'); fine if it exists"
+    )
     create.add_argument("--event-id", default=None)
     create.add_argument("--name", default="Demo concert")
     create.add_argument("--venue", default="Demo hall")
     create.add_argument("--rows", type=int, default=10, help="rows per section (A, B, ...)")
     create.add_argument("--seats-per-row", type=int, default=20)
-    create.add_argument("--sections", default="floor:standard,balcony:premium", help="section[:category],...")
+    create.add_argument(
+        "--sections", default="floor:standard,balcony:premium", help="section[:category],..."
+    )
     create.set_defaults(func=_create_event)
 
     token = sub.add_parser("token", help="mint an access token signed with SEATD_JWT_SECRET")

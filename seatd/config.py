@@ -66,37 +66,127 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 def _secret(raw: str) -> str:
     if len(raw.encode()) < 32:
-        raise ValueError("must be at least 32 bytes (HS256 needs a 256-bit key): use a long random string")
+        raise ValueError(
+            "must be at least 32 bytes (HS256 needs a 256-bit key): use a long random string"
+        )
     return raw
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("PORT", "port", "8080", _int_range(0, 65535), "TCP port of the WebSocket and HTTP endpoint."),
+    Variable(
+        "PORT", "port", "8080", _int_range(0, 65535), "TCP port of the WebSocket and HTTP endpoint."
+    ),
     Variable("SEATD_HOST", "host", "0.0.0.0", _text, "Address to listen on."),
     Variable("POSTGRES_HOST", "postgres_host", "localhost", _text, "PostgreSQL host."),
     Variable("POSTGRES_PORT", "postgres_port", "5432", _int_range(1, 65535), "PostgreSQL port."),
     Variable("POSTGRES_USER", "postgres_user", "seatd", _text, "PostgreSQL user."),
     Variable("POSTGRES_PASSWORD", "postgres_password", "", str, "PostgreSQL password."),
     Variable("POSTGRES_DB", "postgres_db", "seatd", _text, "PostgreSQL database."),
-    Variable("SEATD_PG_POOL_SIZE", "pg_pool_size", "10", _int_range(1, 200), "Most PostgreSQL connections this instance opens."),
+    Variable(
+        "SEATD_PG_POOL_SIZE",
+        "pg_pool_size",
+        "10",
+        _int_range(1, 200),
+        "Most PostgreSQL connections this instance opens.",
+    ),
     Variable("REDIS_HOST", "redis_host", "localhost", _text, "Redis host."),
     Variable("REDIS_PORT", "redis_port", "6379", _int_range(1, 65535), "Redis port."),
     Variable("REDIS_DB", "redis_db", "0", _int_range(0, 1000), "Redis database number."),
     Variable("REDIS_PASSWORD", "redis_password", "", str, "Redis password (empty: none)."),
-    Variable("DEFAULT_HOLD_DURATION", "default_hold_duration", "300", _seconds(1, 86400), "Seconds a hold lasts (and a refresh extends it by), unless the event overrides it."),
-    Variable("MAX_SEATS_PER_USER", "max_seats_per_user", "8", _int_range(1, 10000), "Seats one user may hold plus reserve per event, unless the event overrides it."),
-    Variable("MAX_HOLD_LIFETIME", "max_hold_lifetime", "1800", _seconds(1, 7 * 86400), "Longest total life of a hold, however often refreshed (at least the hold duration)."),
-    Variable("SEATD_JWT_SECRET", "jwt_secret", None, _secret, "HS256 secret that signs access tokens (required)."),
-    Variable("SEATD_ACTOR_IDLE_TIMEOUT", "actor_idle_timeout", "60", _seconds(0.05, 86400), "Seconds an event stays in memory without commands."),
-    Variable("SEATD_MAX_BATCH", "max_batch", "512", _int_range(1, 100_000), "Most commands one event commits in one transaction."),
-    Variable("SEATD_MAILBOX_LIMIT", "mailbox_limit", "10000", _int_range(1, 10_000_000), "Most commands queued per event before new ones are refused (overloaded)."),
-    Variable("SEATD_MAX_FRAME_BYTES", "max_frame_bytes", "65536", _int_range(256, 64 * 1024 * 1024), "Largest WebSocket frame a client may send."),
-    Variable("SEATD_MAX_INFLIGHT", "max_inflight", "256", _int_range(1, 100_000), "Requests one connection may have in progress; the server stops reading past it."),
-    Variable("SEATD_SEND_QUEUE", "send_queue", "1024", _int_range(8, 1_000_000), "Messages queued for one connection before it is closed as a slow consumer."),
-    Variable("SEATD_SHUTDOWN_TIMEOUT", "shutdown_timeout", "10", _seconds(0, 600), "Seconds to finish in-flight work on SIGTERM before closing anyway."),
-    Variable("SEATD_STARTUP_TIMEOUT", "startup_timeout", "30", _seconds(0, 3600), "Seconds to wait for PostgreSQL at start."),
-    Variable("LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level."),
-    Variable("LOG_FORMAT", "log_format", "auto", _choice("auto", "json", "console"), "json, console, or auto (console on a terminal)."),
+    Variable(
+        "DEFAULT_HOLD_DURATION",
+        "default_hold_duration",
+        "300",
+        _seconds(1, 86400),
+        "Seconds a hold lasts (and a refresh extends it by), unless the event overrides it.",
+    ),
+    Variable(
+        "MAX_SEATS_PER_USER",
+        "max_seats_per_user",
+        "8",
+        _int_range(1, 10000),
+        "Seats one user may hold plus reserve per event, unless the event overrides it.",
+    ),
+    Variable(
+        "MAX_HOLD_LIFETIME",
+        "max_hold_lifetime",
+        "1800",
+        _seconds(1, 7 * 86400),
+        "Longest total life of a hold, however often refreshed (at least the hold duration).",
+    ),
+    Variable(
+        "SEATD_JWT_SECRET",
+        "jwt_secret",
+        None,
+        _secret,
+        "HS256 secret that signs access tokens (required).",
+    ),
+    Variable(
+        "SEATD_ACTOR_IDLE_TIMEOUT",
+        "actor_idle_timeout",
+        "60",
+        _seconds(0.05, 86400),
+        "Seconds an event stays in memory without commands.",
+    ),
+    Variable(
+        "SEATD_MAX_BATCH",
+        "max_batch",
+        "512",
+        _int_range(1, 100_000),
+        "Most commands one event commits in one transaction.",
+    ),
+    Variable(
+        "SEATD_MAILBOX_LIMIT",
+        "mailbox_limit",
+        "10000",
+        _int_range(1, 10_000_000),
+        "Most commands queued per event before new ones are refused (overloaded).",
+    ),
+    Variable(
+        "SEATD_MAX_FRAME_BYTES",
+        "max_frame_bytes",
+        "65536",
+        _int_range(256, 64 * 1024 * 1024),
+        "Largest WebSocket frame a client may send.",
+    ),
+    Variable(
+        "SEATD_MAX_INFLIGHT",
+        "max_inflight",
+        "256",
+        _int_range(1, 100_000),
+        "Requests one connection may have in progress; the server stops reading past it.",
+    ),
+    Variable(
+        "SEATD_SEND_QUEUE",
+        "send_queue",
+        "1024",
+        _int_range(8, 1_000_000),
+        "Messages queued for one connection before it is closed as a slow consumer.",
+    ),
+    Variable(
+        "SEATD_SHUTDOWN_TIMEOUT",
+        "shutdown_timeout",
+        "10",
+        _seconds(0, 600),
+        "Seconds to finish in-flight work on SIGTERM before closing anyway.",
+    ),
+    Variable(
+        "SEATD_STARTUP_TIMEOUT",
+        "startup_timeout",
+        "30",
+        _seconds(0, 3600),
+        "Seconds to wait for PostgreSQL at start.",
+    ),
+    Variable(
+        "LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level."
+    ),
+    Variable(
+        "LOG_FORMAT",
+        "log_format",
+        "auto",
+        _choice("auto", "json", "console"),
+        "json, console, or auto (console on a terminal).",
+    ),
 )
 
 

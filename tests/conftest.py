@@ -39,3 +39,13 @@ def redis_server() -> Iterator[RedisServer]:
 def service_env(postgres: PostgresServer, redis_server: RedisServer) -> dict[str, str]:
     """POSTGRES_* and REDIS_* environment variables for the two servers above."""
     return build_service_env(postgres, redis_server)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that stop it or must not share its notices."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -181,10 +181,30 @@ class PostgresStore:
                 await conn.copy_records_to_table(
                     "seats",
                     records=[
-                        (info.event_id, s.seat_id, s.section, s.row, s.number, s.category, s.x, s.y, i)
+                        (
+                            info.event_id,
+                            s.seat_id,
+                            s.section,
+                            s.row,
+                            s.number,
+                            s.category,
+                            s.x,
+                            s.y,
+                            i,
+                        )
                         for i, s in enumerate(event.seats)
                     ],
-                    columns=["event_id", "seat_id", "section", "row", "number", "category", "x", "y", "ordinal"],
+                    columns=[
+                        "event_id",
+                        "seat_id",
+                        "section",
+                        "row",
+                        "number",
+                        "category",
+                        "x",
+                        "y",
+                        "ordinal",
+                    ],
                 )
         except asyncpg.UniqueViolationError as error:
             if error.table_name == "events" or error.constraint_name == "events_pkey":

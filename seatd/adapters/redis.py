@@ -113,7 +113,9 @@ class RedisMirror:
         for effect in effects:
             if isinstance(effect, HoldCreated | HoldExtended):
                 hold = effect.hold
-                ops.append(("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at))
+                ops.append(
+                    ("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at)
+                )
                 users.add(hold.user_id)
             elif isinstance(effect, HoldEnded):
                 ops.append(("del", hold_key(event_id, effect.hold.hold_id)))
@@ -163,7 +165,9 @@ class RedisMirror:
         for event_id, state in list(self._live_states()):
             live = {h.hold_id: h for h in state.live_holds()}
             pipe = self._client.pipeline(transaction=False)
-            async for raw in self._client.scan_iter(match=f"seatd:{{{event_id}}}:hold:*", count=500):
+            async for raw in self._client.scan_iter(
+                match=f"seatd:{{{event_id}}}:hold:*", count=500
+            ):
                 parsed = parse_hold_key(raw.decode())
                 if parsed is not None and parsed[1] not in live:
                     pipe.delete(raw)
@@ -171,7 +175,10 @@ class RedisMirror:
             pipe.delete(counts_key)
             users: set[str] = set()
             for hold in live.values():
-                _apply(pipe, ("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at))
+                _apply(
+                    pipe,
+                    ("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at),
+                )
                 users.add(hold.user_id)
             for user in users:
                 pipe.hset(counts_key, user, state.held_seat_count(user))
@@ -255,14 +262,13 @@ class ExpiryListener:
                     self._deliver(event_id, Expire(hold_id))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _enable_notifications(self) -> None:
         """Make sure expired-key events are on, keeping any flags the operator set."""
         try:
-            current = (await self._client.config_get("notify-keyspace-events")).get(
-                b"notify-keyspace-events", b""
-            )
+            config: dict[Any, Any] = await self._client.config_get("notify-keyspace-events")
+            current = config.get(b"notify-keyspace-events", b"")
             flags = current.decode() if isinstance(current, bytes) else str(current)
             has_expired = "x" in flags or "A" in flags
             if not ("E" in flags and has_expired):

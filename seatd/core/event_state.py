@@ -45,6 +45,7 @@ from seatd.errors import (
     HoldExpired,
     HoldLifetimeExceeded,
     HoldNotFound,
+    InvalidRequest,
     SeatLimitExceeded,
     SeatUnavailable,
     UnknownSeat,
@@ -154,6 +155,8 @@ class EventState:
             self.version += 1
             self._effects = []
         self._journal.clear()
+        while len(self._ended) > _TOMBSTONES:
+            self._ended.popitem(last=False)
         return effects
 
     def rollback(self) -> None:
@@ -201,6 +204,10 @@ class EventState:
         self._expire_due(now)
         if self.info.status != "open":
             raise EventClosed(f"event {self.info.event_id} is {self.info.status}")
+        if not cmd.seat_ids or len(set(cmd.seat_ids)) != len(cmd.seat_ids):
+            raise InvalidRequest(
+                "seat_ids must name at least one seat, each once", details={"path": "$.seat_ids"}
+            )
         unknown = [sid for sid in cmd.seat_ids if sid not in self._seats]
         if unknown:
             raise UnknownSeat(
@@ -236,12 +243,18 @@ class EventState:
         hold = self._owned_live_hold(cmd.user_id, cmd.hold_id)
         expires_at = min(now + self.policy.hold_duration, hold.max_expires_at)
         if expires_at <= hold.expires_at:
-            raise HoldLifetimeExceeded(
-                f"hold {hold.hold_id} cannot be extended past its maximum lifetime",
-                details={"max_expires_at": hold.max_expires_at},
-            )
+            if hold.expires_at >= hold.max_expires_at:
+                raise HoldLifetimeExceeded(
+                    f"hold {hold.hold_id} cannot be extended past its maximum lifetime",
+                    details={"max_expires_at": hold.max_expires_at},
+                )
+            return hold  # refreshed again at the same instant: nothing to extend
         refreshed = Hold(
-            hold.hold_id, hold.user_id, hold.seat_ids, hold.created_at, expires_at,
+            hold.hold_id,
+            hold.user_id,
+            hold.seat_ids,
+            hold.created_at,
+            expires_at,
             hold.max_expires_at,
         )
         self._journal.set(self._holds, hold.hold_id, refreshed)
@@ -262,7 +275,6 @@ class EventState:
         reservation = Reservation(cmd.reservation_id, hold.user_id, hold.seat_ids, now)
         for sid in hold.seat_ids:
             self._journal.set(self._seat_reservation, sid, reservation.reservation_id)
-        self._journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
         self._effects.append(ReservationCreated(reservation))
         return reservation
 
@@ -336,7 +348,9 @@ class EventState:
                     f"hold {hold_id} was already {reason.value}",
                     details={"hold_id": hold_id, "reason": reason.value},
                 )
-            raise HoldNotFound(f"no live hold {hold_id} in this event", details={"hold_id": hold_id})
+            raise HoldNotFound(
+                f"no live hold {hold_id} in this event", details={"hold_id": hold_id}
+            )
         if hold.user_id != user_id:
             raise Forbidden(f"hold {hold_id} belongs to another user")
         return hold
@@ -358,9 +372,7 @@ class EventState:
         journal.add(self._user_held, hold.user_id, -len(hold.seat_ids))
         if reason is not HoldEndReason.RESERVED:
             journal.add(self._user_seats, hold.user_id, -len(hold.seat_ids))
-        self._ended[hold.hold_id] = reason
-        if len(self._ended) > _TOMBSTONES:
-            self._ended.popitem(last=False)
+        journal.set(self._ended, hold.hold_id, reason)
         self._effects.append(HoldEnded(hold, reason))
 
     def _expire_due(self, now: float) -> tuple[Hold, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "EventInfo",
@@ -90,13 +90,13 @@ class Reservation:
     reserved_at: float
 
 
-class HoldEndReason(str, Enum):
+class HoldEndReason(StrEnum):
     RELEASED = "released"
     EXPIRED = "expired"
     RESERVED = "reserved"
 
 
-class SeatState(str, Enum):
+class SeatState(StrEnum):
     AVAILABLE = "available"
     HELD = "held"
     RESERVED = "reserved"

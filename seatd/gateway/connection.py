@@ -11,6 +11,7 @@ read its replies is closed with 4000 (reconnect and resume) instead of growing s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Callable
@@ -72,6 +73,8 @@ class Connection:
         self._capacity = asyncio.Event()
         self._outbound: deque[bytes] = deque()
         self._outbound_ready = asyncio.Event()
+        self._drained = asyncio.Event()  # set while nothing is waiting to be written
+        self._drained.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.idle = asyncio.Event()
@@ -127,10 +130,13 @@ class Connection:
             self._closing = True
             log.warning("slow_consumer", session_id=self.session_id, queued=len(self._outbound))
             self._outbound.clear()
-            self._spawn(self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resume"))
+            self._spawn(
+                self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resume")
+            )
             return
         self._outbound.append(frame)
         self._outbound_ready.set()
+        self._drained.clear()
 
     async def _write_loop(self) -> None:
         outbound, ready, ws = self._outbound, self._outbound_ready, self.ws
@@ -140,35 +146,51 @@ class Connection:
                 ready.clear()
                 while outbound:
                     await ws.send(outbound.popleft(), text=True)
+                self._drained.set()
         except ConnectionClosed:
             pass
 
     async def _flush(self, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._outbound and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout)
 
     # --- inbound ---------------------------------------------------------------------------
 
     def _on_frame(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
-            self.send(encode_error(None, None, "invalid_json", "send requests as text frames", temporary=False))
+            self.send(
+                encode_error(
+                    None, None, "invalid_json", "send requests as text frames", temporary=False
+                )
+            )
             return
         try:
             request_id, request_type, request = decode_request(frame)
         except DecodeError as error:
             self.send(
                 encode_error(
-                    error.request_id, error.request_type, error.code, error.message,
-                    temporary=False, details=error.details,
+                    error.request_id,
+                    error.request_type,
+                    error.code,
+                    error.message,
+                    temporary=False,
+                    details=error.details,
                 )
             )
             return
         if self.ctx.draining:
-            self.send(error_frame(request_id, request_type, ShuttingDown("the server is shutting down; reconnect and retry")))
+            self.send(
+                error_frame(
+                    request_id,
+                    request_type,
+                    ShuttingDown("the server is shutting down; reconnect and retry"),
+                )
+            )
             return
         if isinstance(request, wire.Ping):
-            self.send(encode_result(request_id, request_type, wire.Pong(format_time(self.ctx.clock()))))
+            self.send(
+                encode_result(request_id, request_type, wire.Pong(format_time(self.ctx.clock())))
+            )
         elif isinstance(request, wire.CreateEvent | wire.ListEvents):
             self._track(request_id, request_type, self._spawn(self._serve_store(request)))
         else:
@@ -191,7 +213,9 @@ class Connection:
         if future is None:
             future = self._spawn(registry.ask(event_id, command, envelope))
         self._track(
-            request_id, request_type, future,
+            request_id,
+            request_type,
+            future,
             partial(result_to_wire, event_id, command),
         )
 
@@ -219,17 +243,34 @@ class Connection:
         if self.inflight == 0:
             self.idle.set()
         if future.cancelled():
-            error: BaseException | None = ShuttingDown("the request was cancelled by a shutdown; retry")
+            error: BaseException | None = ShuttingDown(
+                "the request was cancelled by a shutdown; retry"
+            )
         else:
             error = future.exception()
         if error is None:
             result = future.result()
-            self.send(encode_result(request_id, request_type, to_wire(result) if to_wire else result))
+            self.send(
+                encode_result(request_id, request_type, to_wire(result) if to_wire else result)
+            )
         elif isinstance(error, SeatdError):
             self.send(error_frame(request_id, request_type, error))
         else:
-            log.error("request_failed", session_id=self.session_id, request_type=request_type, exc_info=error)
-            self.send(encode_error(request_id, request_type, "internal_error", "unexpected server error; retry", temporary=True))
+            log.error(
+                "request_failed",
+                session_id=self.session_id,
+                request_type=request_type,
+                exc_info=error,
+            )
+            self.send(
+                encode_error(
+                    request_id,
+                    request_type,
+                    "internal_error",
+                    "unexpected server error; retry",
+                    temporary=True,
+                )
+            )
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -247,12 +288,28 @@ class Connection:
             await self.ctx.store.create_event(event)
             rules = policy.for_event(event.info)
             total = len(event.seats)
-            summary = core.EventSummary(event.info, total, total, 0, 0, 0, rules.hold_duration, rules.max_seats_per_user)
-            return event_view(event.info, hold_duration=rules.hold_duration, max_seats_per_user=rules.max_seats_per_user, live=summary)
+            summary = core.EventSummary(
+                event.info, total, total, 0, 0, 0, rules.hold_duration, rules.max_seats_per_user
+            )
+            return event_view(
+                event.info,
+                hold_duration=rules.hold_duration,
+                max_seats_per_user=rules.max_seats_per_user,
+                live=summary,
+            )
         near = (request.near.latitude, request.near.longitude) if request.near else None
-        page = await self.ctx.store.list_events(near=near, radius_m=request.radius_m, limit=request.limit, after=request.after)
+        page = await self.ctx.store.list_events(
+            near=near, radius_m=request.radius_m, limit=request.limit, after=request.after
+        )
         views = []
         for info, distance in page.events:
             rules = policy.for_event(info)
-            views.append(event_view(info, hold_duration=rules.hold_duration, max_seats_per_user=rules.max_seats_per_user, distance_m=distance))
+            views.append(
+                event_view(
+                    info,
+                    hold_duration=rules.hold_duration,
+                    max_seats_per_user=rules.max_seats_per_user,
+                    distance_m=distance,
+                )
+            )
         return wire.EventPage(tuple(views), page.next_after)

@@ -94,13 +94,21 @@ class Gateway:
         if path == "/readyz":
             state = await self._readiness()
             status = http.HTTPStatus.OK if state.ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            label = "degraded" if state.ready and state.degraded else ("ready" if state.ready else "unavailable")
+            label = (
+                "degraded"
+                if state.ready and state.degraded
+                else ("ready" if state.ready else "unavailable")
+            )
             return _json_response(ws, status, {"status": label, "checks": state.checks})
         if self.ctx.draining:
-            return _json_response(ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"})
+            return _json_response(
+                ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"}
+            )
         token = _token_from(request)
         if token is None:
-            return _unauthorized(ws, "missing token: send 'Authorization: Bearer <token>' or ?token=<token>")
+            return _unauthorized(
+                ws, "missing token: send 'Authorization: Bearer <token>' or ?token=<token>"
+            )
         try:
             identity = self._authority.verify(token)
         except Unauthenticated as error:
@@ -117,7 +125,9 @@ class Gateway:
             return
         connection = Connection(ws, identity, self.ctx)
         self.connections.add(connection)
-        structlog.contextvars.bind_contextvars(session_id=connection.session_id, user_id=identity.user_id)
+        structlog.contextvars.bind_contextvars(
+            session_id=connection.session_id, user_id=identity.user_id
+        )
         log.info("connected", role=identity.role, remote=str(ws.remote_address))
         try:
             await connection.serve()
@@ -132,7 +142,7 @@ class Gateway:
             self._server.server.close()  # stop accepting; open connections stay for now
         pending = [c.idle.wait() for c in self.connections if not c.idle.is_set()]
         if pending:
-            done, still = await asyncio.wait(
+            _, still = await asyncio.wait(
                 [asyncio.ensure_future(p) for p in pending], timeout=timeout
             )
             for task in still:
@@ -145,7 +155,9 @@ class Gateway:
         if closing:
             await asyncio.gather(*closing, return_exceptions=True)
         if self._server is not None:
-            self._server.close(close_connections=True, code=CloseCode.SERVICE_RESTART, reason="server restart")
+            self._server.close(
+                close_connections=True, code=CloseCode.SERVICE_RESTART, reason="server restart"
+            )
             await self._server.wait_closed()
 
 
@@ -168,14 +180,24 @@ def _token_from(request: Request) -> str | None:
     return values[0] if values else None
 
 
-def _json_response(ws: ServerConnection, status: http.HTTPStatus, body: dict[str, object]) -> Response:
+def _json_response(
+    ws: ServerConnection, status: http.HTTPStatus, body: dict[str, object]
+) -> Response:
     response = ws.respond(status, "")
     payload = orjson.dumps(body) + b"\n"
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Cache-Control", "no-store")])
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
     return Response(response.status_code, response.reason_phrase, headers, payload)
 
 
 def _unauthorized(ws: ServerConnection, message: str) -> Response:
-    response = _json_response(ws, http.HTTPStatus.UNAUTHORIZED, {"error": "unauthenticated", "message": message})
+    response = _json_response(
+        ws, http.HTTPStatus.UNAUTHORIZED, {"error": "unauthenticated", "message": message}
+    )
     response.headers["WWW-Authenticate"] = 'Bearer realm="seatd"'
     return response

@@ -26,7 +26,12 @@ __all__ = [
 ]
 
 ActorRequest = (
-    wire.HoldRequest | wire.Refresh | wire.Release | wire.Reserve | wire.ListAvailable | wire.GetEvent
+    wire.HoldRequest
+    | wire.Refresh
+    | wire.Release
+    | wire.Reserve
+    | wire.ListAvailable
+    | wire.GetEvent
 )
 
 
@@ -39,9 +44,13 @@ def to_command(request: ActorRequest, identity: Identity) -> core.Command:
         user = identity.acting_for(request.on_behalf_of)
         return core.Reserve(user, _hold_id(request.hold_id), str(uuid.uuid4()))
     if isinstance(request, wire.Refresh):
-        return core.RefreshHold(identity.acting_for(request.on_behalf_of), _hold_id(request.hold_id))
+        return core.RefreshHold(
+            identity.acting_for(request.on_behalf_of), _hold_id(request.hold_id)
+        )
     if isinstance(request, wire.Release):
-        return core.ReleaseHold(identity.acting_for(request.on_behalf_of), _hold_id(request.hold_id))
+        return core.ReleaseHold(
+            identity.acting_for(request.on_behalf_of), _hold_id(request.hold_id)
+        )
     if isinstance(request, wire.ListAvailable):
         return core.ListAvailable(request.section, request.category, request.limit, request.after)
     return core.GetEvent()
@@ -98,7 +107,9 @@ def result_to_wire(event_id: str, command: core.Command, result: core.Result) ->
 
 
 def _seat_view(seat: core.Seat) -> wire.SeatView:
-    return wire.SeatView(seat.seat_id, seat.section, seat.row, seat.category, seat.number, seat.x, seat.y)
+    return wire.SeatView(
+        seat.seat_id, seat.section, seat.row, seat.category, seat.number, seat.x, seat.y
+    )
 
 
 def event_view(
@@ -135,9 +146,7 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
         try:
             starts_at = parse_time(request.starts_at)
         except ValueError as error:
-            raise InvalidRequest(
-                f"$.starts_at: {error}", details={"path": "$.starts_at"}
-            ) from None
+            raise InvalidRequest(f"$.starts_at: {error}", details={"path": "$.starts_at"}) from None
     seats = [
         core.Seat(s.seat_id, s.section, s.row, s.number, s.category, s.x, s.y)
         for s in request.seats
@@ -149,7 +158,9 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
                 label = f"{block.section}-{row}-{number}" if block.section else f"{row}-{number}"
                 seats.append(core.Seat(label, block.section, row, number, block.category))
     if not seats:
-        raise InvalidRequest("an event needs seats: give seats or blocks", details={"path": "$.seats"})
+        raise InvalidRequest(
+            "an event needs seats: give seats or blocks", details={"path": "$.seats"}
+        )
     if len(seats) > wire.MAX_SEATS_PER_EVENT:
         raise InvalidRequest(
             f"an event has at most {wire.MAX_SEATS_PER_EVENT} seats, this one {len(seats)}",
@@ -183,6 +194,11 @@ def error_frame(request_id: RequestId | None, request_type: str | None, error: S
     """The error reply for a service error; its code must be registered in the protocol."""
     entry = ERROR_CODES[error.code]
     details: dict[str, Any] | None = error.details
+    if details:  # times travel as RFC 3339 everywhere on the wire, details included
+        details = {
+            key: format_time(value) if key.endswith("_at") and isinstance(value, float) else value
+            for key, value in details.items()
+        }
     return encode_error(
         request_id,
         request_type,

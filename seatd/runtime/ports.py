@@ -95,7 +95,9 @@ class SeatStore(Protocol):
 class CommitObserver(Protocol):
     """Told, synchronously and in commit order, what each durable batch changed."""
 
-    def committed(self, event_id: str, version: int, effects: Sequence[Effect], state: object) -> None: ...
+    def committed(
+        self, event_id: str, version: int, effects: Sequence[Effect], state: object
+    ) -> None: ...
 
 
 class Clock(Protocol):

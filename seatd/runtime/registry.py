@@ -68,7 +68,9 @@ class Registry:
             return None
         return actor.submit(envelope.command, envelope)
 
-    async def ask(self, event_id: str, command: Command, envelope: Envelope | None = None) -> Result:
+    async def ask(
+        self, event_id: str, command: Command, envelope: Envelope | None = None
+    ) -> Result:
         """Run a command on the event's actor (activating it if needed) and await the answer."""
         envelope = envelope or Envelope(command)
         for _ in range(3):
@@ -199,9 +201,8 @@ class Registry:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        for task in [self._timer_task, *self._background]:
-            if task is not None:
-                task.cancel()
         leftovers = [t for t in [self._timer_task, *self._background] if t is not None]
+        for leftover in leftovers:
+            leftover.cancel()
         if leftovers:
             await asyncio.wait(leftovers)

@@ -75,12 +75,12 @@ async def _gone(pool: asyncpg.Pool, event_id: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def _notice_rig(
-    store: PostgresStore, redis_server: RedisServer, *, listen: bool
+    store: PostgresStore, private_redis: RedisServer, *, listen: bool
 ) -> AsyncIterator[tuple[str, Hold]]:
     """A hold whose Redis key has expired while the service's (fake) timers slept."""
     clock = FakeClock()
     registry = Registry(store, clock, POLICY, ActorSettings(idle_timeout=3600))
-    client = make_client("127.0.0.1", redis_server.port, 0, None)
+    client = make_client("127.0.0.1", private_redis.port, 0, None)
     mirror = RedisMirror(client, lambda: [(a.event_id, a.state) for a in registry.actors()])
     registry.observers.append(mirror)
     listener = ExpiryListener(client, 0, registry.tell)
@@ -115,17 +115,19 @@ async def _exists(client: Redis, key: str, expected: bool) -> bool:
 
 
 async def test_redis_expiry_notice_expires_a_hold(
-    store: PostgresStore, pool: asyncpg.Pool, redis_server: RedisServer
+    store: PostgresStore, pool: asyncpg.Pool, private_redis: RedisServer
 ) -> None:
-    async with _notice_rig(store, redis_server, listen=True) as (event_id, _):
-        assert await _eventually(lambda: _gone(pool, event_id), 5.0), "notice did not expire the hold"
+    async with _notice_rig(store, private_redis, listen=True) as (event_id, _):
+        assert await _eventually(lambda: _gone(pool, event_id), 5.0), (
+            "notice did not expire the hold"
+        )
 
 
 async def test_without_the_notice_the_fake_clock_keeps_the_hold(
-    store: PostgresStore, pool: asyncpg.Pool, redis_server: RedisServer
+    store: PostgresStore, pool: asyncpg.Pool, private_redis: RedisServer
 ) -> None:
     """Control for the test above: same set-up, no listener, and the hold stays."""
-    async with _notice_rig(store, redis_server, listen=False) as (event_id, _):
+    async with _notice_rig(store, private_redis, listen=False) as (event_id, _):
         await asyncio.sleep(1.0)
         assert await _hold_rows(pool, event_id) == 1
 
@@ -151,5 +153,23 @@ async def test_late_notice_never_touches_a_newer_hold_on_the_same_seat(
             "SELECT h.hold_id::text, h.user_id FROM holds h WHERE h.event_id = $1", event_id
         )
         assert [(r["hold_id"], r["user_id"]) for r in holders] == [(new.hold_id, "u2")]
+    finally:
+        await registry.close()
+
+
+async def test_a_passivated_event_still_expires_its_holds_on_time(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """Idle events leave memory, but their holds' expiry is kept by the registry's timer."""
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings(idle_timeout=0.1))
+    try:
+        event_id = await _new_event(store, hold_duration_s=1)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S1",), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        await _eventually(lambda: _value(registry.active(event_id) is None), 2.0)
+        assert registry.active(event_id) is None, "the idle actor did not passivate"
+        assert await _hold_rows(pool, event_id) == 1
+        assert await _eventually(lambda: _gone(pool, event_id), 3.0), "dormant expiry missed"
+        assert time.time() < hold.expires_at + 1.0
     finally:
         await registry.close()
