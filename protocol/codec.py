@@ -24,6 +24,8 @@ __all__ = [
     "encode_push",
     "encode_request",
     "encode_result",
+    "encode_stored_reply",
+    "error_object",
     "format_time",
     "parse_time",
 ]
@@ -74,7 +76,11 @@ def decode_request(frame: str | bytes) -> tuple[RequestId, str, Request]:
     request_id = _request_id(raw_id)
     raw_type = data.get("type")
     if request_id is None:
-        problem = "is missing" if raw_id is None else "must be a non-empty string (at most 64 characters) or an integer"
+        problem = (
+            "is missing"
+            if raw_id is None
+            else "must be a non-empty string (at most 64 characters) or an integer"
+        )
         raise DecodeError(
             "invalid_request",
             f"$.id {problem}",
@@ -117,7 +123,26 @@ def encode_request(request_id: RequestId, request_type: str, message: object) ->
 
 
 def encode_result(request_id: RequestId, request_type: str, result: object) -> bytes:
-    return orjson.dumps({"id": request_id, "type": request_type, "ok": True, "result": to_plain(result)})
+    return orjson.dumps(
+        {"id": request_id, "type": request_type, "ok": True, "result": to_plain(result)}
+    )
+
+
+def error_object(
+    code: str,
+    message: str,
+    *,
+    temporary: bool,
+    retry_after_ms: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``error`` member of a failed reply."""
+    error: dict[str, Any] = {"code": code, "message": message, "temporary": temporary}
+    if retry_after_ms is not None:
+        error["retry_after_ms"] = retry_after_ms
+    if details:
+        error["details"] = details
+    return error
 
 
 def encode_error(
@@ -130,15 +155,27 @@ def encode_error(
     retry_after_ms: int | None = None,
     details: dict[str, Any] | None = None,
 ) -> bytes:
-    error: dict[str, Any] = {"code": code, "message": message, "temporary": temporary}
-    if retry_after_ms is not None:
-        error["retry_after_ms"] = retry_after_ms
-    if details:
-        error["details"] = details
+    error = error_object(
+        code, message, temporary=temporary, retry_after_ms=retry_after_ms, details=details
+    )
     frame: dict[str, Any] = {"id": request_id, "ok": False, "error": error}
     if request_type is not None:
         frame["type"] = request_type
     return orjson.dumps(frame)
+
+
+def encode_stored_reply(request_id: RequestId, request_type: str, response: bytes) -> bytes:
+    """A reply frame around a stored ``{"ok": ..., ...}`` response (idempotent replays)."""
+    return b"".join(
+        (
+            b'{"id":',
+            orjson.dumps(request_id),
+            b',"type":',
+            orjson.dumps(request_type),
+            b",",
+            response[1:],
+        )
+    )
 
 
 def encode_push(push_type: str, message: object) -> bytes:
@@ -149,7 +186,11 @@ def encode_push(push_type: str, message: object) -> bytes:
 
 def format_time(seconds: float) -> str:
     """POSIX seconds -> RFC 3339 UTC with milliseconds."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def parse_time(text: str) -> float:

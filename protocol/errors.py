@@ -49,29 +49,79 @@ class ErrorCode:
 _REGISTRY: tuple[ErrorCode, ...] = (
     # The frame or request itself is wrong.
     ErrorCode("invalid_json", False, "The frame is not a JSON object (or not UTF-8 text)."),
-    ErrorCode("invalid_request", False, "A field is missing, unknown, of the wrong type or out of range; details.path names it."),
+    ErrorCode(
+        "invalid_request",
+        False,
+        "A field is missing, unknown, of the wrong type or out of range; details.path names it.",
+    ),
     ErrorCode("unknown_type", False, "The request type is not one of the protocol's types."),
     # Identity and permission.
     ErrorCode("unauthenticated", False, "No valid token: connect again with a fresh token."),
-    ErrorCode("forbidden", False, "The token's role may not do this (or the hold belongs to someone else)."),
+    ErrorCode(
+        "forbidden",
+        False,
+        "The token's role may not do this (or the hold belongs to someone else).",
+    ),
     # Things that do not exist.
     ErrorCode("event_not_found", False, "No event has this id."),
-    ErrorCode("unknown_seat", False, "One or more seat ids do not exist in this event; details.seat_ids lists them."),
-    ErrorCode("hold_not_found", False, "No live hold has this id (it was released, reserved, or never existed)."),
+    ErrorCode(
+        "unknown_seat",
+        False,
+        "One or more seat ids do not exist in this event; details.seat_ids lists them.",
+    ),
+    ErrorCode(
+        "hold_not_found",
+        False,
+        "No live hold has this id (it was released, reserved, or never existed).",
+    ),
     # Conflicts with the current state.
     ErrorCode("event_exists", False, "An event with this id already exists."),
     ErrorCode("event_closed", False, "The event no longer accepts holds."),
-    ErrorCode("seat_unavailable", False, "Some requested seats are held or reserved; details.conflicts lists each seat and why. Nothing was held."),
-    ErrorCode("seat_limit_exceeded", False, "The hold would take the user past the per-user seat limit of the event; details says by how much."),
-    ErrorCode("hold_expired", False, "The hold expired before this request; its seats are free again."),
-    ErrorCode("hold_lifetime_exceeded", False, "The hold already reached its maximum lifetime and cannot be extended further."),
-    ErrorCode("idempotency_mismatch", False, "The idempotency key was used before with different parameters."),
+    ErrorCode(
+        "seat_unavailable",
+        False,
+        "Some requested seats are held or reserved; details.conflicts lists each seat and why. Nothing was held.",
+    ),
+    ErrorCode(
+        "seat_limit_exceeded",
+        False,
+        "The hold would take the user past the per-user seat limit of the event; details says by how much.",
+    ),
+    ErrorCode(
+        "hold_expired", False, "The hold expired before this request; its seats are free again."
+    ),
+    ErrorCode(
+        "hold_lifetime_exceeded",
+        False,
+        "The hold already reached its maximum lifetime and cannot be extended further.",
+    ),
+    ErrorCode(
+        "idempotency_mismatch",
+        False,
+        "The idempotency key was used before with different parameters.",
+    ),
     # Temporary conditions: retry the same request later.
-    ErrorCode("unavailable", True, "A dependency (the database) is unavailable; nothing was changed. Retry after retry_after_ms."),
-    ErrorCode("overloaded", True, "The server sheds load; nothing was changed. Retry after retry_after_ms."),
+    ErrorCode(
+        "unavailable",
+        True,
+        "A dependency (the database) is unavailable; nothing was changed. Retry after retry_after_ms.",
+    ),
+    ErrorCode(
+        "overloaded",
+        True,
+        "The server sheds load; nothing was changed. Retry after retry_after_ms.",
+    ),
     ErrorCode("rate_limited", True, "Too many requests; retry after retry_after_ms."),
-    ErrorCode("shutting_down", True, "The server is shutting down; reconnect (possibly to another instance) and retry."),
-    ErrorCode("internal_error", True, "An unexpected server fault; nothing acknowledged was lost. Retry with the same idempotency key."),
+    ErrorCode(
+        "shutting_down",
+        True,
+        "The server is shutting down; reconnect (possibly to another instance) and retry.",
+    ),
+    ErrorCode(
+        "internal_error",
+        True,
+        "An unexpected server fault; nothing acknowledged was lost. Retry with the same idempotency key.",
+    ),
 )
 
 ERROR_CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _REGISTRY}

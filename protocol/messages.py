@@ -11,7 +11,7 @@ Times on the wire are RFC 3339 UTC strings with milliseconds (``2026-11-27T18:00
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from protocol._validate import spec
 
@@ -51,7 +51,7 @@ EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_SEATS_PER_HOLD = 100
 MAX_SEATS_PER_EVENT = 100_000
 _LABEL = r"^[^\x00-\x1f\x7f]*$"  # printable: no control characters
-_ID = dict(min_len=1, max_len=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+_ID: dict[str, Any] = dict(min_len=1, max_len=64, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 # --- shared shapes ----------------------------------------------------------------------------
 
@@ -79,7 +79,12 @@ class SeatSpec:
 class SeatBlock:
     """Rows of numbered seats, expanded by the server to ids '<section>-<row>-<number>'."""
 
-    rows: tuple[str, ...] = spec(min_items=1, max_items=500, unique=True, item=dict(min_len=1, max_len=16, pattern=r"^[A-Za-z0-9]+$"))
+    rows: tuple[str, ...] = spec(
+        min_items=1,
+        max_items=500,
+        unique=True,
+        item=dict(min_len=1, max_len=16, pattern=r"^[A-Za-z0-9]+$"),
+    )
     seats_per_row: int = spec(ge=1, le=1000)
     section: str = spec(default="", max_len=32, pattern=r"^[A-Za-z0-9]*$")
     category: str = spec(default="", max_len=64, pattern=_LABEL)
@@ -97,7 +102,9 @@ class Ping:
 @dataclass(frozen=True, slots=True)
 class CreateEvent:
     name: str = spec(min_len=1, max_len=200, pattern=_LABEL)
-    event_id: str | None = spec(default=None, pattern=EVENT_ID_PATTERN, description="Chosen by the server when absent.")
+    event_id: str | None = spec(
+        default=None, pattern=EVENT_ID_PATTERN, description="Chosen by the server when absent."
+    )
     starts_at: str | None = spec(default=None, max_len=40, description="RFC 3339 time with offset.")
     venue: str | None = spec(default=None, max_len=200, pattern=_LABEL)
     location: Location | None = None
@@ -124,7 +131,9 @@ class ListEvents:
 @dataclass(frozen=True, slots=True)
 class HoldRequest:
     event_id: str = spec(pattern=EVENT_ID_PATTERN)
-    seat_ids: tuple[str, ...] = spec(min_items=1, max_items=MAX_SEATS_PER_HOLD, unique=True, item=_ID)
+    seat_ids: tuple[str, ...] = spec(
+        min_items=1, max_items=MAX_SEATS_PER_HOLD, unique=True, item=_ID
+    )
     on_behalf_of: str | None = spec(default=None, min_len=1, max_len=128, pattern=_LABEL)
     idempotency_key: str | None = spec(default=None, min_len=1, max_len=128)
 
@@ -162,7 +171,14 @@ class ListAvailable:
 
 
 Request = (
-    Ping | CreateEvent | GetEvent | ListEvents | HoldRequest | Refresh | Release | Reserve
+    Ping
+    | CreateEvent
+    | GetEvent
+    | ListEvents
+    | HoldRequest
+    | Refresh
+    | Release
+    | Reserve
     | ListAvailable
 )
 

@@ -106,6 +106,35 @@ SELECT $1, u.user_id, u.key, u.request_hash, u.response::jsonb
 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(user_id, key, request_hash, response)
 ON CONFLICT DO NOTHING
 """
+_FIND_KEYS = """
+SELECT k.user_id, k.key, k.request_hash, k.response::text
+FROM idempotency_keys k
+JOIN unnest($2::text[], $3::text[]) AS u(user_id, key) ON k.user_id = u.user_id AND k.key = u.key
+WHERE k.event_id = $1
+"""
+# create_event keys are not tied to an event yet: they live under the empty event id.
+_CLAIM_CREATE_KEY = """
+INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
+VALUES ('', $1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING 1
+"""
+_BY_ID = f"""
+SELECT {_EVENT_COLUMNS}, NULL::float8 AS distance FROM events
+WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2
+"""
+_NEAR = f"""
+WITH origin AS (SELECT ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography AS point),
+ranked AS (
+    SELECT e.*, ST_Distance(e.location, origin.point) AS distance
+    FROM events e, origin
+    WHERE e.location IS NOT NULL
+      AND ($3::float8 IS NULL OR ST_DWithin(e.location, origin.point, $3))
+)
+SELECT {_EVENT_COLUMNS}, distance FROM ranked
+WHERE $4::text IS NULL
+   OR (distance, id) > (SELECT r.distance, r.id FROM ranked r WHERE r.id = $4)
+ORDER BY distance, id
+LIMIT $5
+"""
 _INSERT_EVENT = """
 INSERT INTO events (id, name, starts_at, venue, location, hold_duration_s, max_seats_per_user, status)
 VALUES ($1, $2, to_timestamp($3), $4,
@@ -161,11 +190,38 @@ class PostgresStore:
 
     # --- events ----------------------------------------------------------------------------
 
-    async def create_event(self, event: NewEvent) -> None:
+    async def find_idempotency(
+        self, event_id: str, scopes: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                _FIND_KEYS, event_id, [s[0] for s in scopes], [s[1] for s in scopes]
+            )
+        return {(r[0], r[1]): IdempotencyRecord(r[0], r[1], r[2], r[3].encode()) for r in rows}
+
+    async def create_event(
+        self, event: NewEvent, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
         info = event.info
         location = info.location
         try:
             async with self._transaction() as conn:
+                if idempotency is not None:
+                    # Claiming the key first makes a concurrent retry wait for this transaction
+                    # (unique index), then see the key and replay instead of creating twice.
+                    claimed = await conn.fetchval(
+                        _CLAIM_CREATE_KEY,
+                        idempotency.user_id,
+                        idempotency.key,
+                        idempotency.request_hash,
+                        idempotency.response.decode(),
+                    )
+                    if claimed is None:
+                        rows = await conn.fetch(
+                            _FIND_KEYS, "", [idempotency.user_id], [idempotency.key]
+                        )
+                        r = rows[0]
+                        return IdempotencyRecord(r[0], r[1], r[2], r[3].encode())
                 await conn.execute(
                     _INSERT_EVENT,
                     info.event_id,
@@ -212,6 +268,7 @@ class PostgresStore:
                     f"event {info.event_id} already exists", details={"event_id": info.event_id}
                 ) from error
             raise
+        return None
 
     async def list_events(
         self,
@@ -223,33 +280,14 @@ class PostgresStore:
     ) -> EventPage:
         async with self._transaction() as conn:
             if near is not None:
-                rows = await conn.fetch(
-                    f"""
-                    SELECT {_EVENT_COLUMNS},
-                           ST_Distance(location, ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography)
-                             AS distance
-                    FROM events
-                    WHERE location IS NOT NULL
-                      AND ($3::float8 IS NULL OR ST_DWithin(
-                            location, ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, $3))
-                    ORDER BY location <-> ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, id
-                    LIMIT $4
-                    """,
-                    near[0],
-                    near[1],
-                    radius_m,
-                    limit,
-                )
-                return EventPage(tuple((_event_info(r), r["distance"]) for r in rows), None)
-            rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE ($1::text IS NULL OR id > $1) "
-                "ORDER BY id LIMIT $2",
-                after,
-                limit + 1,
-            )
+                # Keyset paging on (distance, id): 'after' names the last event of the previous
+                # page, whose distance is recomputed, so pages never skip or repeat an event.
+                rows = await conn.fetch(_NEAR, near[0], near[1], radius_m, after, limit + 1)
+            else:
+                rows = await conn.fetch(_BY_ID, after, limit + 1)
         page = rows[:limit]
         next_after = page[-1]["id"] if len(rows) > limit else None
-        return EventPage(tuple((_event_info(r), None) for r in page), next_after)
+        return EventPage(tuple((_event_info(r), r.get("distance")) for r in page), next_after)
 
     async def load_event(self, event_id: str) -> LoadedEvent | None:
         async with self._transaction() as conn:

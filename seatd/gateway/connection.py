@@ -31,16 +31,24 @@ from protocol.codec import (
     encode_error,
     encode_push,
     encode_result,
+    encode_stored_reply,
     format_time,
 )
 from protocol.errors import CloseCode
 from seatd import core
 from seatd.auth import Identity
 from seatd.core import Policy
-from seatd.errors import SeatdError, ShuttingDown
-from seatd.gateway.translate import error_frame, event_view, new_event, result_to_wire, to_command
+from seatd.errors import IdempotencyMismatch, InvalidRequest, SeatdError, ShuttingDown
+from seatd.gateway.translate import (
+    error_frame,
+    event_view,
+    idempotency_key,
+    new_event,
+    result_to_wire,
+    to_command,
+)
 from seatd.runtime.actor import Envelope
-from seatd.runtime.ports import SeatStore
+from seatd.runtime.ports import NewEvent, SeatStore, StoredReply
 from seatd.runtime.registry import Registry
 
 __all__ = ["Connection", "GatewayContext"]
@@ -203,7 +211,10 @@ class Connection:
             self.send(error_frame(request_id, request_type, error))
             return
         event_id: str = request.event_id
-        envelope = Envelope(command)
+        to_wire = partial(result_to_wire, event_id, command)
+        envelope = Envelope(
+            command, idempotency=idempotency_key(self.identity, request_type, request, to_wire)
+        )
         registry = self.ctx.registry
         try:
             future: asyncio.Future[Any] | None = registry.submit_nowait(event_id, envelope)
@@ -212,12 +223,7 @@ class Connection:
             return
         if future is None:
             future = self._spawn(registry.ask(event_id, command, envelope))
-        self._track(
-            request_id,
-            request_type,
-            future,
-            partial(result_to_wire, event_id, command),
-        )
+        self._track(request_id, request_type, future, to_wire)
 
     def _track(
         self,
@@ -250,6 +256,9 @@ class Connection:
             error = future.exception()
         if error is None:
             result = future.result()
+            if isinstance(result, StoredReply):
+                self.send(encode_stored_reply(request_id, request_type, result.response))
+                return
             self.send(
                 encode_result(request_id, request_type, to_wire(result) if to_wire else result)
             )
@@ -281,29 +290,17 @@ class Connection:
     # --- requests served without an actor --------------------------------------------------
 
     async def _serve_store(self, request: wire.CreateEvent | wire.ListEvents) -> object:
-        policy = self.ctx.policy
         if isinstance(request, wire.CreateEvent):
-            self.identity.require_admin("create events")
-            event = new_event(request)
-            await self.ctx.store.create_event(event)
-            rules = policy.for_event(event.info)
-            total = len(event.seats)
-            summary = core.EventSummary(
-                event.info, total, total, 0, 0, 0, rules.hold_duration, rules.max_seats_per_user
-            )
-            return event_view(
-                event.info,
-                hold_duration=rules.hold_duration,
-                max_seats_per_user=rules.max_seats_per_user,
-                live=summary,
-            )
+            return await self._create_event(request)
+        if request.radius_m is not None and request.near is None:
+            raise InvalidRequest("radius_m needs near", details={"path": "$.radius_m"})
         near = (request.near.latitude, request.near.longitude) if request.near else None
         page = await self.ctx.store.list_events(
             near=near, radius_m=request.radius_m, limit=request.limit, after=request.after
         )
         views = []
         for info, distance in page.events:
-            rules = policy.for_event(info)
+            rules = self.ctx.policy.for_event(info)
             views.append(
                 event_view(
                     info,
@@ -313,3 +310,35 @@ class Connection:
                 )
             )
         return wire.EventPage(tuple(views), page.next_after)
+
+    async def _create_event(self, request: wire.CreateEvent) -> object:
+        self.identity.require_admin("create events")
+        event = new_event(request)
+        view = self._created_view(event)
+        key = idempotency_key(self.identity, "create_event", request, lambda _: view)
+        if key is None:
+            await self.ctx.store.create_event(event)
+            return view
+        record = key.record(view)
+        earlier = await self.ctx.store.create_event(event, record)
+        if earlier is None:
+            return StoredReply(record.response)
+        if earlier.request_hash != key.request_hash:
+            raise IdempotencyMismatch(
+                f"idempotency key {key.key!r} was used for a different request",
+                details={"idempotency_key": key.key},
+            )
+        return StoredReply(earlier.response)
+
+    def _created_view(self, event: NewEvent) -> wire.EventView:
+        rules = self.ctx.policy.for_event(event.info)
+        total = len(event.seats)
+        summary = core.EventSummary(
+            event.info, total, total, 0, 0, 0, rules.hold_duration, rules.max_seats_per_user
+        )
+        return event_view(
+            event.info,
+            hold_duration=rules.hold_duration,
+            max_seats_per_user=rules.max_seats_per_user,
+            live=summary,
+        )

@@ -6,20 +6,26 @@ protocol package never sees the core.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from protocol import messages as wire
-from protocol.codec import RequestId, encode_error, format_time, parse_time
+from protocol._validate import to_plain
+from protocol.codec import RequestId, error_object, format_time, parse_time
 from protocol.errors import ERROR_CODES
 from seatd import core
 from seatd.auth import Identity
 from seatd.errors import InvalidRequest, SeatdError
-from seatd.runtime.ports import NewEvent
+from seatd.runtime.ports import IdempotencyKey, NewEvent
 
 __all__ = [
     "error_frame",
     "event_view",
+    "idempotency_key",
     "new_event",
     "result_to_wire",
     "to_command",
@@ -147,6 +153,13 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
             starts_at = parse_time(request.starts_at)
         except ValueError as error:
             raise InvalidRequest(f"$.starts_at: {error}", details={"path": "$.starts_at"}) from None
+    # Count before building anything: a few bytes of blocks can describe millions of seats.
+    total = len(request.seats) + sum(len(b.rows) * b.seats_per_row for b in request.blocks)
+    if total > wire.MAX_SEATS_PER_EVENT:
+        raise InvalidRequest(
+            f"an event has at most {wire.MAX_SEATS_PER_EVENT} seats, this one {total}",
+            details={"path": "$.blocks" if request.blocks else "$.seats"},
+        )
     seats = [
         core.Seat(s.seat_id, s.section, s.row, s.number, s.category, s.x, s.y)
         for s in request.seats
@@ -160,11 +173,6 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
     if not seats:
         raise InvalidRequest(
             "an event needs seats: give seats or blocks", details={"path": "$.seats"}
-        )
-    if len(seats) > wire.MAX_SEATS_PER_EVENT:
-        raise InvalidRequest(
-            f"an event has at most {wire.MAX_SEATS_PER_EVENT} seats, this one {len(seats)}",
-            details={"path": "$.blocks"},
         )
     seen: set[str] = set()
     duplicates: list[str] = []
@@ -190,8 +198,8 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
     return NewEvent(info, tuple(seats))
 
 
-def error_frame(request_id: RequestId | None, request_type: str | None, error: SeatdError) -> bytes:
-    """The error reply for a service error; its code must be registered in the protocol."""
+def _error_object(error: SeatdError) -> dict[str, Any]:
+    """The wire ``error`` object; its code must be registered in the protocol."""
     entry = ERROR_CODES[error.code]
     details: dict[str, Any] | None = error.details
     if details:  # times travel as RFC 3339 everywhere on the wire, details included
@@ -199,12 +207,48 @@ def error_frame(request_id: RequestId | None, request_type: str | None, error: S
             key: format_time(value) if key.endswith("_at") and isinstance(value, float) else value
             for key, value in details.items()
         }
-    return encode_error(
-        request_id,
-        request_type,
+    return error_object(
         entry.code,
         error.message,
         temporary=entry.temporary,
         retry_after_ms=error.retry_after_ms,
         details=details,
     )
+
+
+def error_frame(request_id: RequestId | None, request_type: str | None, error: SeatdError) -> bytes:
+    """The error reply for a service error."""
+    frame: dict[str, Any] = {"id": request_id, "ok": False, "error": _error_object(error)}
+    if request_type is not None:
+        frame["type"] = request_type
+    return orjson.dumps(frame)
+
+
+def idempotency_key(
+    identity: Identity,
+    request_type: str,
+    request: Any,
+    to_wire: Callable[[Any], object],
+) -> IdempotencyKey | None:
+    """The retry key of a mutation that carries one, scoped to the authenticated principal.
+
+    The request hash covers every field but the key itself, so reusing a key for a different
+    request is detected (``idempotency_mismatch``).
+    """
+    key: str | None = getattr(request, "idempotency_key", None)
+    if key is None:
+        return None
+    fields = to_plain(request)
+    assert isinstance(fields, dict)
+    fields.pop("idempotency_key", None)
+    digest = hashlib.blake2b(
+        request_type.encode() + b"\0" + orjson.dumps(fields, option=orjson.OPT_SORT_KEYS),
+        digest_size=16,
+    ).hexdigest()
+
+    def encode(outcome: object) -> bytes:
+        if isinstance(outcome, SeatdError):
+            return orjson.dumps({"ok": False, "error": _error_object(outcome)})
+        return orjson.dumps({"ok": True, "result": to_plain(to_wire(outcome))})
+
+    return IdempotencyKey(identity.user_id, key, digest, encode)

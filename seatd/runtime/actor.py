@@ -15,14 +15,16 @@ pending caller; nobody waits forever.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from seatd.core import Command, EventState, Expire, Result
+from seatd.core import Command, EventState, Expire
 from seatd.errors import (
+    IdempotencyMismatch,
     Overloaded,
     OwnershipLost,
     RequestError,
@@ -30,7 +32,15 @@ from seatd.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from seatd.runtime.ports import Clock, CommitObserver, FencedOut, IdempotencyRecord, SeatStore
+from seatd.runtime.ports import (
+    Clock,
+    CommitObserver,
+    FencedOut,
+    IdempotencyKey,
+    IdempotencyRecord,
+    SeatStore,
+    StoredReply,
+)
 
 __all__ = ["ActorSettings", "Envelope", "EventActor"]
 
@@ -42,21 +52,22 @@ class ActorSettings:
     max_batch: int = 512
     mailbox_limit: int = 10_000
     idle_timeout: float = 60.0
+    # Outcomes of keyed mutations remembered in memory; older ones are looked up in PostgreSQL.
+    remembered_keys: int = 20_000
 
 
 @dataclass(slots=True)
 class Envelope:
     """A command plus where its answer goes (``future`` is None for fire-and-forget tells).
 
-    ``idempotency`` makes a keyed mutation's first outcome durable with its batch: it is called
-    with the command's reply after the batch is applied and returns the record to store.
+    With an ``idempotency`` key the command runs at most once: its outcome is stored in the
+    same transaction as its effects, and the answer is a ``StoredReply`` (the stored response),
+    now and on every retry with the same key.
     """
 
     command: Command
-    future: asyncio.Future[Result] | None = None
-    idempotency: Callable[[Result | SeatdError], IdempotencyRecord | None] | None = field(
-        default=None
-    )
+    future: asyncio.Future[Any] | None = None
+    idempotency: IdempotencyKey | None = None
 
 
 class EventActor:
@@ -87,18 +98,19 @@ class EventActor:
         self.stopped = False  # accepts nothing more
         self.stop_reason = ""
         self._last_active = clock.now()
+        self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()
         # Things that keep an idle actor alive (subscriptions, in a later step).
         self.pins = 0
 
     # --- the public face -------------------------------------------------------------------
 
-    def submit(self, command: Command, envelope: Envelope | None = None) -> asyncio.Future[Result]:
+    def submit(self, command: Command, envelope: Envelope | None = None) -> asyncio.Future[Any]:
         """Queue a command and return the future of its answer."""
         if self.stopped or self._stopping:
             raise ShuttingDown("the event is being handed over; retry")
         if len(self._mailbox) >= self._settings.mailbox_limit:
             raise Overloaded(f"event {self.event_id} has too many queued commands")
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if envelope is None:
             envelope = Envelope(command, future)
         else:
@@ -161,26 +173,37 @@ class EventActor:
         mailbox = self._mailbox
         size = min(len(mailbox), self._settings.max_batch)
         batch = [mailbox.popleft() for _ in range(size)]
+        known = await self._recall_keys(batch)
+        if known is None:
+            error = StoreUnavailable("could not check the idempotency keys; nothing was changed")
+            for envelope in batch:
+                _answer(envelope, error)
+            return True
         state = self.state
         now = self._clock.now()
         self._last_active = now
-        replies: list[Result | SeatdError] = []
-        records: list[IdempotencyRecord] = []
+        replies: list[Any] = []
+        records: dict[tuple[str, str], IdempotencyRecord] = {}
         for envelope in batch:
-            reply: Result | SeatdError
+            key = envelope.idempotency
+            if key is not None:
+                prior = records.get(key.scope) or known.get(key.scope)
+                if prior is not None:
+                    replies.append(_replay(prior, key))
+                    continue
+            reply: Any
             try:
                 reply = state.handle(envelope.command, now)
             except RequestError as error:
                 reply = error
-            if envelope.idempotency is not None:
-                record = envelope.idempotency(reply)
-                if record is not None:
-                    records.append(record)
+            if key is not None:
+                record = key.record(reply)
+                records[key.scope] = record
+                reply = StoredReply(record.response)
             replies.append(reply)
-        effects = state.effects
-        if effects or records:
+        if state.effects or records:
             try:
-                failure = await self._persist(records)
+                failure = await self._persist(list(records.values()))
             except asyncio.CancelledError:
                 state.rollback()
                 for envelope in batch:
@@ -191,15 +214,45 @@ class EventActor:
                 for envelope in batch:
                     _answer(envelope, failure)
                 return False
+            self._remember(records)
             effects = state.commit()
-            for observer in self._observers:
-                try:
-                    observer.committed(self.event_id, state.version, effects, state)
-                except Exception:  # an observer must never break the owner of the seats
-                    log.exception("observer_failed", event_id=self.event_id)
+            if effects:
+                for observer in self._observers:
+                    try:
+                        observer.committed(self.event_id, state.version, effects, state)
+                    except Exception:  # an observer must never break the owner of the seats
+                        log.exception("observer_failed", event_id=self.event_id)
         for envelope, reply in zip(batch, replies, strict=True):
             _answer(envelope, reply)
         return True
+
+    async def _recall_keys(
+        self, batch: list[Envelope]
+    ) -> dict[tuple[str, str], IdempotencyRecord] | None:
+        """Earlier outcomes of the batch's keys: from memory, else one query for the rest."""
+        known: dict[tuple[str, str], IdempotencyRecord] = {}
+        missing: list[tuple[str, str]] = []
+        for envelope in batch:
+            key = envelope.idempotency
+            if key is not None:
+                record = self._keys.get(key.scope)
+                if record is not None:
+                    known[key.scope] = record
+                else:
+                    missing.append(key.scope)
+        if missing:
+            try:
+                known.update(await self._store.find_idempotency(self.event_id, missing))
+            except Exception as error:
+                log.warning("idempotency_lookup_failed", event_id=self.event_id, error=repr(error))
+                return None
+        return known
+
+    def _remember(self, records: dict[tuple[str, str], IdempotencyRecord]) -> None:
+        keys = self._keys
+        keys.update(records)
+        while len(keys) > self._settings.remembered_keys:
+            keys.popitem(last=False)
 
     async def _persist(self, records: list[IdempotencyRecord]) -> SeatdError | None:
         """Write the batch; on failure say why (as the error every caller gets) and stop."""
@@ -235,7 +288,16 @@ class EventActor:
         self._on_stop(self)
 
 
-def _answer(envelope: Envelope, reply: Result | SeatdError) -> None:
+def _replay(prior: IdempotencyRecord, key: IdempotencyKey) -> StoredReply | SeatdError:
+    if prior.request_hash != key.request_hash:
+        return IdempotencyMismatch(
+            f"idempotency key {key.key!r} was used for a different request",
+            details={"idempotency_key": key.key},
+        )
+    return StoredReply(prior.response)
+
+
+def _answer(envelope: Envelope, reply: Any) -> None:
     future = envelope.future
     if future is None or future.done():
         return

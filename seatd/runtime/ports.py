@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,10 +16,12 @@ __all__ = [
     "CommitObserver",
     "EventPage",
     "FencedOut",
+    "IdempotencyKey",
     "IdempotencyRecord",
     "LoadedEvent",
     "NewEvent",
     "SeatStore",
+    "StoredReply",
     "SystemClock",
 ]
 
@@ -59,13 +61,51 @@ class IdempotencyRecord:
     user_id: str
     key: str
     request_hash: str
-    response: bytes  # JSON
+    response: bytes  # a JSON object: {"ok": true, "result": ...} or {"ok": false, "error": ...}
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's retry key for one mutation, and how to store the mutation's outcome.
+
+    Keys are scoped by event and by the authenticated principal. ``encode`` turns the outcome
+    (a result or a ``RequestError``) into the response JSON that is stored and replayed.
+    """
+
+    user_id: str
+    key: str
+    request_hash: str
+    encode: Callable[[object], bytes]
+
+    @property
+    def scope(self) -> tuple[str, str]:
+        return (self.user_id, self.key)
+
+    def record(self, outcome: object) -> IdempotencyRecord:
+        return IdempotencyRecord(self.user_id, self.key, self.request_hash, self.encode(outcome))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """The answer to a keyed mutation: its stored response, the same bytes on every retry."""
+
+    response: bytes
 
 
 class SeatStore(Protocol):
     """Durable storage (PostgreSQL). Every write is fenced by the caller's owner epoch."""
 
-    async def create_event(self, event: NewEvent) -> None: ...
+    async def create_event(
+        self, event: NewEvent, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        """Create the event; with a key already used, create nothing and return its record."""
+        ...
+
+    async def find_idempotency(
+        self, event_id: str, scopes: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        """Stored outcomes of these (user, key) pairs in this event, where they exist."""
+        ...
 
     async def load_event(self, event_id: str) -> LoadedEvent | None:
         """Claim the event (next owner epoch) and read its state; None if it does not exist."""

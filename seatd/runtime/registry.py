@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
 from seatd.core import Command, EventState, Expire, Policy, Result
 from seatd.errors import EventNotFound, SeatdError, ShuttingDown
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
-from seatd.runtime.ports import Clock, CommitObserver, SeatStore
+from seatd.runtime.ports import Clock, CommitObserver, SeatStore, StoredReply
 
 __all__ = ["Registry"]
 
@@ -61,7 +62,7 @@ class Registry:
 
     # --- asking ----------------------------------------------------------------------------
 
-    def submit_nowait(self, event_id: str, envelope: Envelope) -> asyncio.Future[Result] | None:
+    def submit_nowait(self, event_id: str, envelope: Envelope) -> asyncio.Future[Any] | None:
         """Fast path: queue on an already active actor without a task switch; None if inactive."""
         actor = self._actors.get(event_id)
         if actor is None or actor.stopped:
@@ -70,14 +71,16 @@ class Registry:
 
     async def ask(
         self, event_id: str, command: Command, envelope: Envelope | None = None
-    ) -> Result:
-        """Run a command on the event's actor (activating it if needed) and await the answer."""
+    ) -> Result | StoredReply:
+        """Run a command on the event's actor (activating it if needed) and await the answer:
+        the command's result, or a ``StoredReply`` when the envelope carries a retry key."""
         envelope = envelope or Envelope(command)
         for _ in range(3):
             actor = await self.activate(event_id)
             if actor.stopped:
                 continue  # stopped between activation and now: load it again
-            return await actor.submit(command, envelope)
+            reply: Result | StoredReply = await actor.submit(command, envelope)
+            return reply
         raise ShuttingDown(f"event {event_id} keeps stopping; retry")
 
     def tell(self, event_id: str, command: Command) -> None:

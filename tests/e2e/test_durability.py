@@ -49,7 +49,10 @@ async def test_holds_and_reservations_survive_a_restart(
         reserved = await carol.ok("reserve", event_id=event_id, hold_id=to_reserve["hold_id"])
     seatd_process.kill()  # no graceful anything
     seatd_process.start()
-    async with client(seatd_process.url, "carol") as carol, client(seatd_process.url, "dave") as dave:
+    async with (
+        client(seatd_process.url, "carol") as carol,
+        client(seatd_process.url, "dave") as dave,
+    ):
         summary = await carol.ok("get_event", event_id=event_id)
         assert (summary["held"], summary["reserved"], summary["available"]) == (2, 1, 7)
         conflict = await dave.error("hold", event_id=event_id, seat_ids=["A-1", "A-3"])
@@ -61,7 +64,9 @@ async def test_holds_and_reservations_survive_a_restart(
         # The hold is still the same, usable hold.
         refreshed = await carol.ok("refresh", event_id=event_id, hold_id=held["hold_id"])
         assert refreshed["seat_ids"] == ["A-1", "A-2"]
-    rows = await _db(postgres, "SELECT reservation_id::text FROM reservations WHERE event_id = $1", event_id)
+    rows = await _db(
+        postgres, "SELECT reservation_id::text FROM reservations WHERE event_id = $1", event_id
+    )
     assert [r["reservation_id"] for r in rows] == [reserved["reservation_id"]]
 
 
@@ -73,7 +78,9 @@ async def _hammer(c: RawClient, event_id: str, seats: list[str], acked: list[str
         for seat in seats:
             request_id = next(ids)
             pending[request_id] = seat
-            await c.send({"id": request_id, "type": "hold", "event_id": event_id, "seat_ids": [seat]})
+            await c.send(
+                {"id": request_id, "type": "hold", "event_id": event_id, "seat_ids": [seat]}
+            )
         while pending:
             frame = await c.recv(timeout=10)
             request_id = frame.get("id")
@@ -88,20 +95,31 @@ async def test_kill_mid_batch_never_acknowledges_an_uncommitted_write(
     seatd_process: ServerProcess, postgres: PostgresServer, kill_after: float
 ) -> None:
     async with client(seatd_process.url, "admin", "admin") as admin:
-        event_id = (await create_event(admin, seats=200, rows=5, max_seats_per_user=1000))["event_id"]
+        event_id = (await create_event(admin, seats=200, rows=5, max_seats_per_user=1000))[
+            "event_id"
+        ]
     acked: list[str] = []
     rows = "ABCDE"
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(client(seatd_process.url, f"k{i}")) for i in range(5)]
+        clients = [
+            await stack.enter_async_context(client(seatd_process.url, f"k{i}")) for i in range(5)
+        ]
         workers = [
-            asyncio.create_task(_hammer(c, event_id, [f"{rows[i]}-{n}" for n in range(1, 201)], acked))
+            asyncio.create_task(
+                _hammer(c, event_id, [f"{rows[i]}-{n}" for n in range(1, 201)], acked)
+            )
             for i, c in enumerate(clients)
         ]
         await asyncio.sleep(kill_after)
         seatd_process.kill()
         await asyncio.gather(*workers)
     assert acked, "nothing was acknowledged before the kill: the test proves nothing"
-    stored = {r["hold_id"] for r in await _db(postgres, "SELECT hold_id::text FROM holds WHERE event_id = $1", event_id)}
+    stored = {
+        r["hold_id"]
+        for r in await _db(
+            postgres, "SELECT hold_id::text FROM holds WHERE event_id = $1", event_id
+        )
+    }
     missing = [hold_id for hold_id in acked if hold_id not in stored]
     assert not missing, f"{len(missing)} acknowledged holds are not in PostgreSQL"
 

@@ -29,9 +29,13 @@ async def _db_holders(postgres: PostgresServer, event_id: str) -> dict[str, str]
     return {r["seat_id"]: r["user_id"] for r in rows}
 
 
-async def _connect_all(server: RunningServer, subs: list[str]) -> tuple[contextlib.AsyncExitStack, list[RawClient]]:
+async def _connect_all(
+    server: RunningServer, subs: list[str]
+) -> tuple[contextlib.AsyncExitStack, list[RawClient]]:
     stack = contextlib.AsyncExitStack()
-    clients = await asyncio.gather(*(stack.enter_async_context(client(server.url, s)) for s in subs))
+    clients = await asyncio.gather(
+        *(stack.enter_async_context(client(server.url, s)) for s in subs)
+    )
     return stack, list(clients)
 
 
@@ -45,7 +49,10 @@ async def test_hundred_connections_race_for_ten_seats(
     stack, clients = await _connect_all(server, list(wanted))
     async with stack:
         replies = await asyncio.gather(
-            *(c.request("hold", event_id=event_id, seat_ids=wanted[sub]) for c, sub in zip(clients, wanted, strict=True))
+            *(
+                c.request("hold", event_id=event_id, seat_ids=wanted[sub])
+                for c, sub in zip(clients, wanted, strict=True)
+            )
         )
     winners: dict[str, str] = {}
     for sub, reply in zip(wanted, replies, strict=True):
@@ -73,7 +80,10 @@ async def test_per_user_limit_holds_under_a_race(
     stack, clients = await _connect_all(server, ["greedy"] * 30)
     async with stack:
         replies = await asyncio.gather(
-            *(c.request("hold", event_id=event_id, seat_ids=[f"A-{i + 1}"]) for i, c in enumerate(clients))
+            *(
+                c.request("hold", event_id=event_id, seat_ids=[f"A-{i + 1}"])
+                for i, c in enumerate(clients)
+            )
         )
     ok = [r for r in replies if r["ok"]]
     refused = [r["error"] for r in replies if not r["ok"]]
