@@ -96,6 +96,11 @@ _REGISTRY: tuple[ErrorCode, ...] = (
         "The hold already reached its maximum lifetime and cannot be extended further.",
     ),
     ErrorCode(
+        "too_many_subscriptions",
+        False,
+        "The connection has the most subscriptions allowed; unsubscribe first or use another connection.",
+    ),
+    ErrorCode(
         "idempotency_mismatch",
         False,
         "The idempotency key was used before with different parameters.",

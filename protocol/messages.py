@@ -21,12 +21,15 @@ __all__ = [
     "MAX_SEATS_PER_HOLD",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
+    "Availability",
     "AvailableSeats",
     "CreateEvent",
     "EventPage",
     "EventView",
     "GetEvent",
     "GoAway",
+    "HoldExpired",
+    "HoldExpiring",
     "HoldRequest",
     "HoldView",
     "ListAvailable",
@@ -41,8 +44,13 @@ __all__ = [
     "ReservationView",
     "Reserve",
     "SeatBlock",
+    "SeatChange",
     "SeatSpec",
     "SeatView",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
     "Welcome",
 ]
 
@@ -170,6 +178,21 @@ class ListAvailable:
     after: str | None = spec(default=None, min_len=1, max_len=64)
 
 
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Watch an event's availability: a snapshot (or the missed changes) now, then deltas."""
+
+    event_id: str = spec(pattern=EVENT_ID_PATTERN)
+    since_version: int | None = spec(
+        default=None, ge=0, description="Last version seen, to resume."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    event_id: str = spec(pattern=EVENT_ID_PATTERN)
+
+
 Request = (
     Ping
     | CreateEvent
@@ -180,6 +203,8 @@ Request = (
     | Release
     | Reserve
     | ListAvailable
+    | Subscribe
+    | Unsubscribe
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -192,6 +217,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "release": Release,
     "reserve": Reserve,
     "list_available": ListAvailable,
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
 }
 
 # --- results ----------------------------------------------------------------------------------
@@ -274,7 +301,65 @@ class AvailableSeats:
     next_after: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SeatChange:
+    """A seat's new state; ``expires_at`` is the hold's expiry when the state is held."""
+
+    seat_id: str
+    state: Literal["available", "held", "reserved"]
+    expires_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """One committed change of an event's seats. Versions of an event increase by exactly one
+    from delta to delta: a client that sees a jump has missed something and resubscribes."""
+
+    event_id: str
+    version: int
+    changes: tuple[SeatChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The subscribe result. ``mode`` snapshot: ``held`` and ``reserved`` list every unavailable
+    seat at ``version`` (all other seats are available). ``mode`` resume: ``deltas`` are the
+    changes after ``since_version`` up to ``version``, in order. Live deltas follow."""
+
+    event_id: str
+    version: int
+    mode: Literal["snapshot", "resume"]
+    total_seats: int
+    held: tuple[SeatChange, ...] = ()
+    reserved: tuple[str, ...] = ()
+    deltas: tuple[Availability, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    event_id: str
+
+
 # --- pushes (no id) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HoldExpiring:
+    """Sent to the connection that made (or last refreshed) a hold, shortly before it expires."""
+
+    event_id: str
+    hold_id: str
+    seat_ids: tuple[str, ...]
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldExpired:
+    """Sent to the connection that made (or last refreshed) a hold when it expired."""
+
+    event_id: str
+    hold_id: str
+    seat_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

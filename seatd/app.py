@@ -20,6 +20,7 @@ from seatd.auth import TokenAuthority
 from seatd.config import Settings
 from seatd.core import Policy
 from seatd.errors import StoreUnavailable
+from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.connection import GatewayContext
 from seatd.gateway.server import Gateway, Readiness
 from seatd.runtime.actor import ActorSettings
@@ -81,7 +82,14 @@ class App:
         listener = ExpiryListener(redis, s.redis_db, registry.tell)
         mirror.start()
         listener.start()
+        broadcaster = Broadcaster(history=s.delta_history)
+        registry.observers.append(broadcaster)
+        registry.keep_alive = broadcaster.has_subscribers
+        registry.stop_listeners.append(broadcaster.forget)
         ctx = GatewayContext(
+            broadcaster=broadcaster,
+            max_subscriptions=s.max_subscriptions,
+            hold_warning=s.hold_warning,
             registry=registry,
             store=store,
             policy=policy,

@@ -111,7 +111,7 @@ VARIABLES: tuple[Variable, ...] = (
         "MAX_HOLD_LIFETIME",
         "max_hold_lifetime",
         "1800",
-        _seconds(1, 7 * 86400),
+        _seconds(1, 86400),
         "Longest total life of a hold, however often refreshed (at least the hold duration).",
     ),
     Variable(
@@ -164,6 +164,27 @@ VARIABLES: tuple[Variable, ...] = (
         "Messages queued for one connection before it is closed as a slow consumer.",
     ),
     Variable(
+        "SEATD_MAX_SUBSCRIPTIONS",
+        "max_subscriptions",
+        "64",
+        _int_range(1, 10_000),
+        "Events one connection may subscribe to at once.",
+    ),
+    Variable(
+        "SEATD_DELTA_HISTORY",
+        "delta_history",
+        "256",
+        _int_range(0, 100_000),
+        "Deltas kept per watched event for clients that resume (older gaps get a snapshot).",
+    ),
+    Variable(
+        "SEATD_HOLD_WARNING",
+        "hold_warning",
+        "30",
+        _seconds(0, 3600),
+        "Seconds before expiry a holder gets hold_expiring (at most a quarter of the hold's life).",
+    ),
+    Variable(
         "SEATD_SHUTDOWN_TIMEOUT",
         "shutdown_timeout",
         "10",
@@ -214,6 +235,9 @@ class Settings:
     max_frame_bytes: int
     max_inflight: int
     send_queue: int
+    max_subscriptions: int
+    delta_history: int
+    hold_warning: float
     shutdown_timeout: float
     startup_timeout: float
     log_level: str

@@ -18,7 +18,8 @@ reply; anything else is a bug and becomes ``internal_error``. The codes are regi
     │   ├── HoldNotFound             hold_not_found
     │   ├── HoldExpired              hold_expired
     │   ├── HoldLifetimeExceeded     hold_lifetime_exceeded
-    │   └── IdempotencyMismatch      idempotency_mismatch
+    │   ├── IdempotencyMismatch      idempotency_mismatch
+    │   └── TooManySubscriptions     too_many_subscriptions
     └── TemporaryError               retrying later can succeed (temporary = True)
         ├── StoreUnavailable         unavailable
         ├── Overloaded               overloaded
@@ -49,6 +50,7 @@ __all__ = [
     "ShuttingDown",
     "StoreUnavailable",
     "TemporaryError",
+    "TooManySubscriptions",
     "Unauthenticated",
     "UnknownSeat",
 ]
@@ -132,6 +134,10 @@ class HoldLifetimeExceeded(RequestError):
 
 class IdempotencyMismatch(RequestError):
     code = "idempotency_mismatch"
+
+
+class TooManySubscriptions(RequestError):
+    code = "too_many_subscriptions"
 
 
 class TemporaryError(SeatdError):

@@ -13,10 +13,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("seatd/core", ("asyncio", "asyncpg", "redis", "websockets", "orjson", "protocol",
-                    "seatd.runtime", "seatd.adapters", "seatd.gateway", "seatd.app")),
-    ("seatd/runtime", ("asyncpg", "redis", "websockets", "protocol", "seatd.adapters",
-                       "seatd.gateway", "seatd.app")),
+    (
+        "seatd/core",
+        (
+            "asyncio",
+            "asyncpg",
+            "redis",
+            "websockets",
+            "orjson",
+            "protocol",
+            "seatd.runtime",
+            "seatd.adapters",
+            "seatd.gateway",
+            "seatd.app",
+        ),
+    ),
+    (
+        "seatd/runtime",
+        (
+            "asyncpg",
+            "redis",
+            "websockets",
+            "protocol",
+            "seatd.adapters",
+            "seatd.gateway",
+            "seatd.app",
+        ),
+    ),
     ("seatd/adapters", ("websockets", "protocol", "seatd.gateway", "seatd.app")),
     ("seatd/gateway", ("asyncpg", "redis", "seatd.adapters", "seatd.app")),
     ("protocol", ("seatd", "asyncpg", "redis", "structlog")),

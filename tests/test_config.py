@@ -17,13 +17,22 @@ def test_defaults_need_only_the_secret() -> None:
 
 def test_values_are_read_from_the_environment() -> None:
     env = {
-        "SEATD_JWT_SECRET": SECRET, "PORT": "9000", "POSTGRES_HOST": "db", "POSTGRES_PORT": "6543",
-        "REDIS_HOST": "cache", "REDIS_PORT": "7000", "DEFAULT_HOLD_DURATION": "90",
+        "SEATD_JWT_SECRET": SECRET,
+        "PORT": "9000",
+        "POSTGRES_HOST": "db",
+        "POSTGRES_PORT": "6543",
+        "REDIS_HOST": "cache",
+        "REDIS_PORT": "7000",
+        "DEFAULT_HOLD_DURATION": "90",
         "MAX_SEATS_PER_USER": "3",
     }
     s = Settings.from_env(env)
     assert (s.port, s.postgres_host, s.postgres_port, s.redis_host, s.redis_port) == (
-        9000, "db", 6543, "cache", 7000,
+        9000,
+        "db",
+        6543,
+        "cache",
+        7000,
     )
     assert (s.default_hold_duration, s.max_seats_per_user) == (90.0, 3)
 
@@ -32,12 +41,18 @@ def test_values_are_read_from_the_environment() -> None:
     ("env", "message"),
     [
         ({}, "SEATD_JWT_SECRET is required"),
-        ({"SEATD_JWT_SECRET": "short"}, "SEATD_JWT_SECRET='short' is invalid: must be at least 32 bytes"),
+        (
+            {"SEATD_JWT_SECRET": "short"},
+            "SEATD_JWT_SECRET='short' is invalid: must be at least 32 bytes",
+        ),
         ({"PORT": "eighty"}, "PORT='eighty' is invalid"),
         ({"PORT": "70000"}, "PORT='70000' is invalid: must be between 0 and 65535"),
         ({"MAX_SEATS_PER_USER": "0"}, "MAX_SEATS_PER_USER='0' is invalid"),
         ({"DEFAULT_HOLD_DURATION": "-5"}, "DEFAULT_HOLD_DURATION='-5' is invalid"),
-        ({"DEFAULT_HOLD_DURATION": "600", "MAX_HOLD_LIFETIME": "60"}, "MAX_HOLD_LIFETIME (60) must be at least"),
+        (
+            {"DEFAULT_HOLD_DURATION": "600", "MAX_HOLD_LIFETIME": "60"},
+            "MAX_HOLD_LIFETIME (60) must be at least",
+        ),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid: must be one of"),
     ],
 )
@@ -52,7 +67,9 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"PORT": "x", "REDIS_PORT": "y"})
     text = str(caught.value)
-    assert "PORT='x'" in text and "REDIS_PORT='y'" in text and "SEATD_JWT_SECRET is required" in text
+    assert (
+        "PORT='x'" in text and "REDIS_PORT='y'" in text and "SEATD_JWT_SECRET is required" in text
+    )
 
 
 def test_every_variable_is_documented_in_the_readme() -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "EventSummary",
     "Expire",
     "GetEvent",
+    "GetSnapshot",
     "HoldCreated",
     "HoldEnded",
     "HoldExtended",
@@ -28,6 +29,7 @@ __all__ = [
     "ReservationCreated",
     "Reserve",
     "Result",
+    "SeatSnapshot",
 ]
 
 
@@ -78,6 +80,12 @@ class GetEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class GetSnapshot:
+    """Every unavailable seat. The actor answers it after the batch commits, so the snapshot
+    and its version describe committed state only."""
+
+
+@dataclass(frozen=True, slots=True)
 class Expire:
     """Expire every hold that is due. ``hold_id`` names the hold a notice was about (a hint only):
     a hold is expired by its ``expires_at``, never by the notice, so a late or duplicate notice
@@ -86,7 +94,16 @@ class Expire:
     hold_id: str | None = None
 
 
-Command = PlaceHold | RefreshHold | ReleaseHold | Reserve | ListAvailable | GetEvent | Expire
+Command = (
+    PlaceHold
+    | RefreshHold
+    | ReleaseHold
+    | Reserve
+    | ListAvailable
+    | GetEvent
+    | GetSnapshot
+    | Expire
+)
 
 
 # --- results --------------------------------------------------------------------------------
@@ -118,7 +135,23 @@ class EventSummary:
     max_seats_per_user: int
 
 
-Result = Hold | HoldReleased | Reservation | AvailableSeats | EventSummary | tuple[Hold, ...]
+@dataclass(frozen=True, slots=True)
+class SeatSnapshot:
+    version: int
+    total_seats: int
+    held: tuple[tuple[str, float], ...]  # (seat id, its hold's expires_at)
+    reserved: tuple[str, ...]
+
+
+Result = (
+    Hold
+    | HoldReleased
+    | Reservation
+    | AvailableSeats
+    | EventSummary
+    | SeatSnapshot
+    | tuple[Hold, ...]
+)
 
 
 # --- effects: what a batch changed, in order ------------------------------------------------

@@ -26,6 +26,7 @@ from seatd.core.commands import (
     EventSummary,
     Expire,
     GetEvent,
+    GetSnapshot,
     HoldCreated,
     HoldEnded,
     HoldExtended,
@@ -37,6 +38,7 @@ from seatd.core.commands import (
     ReservationCreated,
     Reserve,
     Result,
+    SeatSnapshot,
 )
 from seatd.core.model import EventInfo, Hold, HoldEndReason, Policy, Reservation, Seat, SeatState
 from seatd.errors import (
@@ -134,6 +136,7 @@ class EventState:
             Reserve: self._reserve,
             ListAvailable: self._list_available,
             GetEvent: self._summary,
+            GetSnapshot: self._snapshot,
             Expire: self._expire,
         }
 
@@ -318,6 +321,17 @@ class EventState:
             version=self.version + (1 if self._effects else 0),
             hold_duration=self.policy.hold_duration,
             max_seats_per_user=self.policy.max_seats_per_user,
+        )
+
+    def _snapshot(self, cmd: GetSnapshot, now: float) -> SeatSnapshot:
+        self._expire_due(now)
+        holds = self._holds
+        held = tuple((sid, holds[hold_id].expires_at) for sid, hold_id in self._seat_hold.items())
+        return SeatSnapshot(
+            self.version + (1 if self._effects else 0),
+            len(self._seats),
+            held,
+            tuple(self._seat_reservation),
         )
 
     def _expire(self, cmd: Expire, now: float) -> tuple[Hold, ...]:

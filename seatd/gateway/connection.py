@@ -6,6 +6,9 @@ back on the client through TCP). Commands for an active event go straight into t
 mailbox with no task per request; the reply is encoded in the future's callback. Every frame the
 connection sends goes through one bounded queue drained by a writer task: a client that does not
 read its replies is closed with 4000 (reconnect and resume) instead of growing server memory.
+
+The connection also carries the client's subscriptions (see ``broadcast``) and watches the
+holds it made, pushing ``hold_expiring`` shortly before one expires.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import orjson
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from protocol import messages as wire
+from protocol._validate import to_plain
 from protocol.codec import (
     DecodeError,
     RequestId,
@@ -33,12 +38,20 @@ from protocol.codec import (
     encode_result,
     encode_stored_reply,
     format_time,
+    parse_time,
 )
 from protocol.errors import CloseCode
 from seatd import core
 from seatd.auth import Identity
 from seatd.core import Policy
-from seatd.errors import IdempotencyMismatch, InvalidRequest, SeatdError, ShuttingDown
+from seatd.errors import (
+    IdempotencyMismatch,
+    InvalidRequest,
+    SeatdError,
+    ShuttingDown,
+    TooManySubscriptions,
+)
+from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.translate import (
     error_frame,
     event_view,
@@ -65,10 +78,26 @@ class GatewayContext:
     store: SeatStore
     policy: Policy
     clock: Callable[[], float]
+    broadcaster: Broadcaster
     max_frame_bytes: int
     max_inflight: int
     send_queue: int
+    max_subscriptions: int = 64
+    # Seconds before a hold expires that its holder is warned (at most a quarter of its life).
+    hold_warning: float = 30.0
     draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A request in progress: how to answer it when its future completes."""
+
+    request_id: RequestId
+    request_type: str
+    to_wire: Callable[[Any], object] | None = None
+    # Called with the wire result (or the stored reply) once sent, for follow-ups.
+    after: Callable[[Any], None] | None = None
+    on_error: Callable[[], None] | None = None
 
 
 class Connection:
@@ -87,6 +116,8 @@ class Connection:
         self._closing = False
         self.idle = asyncio.Event()
         self.idle.set()
+        self._subscriptions: set[str] = set()
+        self._hold_timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -119,6 +150,17 @@ class Connection:
             for task in self._tasks:
                 task.cancel()
             writer.cancel()
+            self._forget_everything()
+
+    def _forget_everything(self) -> None:
+        broadcaster = self.ctx.broadcaster
+        for event_id in self._subscriptions:
+            broadcaster.cancel(event_id, self)
+        self._subscriptions.clear()
+        for hold_id, timer in self._hold_timers.items():
+            timer.cancel()
+            broadcaster.unwatch_hold(hold_id, self)
+        self._hold_timers.clear()
 
     async def go_away(self, reason: str, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Tell the client why, let queued replies flush, and close."""
@@ -200,7 +242,11 @@ class Connection:
                 encode_result(request_id, request_type, wire.Pong(format_time(self.ctx.clock())))
             )
         elif isinstance(request, wire.CreateEvent | wire.ListEvents):
-            self._track(request_id, request_type, self._spawn(self._serve_store(request)))
+            self._track(self._spawn(self._serve_store(request)), _Pending(request_id, request_type))
+        elif isinstance(request, wire.Subscribe):
+            self._subscribe(request_id, request_type, request)
+        elif isinstance(request, wire.Unsubscribe):
+            self._unsubscribe(request_id, request_type, request)
         else:
             self._to_actor(request_id, request_type, request)
 
@@ -212,74 +258,170 @@ class Connection:
             return
         event_id: str = request.event_id
         to_wire = partial(result_to_wire, event_id, command)
-        envelope = Envelope(
-            command, idempotency=idempotency_key(self.identity, request_type, request, to_wire)
-        )
+        key = idempotency_key(self.identity, request_type, request, to_wire)
+        pending = _Pending(request_id, request_type, to_wire, self._follow_hold)
+        self._ask(event_id, Envelope(command, idempotency=key), pending)
+
+    def _ask(self, event_id: str, envelope: Envelope, pending: _Pending) -> None:
         registry = self.ctx.registry
         try:
             future: asyncio.Future[Any] | None = registry.submit_nowait(event_id, envelope)
         except SeatdError as error:
-            self.send(error_frame(request_id, request_type, error))
+            self._fail(pending, error)
             return
         if future is None:
-            future = self._spawn(registry.ask(event_id, command, envelope))
-        self._track(request_id, request_type, future, to_wire)
+            future = self._spawn(registry.ask(event_id, envelope.command, envelope))
+        self._track(future, pending)
 
-    def _track(
-        self,
-        request_id: RequestId,
-        request_type: str,
-        future: asyncio.Future[Any],
-        to_wire: Callable[[Any], object] | None = None,
-    ) -> None:
+    def _track(self, future: asyncio.Future[Any], pending: _Pending) -> None:
         self.inflight += 1
         self.idle.clear()
-        future.add_done_callback(partial(self._done, request_id, request_type, to_wire))
+        future.add_done_callback(partial(self._done, pending))
 
-    def _done(
-        self,
-        request_id: RequestId,
-        request_type: str,
-        to_wire: Callable[[Any], object] | None,
-        future: asyncio.Future[Any],
-    ) -> None:
+    def _done(self, pending: _Pending, future: asyncio.Future[Any]) -> None:
         self.inflight -= 1
         if self.inflight < self.ctx.max_inflight:
             self._capacity.set()
         if self.inflight == 0:
             self.idle.set()
         if future.cancelled():
-            error: BaseException | None = ShuttingDown(
-                "the request was cancelled by a shutdown; retry"
+            self._fail(pending, ShuttingDown("the request was cancelled by a shutdown; retry"))
+            return
+        error = future.exception()
+        if error is not None:
+            self._fail(pending, error)
+            return
+        result = future.result()
+        if isinstance(result, StoredReply):
+            self.send(
+                encode_stored_reply(pending.request_id, pending.request_type, result.response)
             )
         else:
-            error = future.exception()
-        if error is None:
-            result = future.result()
-            if isinstance(result, StoredReply):
-                self.send(encode_stored_reply(request_id, request_type, result.response))
-                return
-            self.send(
-                encode_result(request_id, request_type, to_wire(result) if to_wire else result)
+            result = pending.to_wire(result) if pending.to_wire else result
+            self.send(encode_result(pending.request_id, pending.request_type, result))
+        if pending.after is not None:
+            pending.after(result)
+
+    def _fail(self, pending: _Pending, error: BaseException) -> None:
+        if pending.on_error is not None:
+            pending.on_error()
+        if isinstance(error, SeatdError):
+            self.send(error_frame(pending.request_id, pending.request_type, error))
+            return
+        log.error(
+            "request_failed",
+            session_id=self.session_id,
+            request_type=pending.request_type,
+            exc_info=error,
+        )
+        self.send(
+            encode_error(
+                pending.request_id,
+                pending.request_type,
+                "internal_error",
+                "unexpected server error; retry",
+                temporary=True,
             )
-        elif isinstance(error, SeatdError):
+        )
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    def _subscribe(self, request_id: RequestId, request_type: str, request: wire.Subscribe) -> None:
+        event_id = request.event_id
+        limit = self.ctx.max_subscriptions
+        if event_id not in self._subscriptions and len(self._subscriptions) >= limit:
+            error = TooManySubscriptions(
+                f"at most {limit} subscriptions per connection", details={"limit": limit}
+            )
             self.send(error_frame(request_id, request_type, error))
-        else:
-            log.error(
-                "request_failed",
-                session_id=self.session_id,
-                request_type=request_type,
-                exc_info=error,
+            return
+        broadcaster = self.ctx.broadcaster
+        self._subscriptions.add(event_id)
+        broadcaster.begin(event_id, self)
+        newer: list[bytes] = []  # deltas committed after the snapshot, sent right after it
+
+        def to_wire(snapshot: core.SeatSnapshot) -> wire.Subscribed:
+            replay, buffered = broadcaster.complete(
+                event_id, self, snapshot.version, request.since_version
             )
-            self.send(
-                encode_error(
-                    request_id,
-                    request_type,
-                    "internal_error",
-                    "unexpected server error; retry",
-                    temporary=True,
+            newer.extend(buffered)
+            if replay is not None:
+                return wire.Subscribed(
+                    event_id, snapshot.version, "resume", snapshot.total_seats, deltas=replay
                 )
+            held = tuple(
+                wire.SeatChange(sid, "held", format_time(expires_at))
+                for sid, expires_at in snapshot.held
             )
+            return wire.Subscribed(
+                event_id,
+                snapshot.version,
+                "snapshot",
+                snapshot.total_seats,
+                held,
+                snapshot.reserved,
+            )
+
+        def after(_: object) -> None:
+            for frame in newer:
+                self.send(frame)
+
+        def on_error() -> None:
+            broadcaster.cancel(event_id, self)
+            self._subscriptions.discard(event_id)
+
+        pending = _Pending(request_id, request_type, to_wire, after, on_error)
+        self._ask(event_id, Envelope(core.GetSnapshot()), pending)
+
+    def _unsubscribe(
+        self, request_id: RequestId, request_type: str, request: wire.Unsubscribe
+    ) -> None:
+        self._subscriptions.discard(request.event_id)
+        if self.ctx.broadcaster.cancel(request.event_id, self):
+            result = wire.Unsubscribed(request.event_id)
+            self.send(encode_result(request_id, request_type, result))
+            return
+        refusal = InvalidRequest(
+            f"not subscribed to {request.event_id}", details={"path": "$.event_id"}
+        )
+        self.send(error_frame(request_id, request_type, refusal))
+
+    # --- holds this connection made --------------------------------------------------------
+
+    def _follow_hold(self, result: object) -> None:
+        """Watch holds this connection made or refreshed; stop when they are released/reserved."""
+        if isinstance(result, StoredReply):
+            body = orjson.loads(result.response)
+            if not body.get("ok"):
+                return
+            fields = body["result"]
+        elif isinstance(result, wire.HoldView | wire.Released | wire.ReservationView):
+            fields = to_plain(result)
+        else:
+            return
+        hold_id = fields.get("hold_id")
+        if hold_id is None:
+            return
+        timer = self._hold_timers.pop(hold_id, None)
+        if timer is not None:
+            timer.cancel()
+        if "expires_at" not in fields:  # released or reserved
+            self.ctx.broadcaster.unwatch_hold(hold_id, self)
+            return
+        self.ctx.broadcaster.watch_hold(hold_id, self)
+        expires_at = parse_time(fields["expires_at"])
+        lifetime = expires_at - self.ctx.clock()
+        delay = lifetime - min(self.ctx.hold_warning, lifetime / 4)
+        warning = wire.HoldExpiring(
+            fields["event_id"], hold_id, tuple(fields["seat_ids"]), fields["expires_at"]
+        )
+        self._hold_timers[hold_id] = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), self._warn, warning
+        )
+
+    def _warn(self, warning: wire.HoldExpiring) -> None:
+        self._hold_timers.pop(warning.hold_id, None)
+        self.send(encode_push("hold_expiring", warning))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

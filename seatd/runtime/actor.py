@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from seatd.core import Command, EventState, Expire
+from seatd.core import Command, EventState, Expire, GetSnapshot
 from seatd.errors import (
     IdempotencyMismatch,
     Overloaded,
@@ -83,6 +83,7 @@ class EventActor:
         observers: Sequence[CommitObserver],
         settings: ActorSettings,
         on_stop: Callable[[EventActor], None],
+        keep_alive: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self.event_id = event_id
         self.state = state
@@ -99,8 +100,7 @@ class EventActor:
         self.stop_reason = ""
         self._last_active = clock.now()
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()
-        # Things that keep an idle actor alive (subscriptions, in a later step).
-        self.pins = 0
+        self._keep_alive = keep_alive  # e.g. "someone watches this event": do not passivate
 
     # --- the public face -------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class EventActor:
         if next_expiry is not None and next_expiry <= now:
             self._mailbox.append(Envelope(Expire()))
             return True
-        return now < idle_deadline or self.pins > 0
+        return now < idle_deadline or self._keep_alive(self.event_id)
 
     async def _run_batch(self) -> bool:
         """Apply, persist and answer one batch. False when the actor must stop."""
@@ -184,6 +184,9 @@ class EventActor:
         self._last_active = now
         replies: list[Any] = []
         records: dict[tuple[str, str], IdempotencyRecord] = {}
+        if any(type(e.command) is GetSnapshot for e in batch):
+            # Snapshots describe the state after the whole batch, which is what commits.
+            batch.sort(key=lambda e: type(e.command) is GetSnapshot)
         for envelope in batch:
             key = envelope.idempotency
             if key is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -49,6 +49,10 @@ class Registry:
         self._timer_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        # An idle event stays active while this says so (someone is watching it).
+        self.keep_alive: Callable[[str], bool] = lambda _: False
+        # Told the id of every event whose actor stopped.
+        self.stop_listeners: list[Callable[[str], None]] = []
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -152,6 +156,7 @@ class Registry:
             self.observers,
             self._settings,
             self._on_actor_stop,
+            lambda event_id: self.keep_alive(event_id),
         )
         self._actors[event_id] = actor
         self._tasks[event_id] = asyncio.get_running_loop().create_task(
@@ -166,6 +171,8 @@ class Registry:
             del self._actors[actor.event_id]
             self._tasks.pop(actor.event_id, None)
         log.debug("actor_stopped", event_id=actor.event_id, reason=actor.stop_reason)
+        for listener in self.stop_listeners:
+            listener(actor.event_id)
         if actor.stop_reason in ("idle", "store_error") and not self._closing:
             next_expiry = actor.state.next_expiry()
             if next_expiry is not None:

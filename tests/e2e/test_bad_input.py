@@ -37,6 +37,8 @@ TYPES = sorted(
         "refresh",
         "release",
         "reserve",
+        "subscribe",
+        "unsubscribe",
         "list_available",
     ]
 )

@@ -34,7 +34,7 @@ class Hold:
     mode: Literal["all", "any"] = "all"
     seats: tuple[SeatSpec, ...] = spec(default=(), max_items=20000)
     # RUF009 cannot know spec() is a field specifier; see extend-immutable-calls.
-    attrs: dict[str, str] = spec(default_factory=dict, max_items=16)  # noqa: RUF009
+    attrs: dict[str, str] = spec(default_factory=dict, max_items=16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class Node:
 @dataclass(frozen=True, slots=True)
 class Layout:
     rows: tuple[tuple[int, ...], ...] = spec(default=(), item=dict(max_items=3, item=dict(ge=0)))
-    by_name: dict[str, SeatSpec] = spec(default_factory=dict)  # noqa: RUF009
+    by_name: dict[str, SeatSpec] = spec(default_factory=dict)
     main: SeatSpec | None = None
     tags: tuple[str | None, ...] = ()
 

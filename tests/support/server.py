@@ -90,7 +90,10 @@ class ServerProcess:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "seatd", "serve"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,170 @@
+"""Live availability: snapshot then ordered deltas, resume after a gap, pushes to holders."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from support.client import RawClient, client, create_event
+from support.server import RunningServer, base_env, in_process_server
+
+
+async def _next_push(c: RawClient, push_type: str, timeout: float = 5) -> dict[str, Any]:
+    for index, frame in enumerate(c.pushes):
+        if frame.get("type") == push_type and "id" not in frame:
+            return c.pushes.pop(index)
+    while True:
+        frame = await c.recv(timeout)
+        if frame.get("type") == push_type and "id" not in frame:
+            return frame
+        c.pushes.append(frame)
+
+
+def _apply(seats: dict[str, str], delta: dict[str, Any]) -> None:
+    for change in delta["changes"]:
+        seats[change["seat_id"]] = change["state"]
+
+
+async def test_snapshot_then_every_change_in_order(
+    admin: RawClient, alice: RawClient, bob: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=6, hold_duration_s=2))["event_id"]
+    taken = await bob.ok("hold", event_id=event_id, seat_ids=["A-6"])
+    await bob.ok("reserve", event_id=event_id, hold_id=taken["hold_id"])
+    held_before = await bob.ok("hold", event_id=event_id, seat_ids=["A-5"])
+
+    snap = await alice.ok("subscribe", event_id=event_id)
+    assert snap["mode"] == "snapshot" and snap["total_seats"] == 6
+    assert snap["reserved"] == ["A-6"]
+    assert [(h["seat_id"], h["expires_at"]) for h in snap["held"]] == [
+        ("A-5", held_before["expires_at"])
+    ]
+    version = snap["version"]
+
+    hold = await bob.ok("hold", event_id=event_id, seat_ids=["A-1", "A-2"])
+    delta = await _next_push(alice, "availability")
+    assert delta["event_id"] == event_id and delta["version"] == version + 1
+    assert delta["changes"] == [
+        {"seat_id": "A-1", "state": "held", "expires_at": hold["expires_at"]},
+        {"seat_id": "A-2", "state": "held", "expires_at": hold["expires_at"]},
+    ]
+    await bob.ok("reserve", event_id=event_id, hold_id=hold["hold_id"])
+    delta = await _next_push(alice, "availability")
+    assert delta["version"] == version + 2
+    assert {c["seat_id"]: c["state"] for c in delta["changes"]} == {
+        "A-1": "reserved",
+        "A-2": "reserved",
+    }
+    # A-5's hold expires by itself (2 s): everyone watching sees the seat come back.
+    delta = await _next_push(alice, "availability", timeout=5)
+    assert delta["version"] == version + 3
+    assert delta["changes"] == [{"seat_id": "A-5", "state": "available"}]
+
+    await alice.ok("unsubscribe", event_id=event_id)
+    await bob.ok("hold", event_id=event_id, seat_ids=["A-3"])
+    await alice.ok("ping")
+    assert not [p for p in alice.pushes if p.get("type") == "availability"]
+    error = await alice.error("unsubscribe", event_id=event_id)
+    assert error["code"] == "invalid_request"
+
+
+async def test_holder_is_warned_then_told_of_expiry(admin: RawClient, alice: RawClient) -> None:
+    event_id = (await create_event(admin, seats=2, hold_duration_s=1))["event_id"]
+    hold = await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])
+    expiring = await _next_push(alice, "hold_expiring", timeout=3)
+    assert expiring == {
+        "type": "hold_expiring",
+        "event_id": event_id,
+        "hold_id": hold["hold_id"],
+        "seat_ids": ["A-1"],
+        "expires_at": hold["expires_at"],
+    }
+    expired = await _next_push(alice, "hold_expired", timeout=3)
+    assert expired == {
+        "type": "hold_expired",
+        "event_id": event_id,
+        "hold_id": hold["hold_id"],
+        "seat_ids": ["A-1"],
+    }
+
+
+async def test_subscribe_to_an_unknown_event(alice: RawClient) -> None:
+    error = await alice.error("subscribe", event_id="no-such-event-here")
+    assert error["code"] == "event_not_found"
+
+
+@pytest.fixture
+async def short_memory(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    env = base_env(service_env, SEATD_DELTA_HISTORY="3", SEATD_MAX_SUBSCRIPTIONS="2")
+    async with in_process_server(env) as running:
+        yield running
+
+
+async def test_resume_replays_missed_deltas_or_sends_a_snapshot(
+    short_memory: RunningServer,
+) -> None:
+    async with client(short_memory.url, "admin", "admin") as admin:
+        event_id = (await create_event(admin, seats=10))["event_id"]
+    async with client(short_memory.url, "gus") as gus, client(short_memory.url, "hal") as hal:
+        seen: dict[str, str] = {}
+        snap = await gus.ok("subscribe", event_id=event_id)
+        last = snap["version"]
+        await gus.ws.close()
+
+        await hal.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        second = await hal.ok("hold", event_id=event_id, seat_ids=["A-2"])
+        await hal.ok("release", event_id=event_id, hold_id=second["hold_id"])
+
+    async with client(short_memory.url, "gus") as gus:
+        resumed = await gus.ok("subscribe", event_id=event_id, since_version=last)
+        assert resumed["mode"] == "resume"
+        assert [d["version"] for d in resumed["deltas"]] == [last + 1, last + 2, last + 3]
+        for delta in resumed["deltas"]:
+            _apply(seen, delta)
+        assert seen == {"A-1": "held", "A-2": "available"}
+        assert resumed["version"] == last + 3
+
+        # Four more changes: more than the three deltas kept, so a resume gets a snapshot.
+        async with client(short_memory.url, "hal") as hal:
+            for seat in ("A-3", "A-4", "A-5", "A-6"):
+                await hal.ok("hold", event_id=event_id, seat_ids=[seat])
+        stale = await gus.ok("subscribe", event_id=event_id, since_version=last + 3)
+        assert stale["mode"] == "snapshot"
+        assert sorted(h["seat_id"] for h in stale["held"]) == ["A-1", "A-3", "A-4", "A-5", "A-6"]
+
+        # The connection's subscription limit (2 here) answers clearly.
+        async with client(short_memory.url, "admin", "admin") as admin:
+            others = [(await create_event(admin, seats=1))["event_id"] for _ in range(2)]
+        await gus.ok("subscribe", event_id=others[0])
+        error = await gus.error("subscribe", event_id=others[1])
+        assert error["code"] == "too_many_subscriptions"
+        assert error["details"] == {"limit": 2}
+
+
+async def test_many_writers_one_subscriber_sees_a_gapless_stream(
+    server: RunningServer, admin: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=40, max_seats_per_user=100))["event_id"]
+    async with client(server.url, "watcher") as watcher:
+        snap = await watcher.ok("subscribe", event_id=event_id)
+        seats: dict[str, str] = {}
+        versions = [snap["version"]]
+
+        async def writer(n: int) -> None:
+            async with client(server.url, f"w{n}") as w:
+                for seat in range(n * 10 + 1, n * 10 + 11):
+                    hold = await w.ok("hold", event_id=event_id, seat_ids=[f"A-{seat}"])
+                    if seat % 2:
+                        await w.ok("release", event_id=event_id, hold_id=hold["hold_id"])
+
+        await asyncio.gather(*(writer(n) for n in range(4)))
+        final = await watcher.ok("get_event", event_id=event_id)
+        while versions[-1] < final["version"]:
+            delta = await _next_push(watcher, "availability")
+            versions.append(delta["version"])
+            _apply(seats, delta)
+    assert versions == list(range(versions[0], final["version"] + 1))
+    held = {s for s, state in seats.items() if state == "held"}
+    assert held == {f"A-{n}" for n in range(1, 41) if n % 2 == 0}
