@@ -75,7 +75,12 @@ def make_client(host: str, port: int, db: int, password: str | None) -> aioredis
 
 
 class RedisMirror:
-    """``CommitObserver`` that mirrors live holds into Redis, off the actor's path."""
+    """``CommitObserver`` that mirrors live holds into Redis, off the actor's path.
+
+    A commit only marks holds and users *dirty*; the writer task later writes their state as it
+    is at that moment. So writes can be merged, retried and reordered freely: whatever is sent is
+    the current truth, and a resync after an outage can never be overtaken by an older write.
+    """
 
     def __init__(
         self,
@@ -87,7 +92,8 @@ class RedisMirror:
         self._client = client
         self._live_states = live_states
         self._retry_interval = retry_interval
-        self._ops: list[tuple[Any, ...]] = []
+        self._dirty_holds: dict[tuple[str, str], EventState] = {}  # (event, hold) -> its state
+        self._dirty_users: dict[tuple[str, str], EventState] = {}  # (event, user) -> its state
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
@@ -105,26 +111,12 @@ class RedisMirror:
     def committed(
         self, event_id: str, version: int, effects: Sequence[Effect], state: object
     ) -> None:
-        if not self.healthy and self._needs_resync:
-            return  # the resync after reconnecting rewrites everything anyway
         assert isinstance(state, EventState)
-        ops = self._ops
-        users: set[str] = set()
         for effect in effects:
-            if isinstance(effect, HoldCreated | HoldExtended):
-                hold = effect.hold
-                ops.append(
-                    ("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at)
-                )
-                users.add(hold.user_id)
-            elif isinstance(effect, HoldEnded):
-                ops.append(("del", hold_key(event_id, effect.hold.hold_id)))
-                users.add(effect.hold.user_id)
-        if users:
-            counts_key = user_counts_key(event_id)
-            for user in users:
-                ops.append(("count", counts_key, user, state.held_seat_count(user)))
-        if ops:
+            if isinstance(effect, HoldCreated | HoldExtended | HoldEnded):
+                self._dirty_holds[(event_id, effect.hold.hold_id)] = state
+                self._dirty_users[(event_id, effect.hold.user_id)] = state
+        if self._dirty_holds:
             self._pending.set()
 
     async def _run(self) -> None:
@@ -136,9 +128,14 @@ class RedisMirror:
                 self._needs_resync = False
             await self._pending.wait()
             self._pending.clear()
-            ops, self._ops = self._ops, []
-            if ops and not await self._try(self._send(ops)):
+            holds, self._dirty_holds = self._dirty_holds, {}
+            users, self._dirty_users = self._dirty_users, {}
+            if not await self._try(self._send(holds, users)):
+                # Keep them for after the resync (they may belong to events no longer active).
+                self._dirty_holds = holds | self._dirty_holds
+                self._dirty_users = users | self._dirty_users
                 self._needs_resync = True
+                self._pending.set()
 
     async def _try(self, action: Awaitable[None]) -> bool:
         try:
@@ -153,10 +150,20 @@ class RedisMirror:
         self.healthy = True
         return True
 
-    async def _send(self, ops: list[tuple[Any, ...]]) -> None:
+    async def _send(
+        self,
+        holds: dict[tuple[str, str], EventState],
+        users: dict[tuple[str, str], EventState],
+    ) -> None:
         pipe = self._client.pipeline(transaction=False)
-        for op in ops:
-            _apply(pipe, op)
+        for (event_id, hold_id), state in holds.items():
+            hold = state.hold(hold_id)
+            if hold is None:
+                pipe.delete(hold_key(event_id, hold_id))
+            else:
+                _set_hold(pipe, event_id, hold)
+        for (event_id, user_id), state in users.items():
+            _set_count(pipe, user_counts_key(event_id), user_id, state.held_seat_count(user_id))
         await pipe.execute()
 
     async def _resync(self) -> None:
@@ -173,33 +180,23 @@ class RedisMirror:
                     pipe.delete(raw)
             counts_key = user_counts_key(event_id)
             pipe.delete(counts_key)
-            users: set[str] = set()
             for hold in live.values():
-                _apply(
-                    pipe,
-                    ("set", hold_key(event_id, hold.hold_id), _hold_value(hold), hold.expires_at),
-                )
-                users.add(hold.user_id)
-            for user in users:
-                pipe.hset(counts_key, user, state.held_seat_count(user))
+                _set_hold(pipe, event_id, hold)
+            for user in {hold.user_id for hold in live.values()}:
+                _set_count(pipe, counts_key, user, state.held_seat_count(user))
             await pipe.execute()
-        # Ops queued before the resync are already reflected in it.
-        self._ops.clear()
 
 
-def _apply(pipe: Any, op: tuple[Any, ...]) -> None:
-    kind = op[0]
-    if kind == "set":
-        _, key, value, expires_at = op
-        pipe.set(key, value, pxat=max(int(expires_at * 1000), 1))
-    elif kind == "del":
-        pipe.delete(op[1])
-    elif kind == "count":
-        _, key, user, count = op
-        if count:
-            pipe.hset(key, user, count)
-        else:
-            pipe.hdel(key, user)
+def _set_hold(pipe: Any, event_id: str, hold: Hold) -> None:
+    pxat = max(int(hold.expires_at * 1000), 1)
+    pipe.set(hold_key(event_id, hold.hold_id), _hold_value(hold), pxat=pxat)
+
+
+def _set_count(pipe: Any, key: str, user_id: str, count: int) -> None:
+    if count:
+        pipe.hset(key, user_id, count)
+    else:
+        pipe.hdel(key, user_id)
 
 
 class ExpiryListener:
@@ -219,7 +216,6 @@ class ExpiryListener:
         self._retry_interval = retry_interval
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
-        self.on_reconnect: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="redis:expiry")
@@ -247,8 +243,6 @@ class ExpiryListener:
             await pubsub.subscribe(self._channel)
             self.healthy = True
             log.info("redis_notices_subscribed", channel=self._channel)
-            if self.on_reconnect is not None:
-                self.on_reconnect()
             while True:
                 message = await pubsub.get_message(timeout=5.0)
                 if message is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -55,7 +56,11 @@ class Gateway:
         self.ctx = ctx
         self._authority = authority
         self._readiness = readiness
-        self._identities: dict[int, Identity] = {}
+        # Filled by the handshake, read by the handler; weak, so a handshake that fails after
+        # the token check (bad subprotocol) leaves nothing behind.
+        self._identities: weakref.WeakKeyDictionary[ServerConnection, Identity] = (
+            weakref.WeakKeyDictionary()
+        )
         self.connections: set[Connection] = set()
         self._server: Server | None = None
 
@@ -113,13 +118,13 @@ class Gateway:
             identity = self._authority.verify(token)
         except Unauthenticated as error:
             return _unauthorized(ws, error.message)
-        self._identities[id(ws)] = identity
+        self._identities[ws] = identity
         return None
 
     # --- connections -----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        identity = self._identities.pop(id(ws), None)
+        identity = self._identities.pop(ws, None)
         if identity is None:  # cannot happen: the handshake stored it
             await ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
             return
