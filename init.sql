@@ -103,3 +103,11 @@ SELECT cron.schedule(
     '0 * * * *',
     $$DELETE FROM holds WHERE expires_at < now()$$
 );
+
+-- Idempotency keys outlive every hold (MAX_HOLD_LIFETIME is at most 24 hours), so a retry of
+-- any mutation within a day gets its first answer; older keys are deleted hourly.
+SELECT cron.schedule(
+    'seatd-prune-idempotency-keys',
+    '30 * * * *',
+    $$DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'$$
+);

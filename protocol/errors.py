@@ -109,7 +109,7 @@ _REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(
         "unavailable",
         True,
-        "A dependency (the database) is unavailable; nothing was changed. Retry after retry_after_ms.",
+        "The database is unavailable or did not confirm the change: it may or may not have been applied. Retry after retry_after_ms with the same idempotency_key, which makes the retry safe.",
     ),
     ErrorCode(
         "overloaded",
@@ -139,6 +139,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
+    INVALID_DATA = 1007  # a text frame that is not UTF-8
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012

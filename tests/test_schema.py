@@ -169,3 +169,28 @@ async def test_postgis_finds_events_near_a_point(conn: Any, event_id: str) -> No
         event_id,
     )
     assert 90_000 < distance < 110_000
+
+
+PRUNE_JOB = "seatd-prune-idempotency-keys"
+
+
+async def test_idempotency_keys_are_pruned_after_a_day(conn: Any, event_id: str) -> None:
+    job = await conn.fetchrow(
+        "SELECT schedule, command FROM cron.job WHERE jobname = $1", PRUNE_JOB
+    )
+    assert job is not None and job["schedule"] == "30 * * * *"
+    insert = (
+        "INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response, created_at) "
+        "VALUES ($1, 'u1', $2, 'h', '{}'::jsonb, now() - $3::interval)"
+    )
+    await conn.execute(insert, event_id, "old", timedelta(hours=25))
+    await conn.execute(insert, event_id, "recent", timedelta(hours=23))
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(job["command"])
+        keys = await conn.fetch("SELECT key FROM idempotency_keys WHERE event_id = $1", event_id)
+        assert [row["key"] for row in keys] == ["recent"]
+    finally:
+        await tx.rollback()
+    await conn.execute("DELETE FROM idempotency_keys WHERE event_id = $1", event_id)

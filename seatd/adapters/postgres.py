@@ -178,7 +178,9 @@ class PostgresStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 yield conn
         except _UNAVAILABLE as error:
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
+            # The reason goes to the log; clients learn only that the database is unavailable.
+            log.warning("postgres_unavailable", error=repr(error))
+            raise StoreUnavailable("the database is unavailable; retry later") from error
 
     async def ping(self) -> bool:
         try:
@@ -325,12 +327,16 @@ class PostgresStore:
             if net.deleted:
                 await conn.execute(_DELETE_HOLDS, event_id, net.deleted)
             if net.extended:
-                await conn.execute(
+                status = await conn.execute(
                     _EXTEND_HOLDS,
                     event_id,
                     [h.hold_id for h in net.extended.values()],
                     [h.expires_at for h in net.extended.values()],
                 )
+                if status != f"UPDATE {len(net.extended)}":
+                    # A hold this actor believes live is gone (deleted by the hourly clean-up
+                    # under clock skew): refuse, so the actor reloads the truth.
+                    raise StoreConflict(f"event {event_id}: a refreshed hold no longer exists")
             if net.created:
                 holds = list(net.created.values())
                 await conn.execute(
@@ -367,6 +373,10 @@ class PostgresStore:
                     [r.request_hash for r in idempotency],
                     [r.response.decode() for r in idempotency],
                 )
+
+
+class StoreConflict(Exception):
+    """The database disagrees with the actor's memory; the batch must not commit."""
 
 
 class _NetEffects:

@@ -22,6 +22,7 @@ from protocol import messages as wire
 from protocol.codec import encode_push, format_time
 from seatd.core import (
     Effect,
+    Hold,
     HoldCreated,
     HoldEnded,
     HoldEndReason,
@@ -34,6 +35,10 @@ __all__ = ["Broadcaster", "Subscriber", "seat_changes"]
 
 class Subscriber(Protocol):
     def send(self, frame: bytes) -> None: ...
+
+    def hold_changed(self, event_id: str, hold: Hold, ended: HoldEndReason | None) -> None:
+        """A hold this subscriber watches was extended (``ended`` None) or ended."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +103,14 @@ class Broadcaster:
             self._notify_holders(event_id, effects)
 
     def _notify_holders(self, event_id: str, effects: Sequence[Effect]) -> None:
+        """Tell the connections watching a hold that it changed, whoever changed it."""
         for effect in effects:
-            if not isinstance(effect, HoldEnded):
-                continue
-            watchers = self._hold_watchers.pop(effect.hold.hold_id, None)
-            if watchers and effect.reason is HoldEndReason.EXPIRED:
-                hold = effect.hold
-                frame = encode_push(
-                    "hold_expired", wire.HoldExpired(event_id, hold.hold_id, hold.seat_ids)
-                )
-                for watcher in watchers:
-                    watcher.send(frame)
+            if isinstance(effect, HoldExtended):
+                for watcher in list(self._hold_watchers.get(effect.hold.hold_id, ())):
+                    watcher.hold_changed(event_id, effect.hold, None)
+            elif isinstance(effect, HoldEnded):
+                for watcher in self._hold_watchers.pop(effect.hold.hold_id, ()):
+                    watcher.hold_changed(event_id, effect.hold, effect.reason)
 
     # --- subscriptions ---------------------------------------------------------------------
 

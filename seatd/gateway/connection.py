@@ -376,15 +376,10 @@ class Connection:
     def _unsubscribe(
         self, request_id: RequestId, request_type: str, request: wire.Unsubscribe
     ) -> None:
+        """Idempotent: unsubscribing from an event not watched is not an error."""
         self._subscriptions.discard(request.event_id)
-        if self.ctx.broadcaster.cancel(request.event_id, self):
-            result = wire.Unsubscribed(request.event_id)
-            self.send(encode_result(request_id, request_type, result))
-            return
-        refusal = InvalidRequest(
-            f"not subscribed to {request.event_id}", details={"path": "$.event_id"}
-        )
-        self.send(error_frame(request_id, request_type, refusal))
+        self.ctx.broadcaster.cancel(request.event_id, self)
+        self.send(encode_result(request_id, request_type, wire.Unsubscribed(request.event_id)))
 
     # --- holds this connection made --------------------------------------------------------
 
@@ -402,22 +397,44 @@ class Connection:
         hold_id = fields.get("hold_id")
         if hold_id is None:
             return
-        timer = self._hold_timers.pop(hold_id, None)
-        if timer is not None:
-            timer.cancel()
         if "expires_at" not in fields:  # released or reserved
+            self._cancel_warning(hold_id)
             self.ctx.broadcaster.unwatch_hold(hold_id, self)
             return
         self.ctx.broadcaster.watch_hold(hold_id, self)
-        expires_at = parse_time(fields["expires_at"])
+        self._schedule_warning(
+            wire.HoldExpiring(
+                fields["event_id"], hold_id, tuple(fields["seat_ids"]), fields["expires_at"]
+            ),
+            parse_time(fields["expires_at"]),
+        )
+
+    def hold_changed(
+        self, event_id: str, hold: core.Hold, ended: core.HoldEndReason | None
+    ) -> None:
+        """A watched hold changed, maybe through another connection: follow it."""
+        if ended is None:
+            expires_at = format_time(hold.expires_at)
+            warning = wire.HoldExpiring(event_id, hold.hold_id, hold.seat_ids, expires_at)
+            self._schedule_warning(warning, hold.expires_at)
+            return
+        self._cancel_warning(hold.hold_id)
+        if ended is core.HoldEndReason.EXPIRED:
+            expired = wire.HoldExpired(event_id, hold.hold_id, hold.seat_ids)
+            self.send(encode_push("hold_expired", expired))
+
+    def _schedule_warning(self, warning: wire.HoldExpiring, expires_at: float) -> None:
+        self._cancel_warning(warning.hold_id)
         lifetime = expires_at - self.ctx.clock()
         delay = lifetime - min(self.ctx.hold_warning, lifetime / 4)
-        warning = wire.HoldExpiring(
-            fields["event_id"], hold_id, tuple(fields["seat_ids"]), fields["expires_at"]
-        )
-        self._hold_timers[hold_id] = asyncio.get_running_loop().call_later(
+        self._hold_timers[warning.hold_id] = asyncio.get_running_loop().call_later(
             max(delay, 0.0), self._warn, warning
         )
+
+    def _cancel_warning(self, hold_id: str) -> None:
+        timer = self._hold_timers.pop(hold_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def _warn(self, warning: wire.HoldExpiring) -> None:
         self._hold_timers.pop(warning.hold_id, None)

@@ -267,14 +267,13 @@ class EventActor:
             self.stop_reason = "fenced"
             log.warning("actor_fenced", event_id=self.event_id, epoch=self.epoch)
             return OwnershipLost("another instance took this event over; retry")
-        except SeatdError as error:
-            self.stop_reason = "store_error"
-            log.warning("persist_failed", event_id=self.event_id, error=str(error))
-            return error
         except Exception as error:
             self.stop_reason = "store_error"
             log.warning("persist_failed", event_id=self.event_id, error=repr(error))
-            return StoreUnavailable("the database did not accept the change; nothing was changed")
+            return StoreUnavailable(
+                "the change could not be confirmed by the database; retry it with the same "
+                "idempotency_key, which applies it at most once"
+            )
         return None
 
     def _finish(self, reason: str) -> None:

@@ -66,8 +66,8 @@ async def test_snapshot_then_every_change_in_order(
     await bob.ok("hold", event_id=event_id, seat_ids=["A-3"])
     await alice.ok("ping")
     assert not [p for p in alice.pushes if p.get("type") == "availability"]
-    error = await alice.error("unsubscribe", event_id=event_id)
-    assert error["code"] == "invalid_request"
+    # Unsubscribing again is harmless (idempotent).
+    assert await alice.ok("unsubscribe", event_id=event_id) == {"event_id": event_id}
 
 
 async def test_holder_is_warned_then_told_of_expiry(admin: RawClient, alice: RawClient) -> None:
