@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Literal
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,10 +28,14 @@ class RawClient:
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         data = orjson.dumps(frame).decode() if isinstance(frame, dict) else frame
+        if RECORDERS:
+            _record("sent", data)
         await self.ws.send(data)
 
     async def recv(self, timeout: float = 10) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        if RECORDERS:
+            _record("received", raw)
         frame: dict[str, Any] = orjson.loads(raw)
         return frame
 
@@ -73,7 +77,10 @@ async def client(
         open_timeout=10,
         **connect_kwargs,
     ) as ws:
-        welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        raw_welcome = await asyncio.wait_for(ws.recv(), 10)
+        if RECORDERS:
+            _record("received", raw_welcome)
+        welcome = orjson.loads(raw_welcome)
         assert welcome["type"] == "welcome", welcome
         yield RawClient(ws, welcome)
 
@@ -104,3 +111,33 @@ async def create_event(
     if max_seats_per_user is not None:
         request["max_seats_per_user"] = max_seats_per_user
     return await admin.ok("create_event", **request)
+
+
+# --- traffic recording (opt-in) -------------------------------------------------------------
+# Tests that check whole frames (e.g. against the JSON Schema) see every frame a RawClient
+# sends or receives, raw, exactly as on the wire. Off by default: with no recorder registered
+# the cost is one truthiness check per frame.
+
+Direction = Literal["sent", "received"]
+Recorder = Callable[[Direction, str | bytes], None]
+RECORDERS: list[Recorder] = []
+
+
+def _record(direction: Direction, data: str | bytes) -> None:
+    for recorder in RECORDERS:
+        recorder(direction, data)
+
+
+@contextmanager
+def recording() -> Iterator[list[tuple[Direction, str | bytes]]]:
+    """Collect ``(direction, raw frame)`` of every RawClient frame while the block runs."""
+    frames: list[tuple[Direction, str | bytes]] = []
+
+    def recorder(direction: Direction, data: str | bytes) -> None:
+        frames.append((direction, data))
+
+    RECORDERS.append(recorder)
+    try:
+        yield frames
+    finally:
+        RECORDERS.remove(recorder)
