@@ -132,8 +132,12 @@ class Broadcaster:
         are no longer all kept: send the snapshot), and the buffered frames newer than
         ``version`` to send right after the reply.
         """
-        topic = self._topics[event_id]
-        buffered = topic.subscribers.get(subscriber) or []
+        topic = self._topics.get(event_id)
+        if topic is None:
+            return None, []
+        if subscriber not in topic.subscribers:  # unsubscribed while the snapshot was on its way
+            return self._replay(topic, since, version), []
+        buffered = topic.subscribers[subscriber] or []
         topic.subscribers[subscriber] = None
         after = [d.frame for d in buffered if d.version > version]
         return self._replay(topic, since, version), after

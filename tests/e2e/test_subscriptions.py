@@ -168,3 +168,23 @@ async def test_many_writers_one_subscriber_sees_a_gapless_stream(
     assert versions == list(range(versions[0], final["version"] + 1))
     held = {s for s, state in seats.items() if state == "held"}
     assert held == {f"A-{n}" for n in range(1, 41) if n % 2 == 0}
+
+
+async def test_unsubscribe_while_the_snapshot_is_on_its_way_sticks(
+    server: RunningServer, admin: RawClient, alice: RawClient, bob: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=4))["event_id"]
+    await alice.send({"id": "s", "type": "subscribe", "event_id": event_id})
+    await alice.send({"id": "u", "type": "unsubscribe", "event_id": event_id})
+    replies = {}
+    while len(replies) < 2:
+        frame = await alice.recv()
+        replies[frame.get("id")] = frame
+    assert replies["s"]["ok"] and replies["u"]["ok"], replies
+    await bob.ok("hold", event_id=event_id, seat_ids=["A-1"])
+    await alice.ok("ping")
+    await asyncio.sleep(0.1)
+    await alice.ok("ping")
+    assert not [p for p in alice.pushes if p.get("type") == "availability"]
+    assert server.app is not None
+    assert not server.app.gateway.ctx.broadcaster.has_subscribers(event_id)
