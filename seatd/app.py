@@ -79,7 +79,9 @@ class App:
         redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
         registry.observers.append(mirror)
-        listener = ExpiryListener(redis, s.redis_db, registry.tell)
+        listener = ExpiryListener(redis, s.redis_db, registry.hint_expiry)
+        # Holds left by a previous run expire on time even if nobody uses their event.
+        registry.wake_at(await store.earliest_expiries())
         mirror.start()
         listener.start()
         broadcaster = Broadcaster(history=s.delta_history)

@@ -272,6 +272,14 @@ class PostgresStore:
             raise
         return None
 
+    async def earliest_expiries(self) -> list[tuple[str, float]]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT event_id, extract(epoch FROM min(expires_at))::float8 FROM holds "
+                "GROUP BY event_id"
+            )
+        return [(r[0], r[1]) for r in rows]
+
     async def list_events(
         self,
         *,

@@ -153,10 +153,9 @@ class EventState:
 
     def commit(self) -> list[Effect]:
         """The batch is durable: keep its changes and advance the version if it changed seats."""
-        effects = self._effects
+        effects, self._effects = self._effects, []
         if effects:
             self.version += 1
-            self._effects = []
         self._journal.clear()
         while len(self._ended) > _TOMBSTONES:
             self._ended.popitem(last=False)

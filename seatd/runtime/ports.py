@@ -122,6 +122,10 @@ class SeatStore(Protocol):
         """Write a batch's effects in one transaction, or raise (FencedOut when not the owner)."""
         ...
 
+    async def earliest_expiries(self) -> list[tuple[str, float]]:
+        """Each event with live holds in storage, with its earliest hold expiry."""
+        ...
+
     async def list_events(
         self,
         *,

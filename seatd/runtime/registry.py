@@ -45,6 +45,7 @@ class Registry:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loading: dict[str, asyncio.Future[EventActor]] = {}
         self._dormant: list[tuple[float, str]] = []
+        self._dormant_events: set[str] = set()
         self._dormant_wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -159,6 +160,7 @@ class Registry:
             lambda event_id: self.keep_alive(event_id),
         )
         self._actors[event_id] = actor
+        self._dormant_events.discard(event_id)
         self._tasks[event_id] = asyncio.get_running_loop().create_task(
             actor.run(), name=f"actor:{event_id}"
         )
@@ -176,10 +178,30 @@ class Registry:
         if actor.stop_reason in ("idle", "store_error") and not self._closing:
             next_expiry = actor.state.next_expiry()
             if next_expiry is not None:
-                heapq.heappush(self._dormant, (next_expiry, actor.event_id))
-                self._dormant_wake.set()
+                self._sleep_until(actor.event_id, next_expiry)
 
     # --- expiry of passivated events -------------------------------------------------------
+
+    def _sleep_until(self, event_id: str, wake_at: float) -> None:
+        heapq.heappush(self._dormant, (wake_at, event_id))
+        self._dormant_events.add(event_id)
+        self._dormant_wake.set()
+        self._ensure_timer()
+
+    def wake_at(self, events: Sequence[tuple[str, float]]) -> None:
+        """Expire these events' holds on time although no actor runs for them yet (at start:
+        the events with holds in PostgreSQL, each with its earliest expiry)."""
+        for event_id, wake_at in events:
+            self._sleep_until(event_id, wake_at)
+
+    def hint_expiry(self, event_id: str, command: Command) -> None:
+        """A Redis expiry notice: acted on for events this instance holds, active or dormant.
+
+        Notices for other events are ignored: they belong to another instance, or this one
+        would wake the event anyway at its earliest expiry (``wake_at``).
+        """
+        if self.active(event_id) is not None or event_id in self._dormant_events:
+            self.tell(event_id, command)
 
     def _ensure_timer(self) -> None:
         if self._timer_task is None:
@@ -195,6 +217,7 @@ class Registry:
             now = self._clock.now()
             while self._dormant and self._dormant[0][0] <= now:
                 _, event_id = heapq.heappop(self._dormant)
+                self._dormant_events.discard(event_id)
                 self.tell(event_id, Expire())
 
     # --- shutdown --------------------------------------------------------------------------

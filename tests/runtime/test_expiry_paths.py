@@ -83,7 +83,7 @@ async def _notice_rig(
     client = make_client("127.0.0.1", private_redis.port, 0, None)
     mirror = RedisMirror(client, lambda: [(a.event_id, a.state) for a in registry.actors()])
     registry.observers.append(mirror)
-    listener = ExpiryListener(client, 0, registry.tell)
+    listener = ExpiryListener(client, 0, registry.hint_expiry)
     mirror.start()
     try:
         if listen:
@@ -171,5 +171,36 @@ async def test_a_passivated_event_still_expires_its_holds_on_time(
         assert await _hold_rows(pool, event_id) == 1
         assert await _eventually(lambda: _gone(pool, event_id), 3.0), "dormant expiry missed"
         assert time.time() < hold.expires_at + 1.0
+    finally:
+        await registry.close()
+
+
+async def test_holds_left_by_a_previous_run_expire_on_time_after_a_restart(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    before = Registry(store, SystemClock(), POLICY, ActorSettings())
+    event_id = await _new_event(store, hold_duration_s=1)
+    hold = await before.ask(event_id, PlaceHold("u1", ("S0",), str(uuid.uuid4())))
+    assert isinstance(hold, Hold)
+    await before.close()  # the instance stops; its hold is still in PostgreSQL
+    after = Registry(store, SystemClock(), POLICY, ActorSettings())
+    try:
+        after.wake_at([e for e in await store.earliest_expiries() if e[0] == event_id])
+        assert await _hold_rows(pool, event_id) == 1
+        assert await _eventually(lambda: _gone(pool, event_id), 3.0), "left-over hold not expired"
+        assert time.time() < hold.expires_at + 1.0
+    finally:
+        await after.close()
+
+
+async def test_notices_for_events_this_instance_does_not_hold_are_ignored(
+    store: PostgresStore,
+) -> None:
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings())
+    try:
+        event_id = await _new_event(store, hold_duration_s=60)
+        registry.hint_expiry(event_id, Expire("some-hold"))
+        await asyncio.sleep(0.2)
+        assert registry.active(event_id) is None, "a stray notice activated the event"
     finally:
         await registry.close()
