@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
+import uuid
 
 import structlog
 
 from seatd.adapters.postgres import PostgresStore, connect_pool
-from seatd.adapters.redis import ExpiryListener, RedisMirror, make_client
+from seatd.adapters.redis import ExpiryListener, RedisLeases, RedisMirror, make_client
 from seatd.auth import TokenAuthority
 from seatd.config import Settings
 from seatd.core import Policy
@@ -66,6 +68,12 @@ class App:
         s = self.settings
         store = await self._connect_postgres()
         policy = Policy(s.default_hold_duration, s.max_seats_per_user, s.max_hold_lifetime)
+        redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
+        # Stable across restarts (host and port by default), so a restarted instance takes its
+        # events' leases back at once instead of waiting for them to run out.
+        self.instance_id = s.instance_id or (
+            f"{socket.gethostname()}:{s.port}" if s.port else uuid.uuid4().hex[:12]
+        )
         registry = Registry(
             store,
             self.clock,
@@ -75,8 +83,10 @@ class App:
                 mailbox_limit=s.mailbox_limit,
                 idle_timeout=s.actor_idle_timeout,
             ),
+            coordinator=RedisLeases(redis, self.instance_id, s.lease_ttl),
+            lease_ttl=s.lease_ttl,
         )
-        redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
+        structlog.contextvars.bind_contextvars(instance=self.instance_id)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
         registry.observers.append(mirror)
         listener = ExpiryListener(redis, s.redis_db, registry.hint_expiry)

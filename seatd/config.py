@@ -171,6 +171,20 @@ VARIABLES: tuple[Variable, ...] = (
         "Events one connection may subscribe to at once.",
     ),
     Variable(
+        "SEATD_INSTANCE_ID",
+        "instance_id",
+        "",
+        str,
+        "This instance's name in event leases; default host:PORT. Unique per running instance.",
+    ),
+    Variable(
+        "SEATD_LEASE_TTL",
+        "lease_ttl",
+        "10",
+        _seconds(1, 600),
+        "Seconds an instance's claim on an event lasts without renewal (renewed every third).",
+    ),
+    Variable(
         "SEATD_DELTA_HISTORY",
         "delta_history",
         "256",
@@ -236,6 +250,8 @@ class Settings:
     max_inflight: int
     send_queue: int
     max_subscriptions: int
+    lease_ttl: float
+    instance_id: str
     delta_history: int
     hold_warning: float
     shutdown_timeout: float

@@ -24,6 +24,7 @@ reply; anything else is a bug and becomes ``internal_error``. The codes are regi
         ├── StoreUnavailable         unavailable
         ├── Overloaded               overloaded
         ├── ShuttingDown             shutting_down
+        ├── OwnedElsewhere           unavailable (another instance serves the event)
         └── OwnershipLost            unavailable (this instance lost the event; retry)
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "IdempotencyMismatch",
     "InvalidRequest",
     "Overloaded",
+    "OwnedElsewhere",
     "OwnershipLost",
     "RequestError",
     "SeatLimitExceeded",
@@ -159,6 +161,13 @@ class Overloaded(TemporaryError):
 class ShuttingDown(TemporaryError):
     code = "shutting_down"
     default_retry_after_ms = 1000
+
+
+class OwnedElsewhere(TemporaryError):
+    """Another instance serves this event (its lease is held elsewhere)."""
+
+    code = "unavailable"
+    default_retry_after_ms = 200
 
 
 class OwnershipLost(TemporaryError):

@@ -31,7 +31,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from seatd.core import Effect, EventState, Expire, Hold, HoldCreated, HoldEnded, HoldExtended
 
-__all__ = ["ExpiryListener", "RedisMirror", "hold_key", "parse_hold_key", "user_counts_key"]
+__all__ = [
+    "ExpiryListener",
+    "RedisLeases",
+    "RedisMirror",
+    "hold_key",
+    "lease_key",
+    "parse_hold_key",
+    "user_counts_key",
+]
 
 log = structlog.get_logger("seatd.redis")
 
@@ -197,6 +205,52 @@ def _set_count(pipe: Any, key: str, user_id: str, count: int) -> None:
         pipe.hset(key, user_id, count)
     else:
         pipe.hdel(key, user_id)
+
+
+# Take the lease if it is free or already ours (and extend it); 0 if another instance holds it.
+_CLAIM = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if not owner then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lease_key(event_id: str) -> str:
+    return f"seatd:{{{event_id}}}:owner"
+
+
+class RedisLeases:
+    """``Coordinator``: one lease per event, ``seatd:{E}:owner`` = instance id, with a TTL.
+
+    Claiming also re-takes a lease Redis forgot (after a Redis restart) instead of treating it
+    as lost, so a Redis restart never stops an instance's events.
+    """
+
+    def __init__(self, client: aioredis.Redis, instance_id: str, ttl: float) -> None:
+        self._client = client
+        self.instance_id = instance_id
+        self._ttl_ms = max(int(ttl * 1000), 1)
+
+    async def claim(self, event_ids: Sequence[str]) -> set[str]:
+        pipe = self._client.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.eval(_CLAIM, 1, lease_key(event_id), self.instance_id, self._ttl_ms)
+        results = await pipe.execute()
+        return {e for e, ok in zip(event_ids, results, strict=True) if not ok}
+
+    async def release(self, event_id: str) -> None:
+        await self._client.eval(_RELEASE, 1, lease_key(event_id), self.instance_id)
 
 
 class ExpiryListener:

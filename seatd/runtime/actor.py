@@ -96,6 +96,7 @@ class EventActor:
         self._mailbox: deque[Envelope] = deque()
         self._wake = asyncio.Event()
         self._stopping = False  # drain the mailbox, then stop
+        self._stop_request = "shutdown"
         self.stopped = False  # accepts nothing more
         self.stop_reason = ""
         self._last_active = clock.now()
@@ -125,9 +126,10 @@ class EventActor:
             self._mailbox.append(Envelope(command))
             self._wake.set()
 
-    def request_stop(self) -> None:
-        """Finish what is queued, then stop (graceful shutdown)."""
+    def request_stop(self, reason: str = "shutdown") -> None:
+        """Finish what is queued, then stop (graceful shutdown, or the lease went elsewhere)."""
         self._stopping = True
+        self._stop_request = reason
         self._wake.set()
 
     # --- the loop --------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class EventActor:
             while True:
                 if not self._mailbox:
                     if self._stopping:
-                        reason = "shutdown"
+                        reason = self._stop_request
                         break
                     if not await self._idle_wait():
                         break

@@ -14,6 +14,7 @@ from seatd.core import Effect, EventInfo, Hold, Reservation, Seat
 __all__ = [
     "Clock",
     "CommitObserver",
+    "Coordinator",
     "EventPage",
     "FencedOut",
     "IdempotencyKey",
@@ -21,6 +22,7 @@ __all__ = [
     "LoadedEvent",
     "NewEvent",
     "SeatStore",
+    "SoleInstance",
     "StoredReply",
     "SystemClock",
 ]
@@ -134,6 +136,27 @@ class SeatStore(Protocol):
         limit: int,
         after: str | None,
     ) -> EventPage: ...
+
+
+class Coordinator(Protocol):
+    """Decides which instance may own an event (a lease per event). The owner's writes are
+    fenced by PostgreSQL anyway; the lease keeps instances from taking events from each other."""
+
+    async def claim(self, event_ids: Sequence[str]) -> set[str]:
+        """Take or extend the leases; returns the ids held by another instance."""
+        ...
+
+    async def release(self, event_id: str) -> None: ...
+
+
+class SoleInstance:
+    """The coordinator of a single instance: every event is ours."""
+
+    async def claim(self, event_ids: Sequence[str]) -> set[str]:
+        return set()
+
+    async def release(self, event_id: str) -> None:
+        return None
 
 
 class CommitObserver(Protocol):

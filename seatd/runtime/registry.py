@@ -4,6 +4,12 @@ Activation loads the event from PostgreSQL (claiming the next owner epoch) the f
 used; concurrent first uses share one load. Idle actors stop to free memory; an event stopped
 with live holds leaves a (time, event) entry in a heap, and a single timer task wakes it when
 its earliest hold is due, so expiry never depends on Redis notices alone.
+
+Ownership between instances: an event is activated only under its lease (``Coordinator``),
+renewed every third of its lifetime while the actor runs and released when it stops. A lease
+held elsewhere refuses the activation (``OwnedElsewhere``, temporary). If the coordinator is
+unreachable the event is activated anyway: PostgreSQL's epoch fencing alone keeps the data safe,
+and availability wins over a lease we cannot check.
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ from typing import Any
 import structlog
 
 from seatd.core import Command, EventState, Expire, Policy, Result
-from seatd.errors import EventNotFound, SeatdError, ShuttingDown
+from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
-from seatd.runtime.ports import Clock, CommitObserver, SeatStore, StoredReply
+from seatd.runtime.ports import (
+    Clock,
+    CommitObserver,
+    Coordinator,
+    SeatStore,
+    SoleInstance,
+    StoredReply,
+)
 
 __all__ = ["Registry"]
 
@@ -35,8 +48,13 @@ class Registry:
         policy: Policy,
         settings: ActorSettings,
         observers: Sequence[CommitObserver] = (),
+        coordinator: Coordinator | None = None,
+        lease_ttl: float = 10.0,
     ) -> None:
         self._store = store
+        self._coordinator = coordinator or SoleInstance()
+        self._lease_ttl = lease_ttl
+        self._lease_task: asyncio.Task[None] | None = None
         self._clock = clock
         self._policy = policy
         self._settings = settings
@@ -96,9 +114,7 @@ class Registry:
             return
         if self._closing:
             return
-        task = asyncio.get_running_loop().create_task(self._tell_later(event_id, command))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._tell_later(event_id, command))
 
     async def _tell_later(self, event_id: str, command: Command) -> None:
         try:
@@ -135,10 +151,17 @@ class Registry:
         return await asyncio.shield(loading)
 
     async def _load(self, event_id: str) -> EventActor:
-        loaded = await self._store.load_event(event_id)
+        await self._claim(event_id)
+        try:
+            loaded = await self._store.load_event(event_id)
+        except BaseException:
+            self._release(event_id)
+            raise
         if loaded is None:
+            self._release(event_id)
             raise EventNotFound(f"no event {event_id}", details={"event_id": event_id})
         if self._closing:
+            self._release(event_id)
             raise ShuttingDown("the server is shutting down; reconnect and retry")
         state = EventState(
             loaded.info,
@@ -165,6 +188,7 @@ class Registry:
             actor.run(), name=f"actor:{event_id}"
         )
         self._ensure_timer()
+        self._ensure_lease_renewal()
         log.debug("actor_activated", event_id=event_id, epoch=loaded.epoch, seats=len(loaded.seats))
         return actor
 
@@ -173,12 +197,61 @@ class Registry:
             del self._actors[actor.event_id]
             self._tasks.pop(actor.event_id, None)
         log.debug("actor_stopped", event_id=actor.event_id, reason=actor.stop_reason)
+        if actor.stop_reason != "lease_lost":
+            self._release(actor.event_id)
         for listener in self.stop_listeners:
             listener(actor.event_id)
         if actor.stop_reason in ("idle", "store_error") and not self._closing:
             next_expiry = actor.state.next_expiry()
             if next_expiry is not None:
                 self._sleep_until(actor.event_id, next_expiry)
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def _claim(self, event_id: str) -> None:
+        try:
+            taken = await self._coordinator.claim([event_id])
+        except Exception as error:
+            log.warning("lease_unchecked", event_id=event_id, error=repr(error))
+            return
+        if taken:
+            raise OwnedElsewhere(f"event {event_id} is served by another instance; retry")
+
+    def _release(self, event_id: str) -> None:
+        self._spawn(self._release_quietly(event_id))
+
+    async def _release_quietly(self, event_id: str) -> None:
+        try:
+            await self._coordinator.release(event_id)
+        except Exception as error:  # the lease then simply runs out
+            log.debug("lease_release_failed", event_id=event_id, error=repr(error))
+
+    def _ensure_lease_renewal(self) -> None:
+        if self._lease_task is None:
+            self._lease_task = asyncio.get_running_loop().create_task(
+                self._renew_leases(), name="registry:leases"
+            )
+
+    async def _renew_leases(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._lease_ttl / 3)
+            actors = self.actors()
+            if not actors:
+                continue
+            try:
+                lost = await self._coordinator.claim([a.event_id for a in actors])
+            except Exception as error:
+                log.warning("lease_renewal_failed", error=repr(error))
+                continue
+            for actor in actors:
+                if actor.event_id in lost:
+                    log.warning("lease_lost", event_id=actor.event_id)
+                    actor.request_stop("lease_lost")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- expiry of passivated events -------------------------------------------------------
 
@@ -223,19 +296,24 @@ class Registry:
     # --- shutdown --------------------------------------------------------------------------
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Stop activating, let every actor finish its queued commands, then stop them all."""
+        """Stop activating, let every actor finish its queued commands, then stop them all
+        (each stopping actor releases its lease in the background: given a moment to finish)."""
         self._closing = True
         for actor in list(self._actors.values()):
             actor.request_stop()
-        tasks = list(self._tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        leftovers = [t for t in [self._timer_task, *self._background] if t is not None]
-        for leftover in leftovers:
-            leftover.cancel()
-        if leftovers:
-            await asyncio.wait(leftovers)
+        await _finish(list(self._tasks.values()), timeout)
+        timers = [t for t in (self._timer_task, self._lease_task) if t is not None]
+        for timer in timers:
+            timer.cancel()
+        await _finish([*timers, *self._background], 2.0)
+
+
+async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Wait for the tasks up to ``timeout``, then cancel the rest and wait for them."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
