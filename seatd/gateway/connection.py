@@ -310,7 +310,7 @@ class Connection:
             return
         log.error(
             "request_failed",
-            session_id=self.session_id,
+            request_id=pending.request_id,
             request_type=pending.request_type,
             exc_info=error,
         )
