@@ -90,3 +90,15 @@ def test_every_service_error_code_is_registered_in_the_protocol() -> None:
         entry = ERROR_CODES.get(cls.code)
         assert entry is not None, f"{name}.code {cls.code!r} is not in protocol.errors"
         assert entry.temporary == cls.temporary, f"{name}: temporary flag differs from the registry"
+
+
+def test_fast_uuids_are_version_4_uuids() -> None:
+    import uuid
+
+    from seatd.gateway.translate import new_uuid
+
+    ids = {new_uuid() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

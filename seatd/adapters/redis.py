@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from seatd.core import Effect, EventState, Expire, Hold, HoldCreated, HoldEnded, HoldExtended
 
@@ -106,6 +107,7 @@ class RedisMirror:
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
         self._needs_resync = True
+        self._script_sha = ""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="redis:mirror")
@@ -163,20 +165,38 @@ class RedisMirror:
         holds: dict[tuple[str, str], EventState],
         users: dict[tuple[str, str], EventState],
     ) -> None:
-        pipe = self._client.pipeline(transaction=False)
+        """One script call per event: a command per hold through redis-py costs more CPU
+        than the rest of a hold's path together, a script call costs one command."""
+        per_event: dict[str, _EventWrite] = {}
         for (event_id, hold_id), state in holds.items():
+            write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
             hold = state.hold(hold_id)
             if hold is None:
-                pipe.delete(hold_key(event_id, hold_id))
+                write.deletes.append(hold_key(event_id, hold_id))
             else:
-                _set_hold(pipe, event_id, hold)
+                write.sets.append(hold)
         for (event_id, user_id), state in users.items():
-            _set_count(pipe, user_counts_key(event_id), user_id, state.held_seat_count(user_id))
-        await pipe.execute()
+            write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
+            write.counts.extend((user_id, state.held_seat_count(user_id)))
+        pipe = self._client.pipeline(transaction=False)
+        for event_id, write in per_event.items():
+            keys = [user_counts_key(event_id)]
+            keys += [hold_key(event_id, h.hold_id) for h in write.sets]
+            keys += write.deletes
+            args: list[Any] = [len(write.sets), len(write.deletes)]
+            for hold in write.sets:
+                args += (_hold_value(hold), max(int(hold.expires_at * 1000), 1))
+            args += write.counts
+            pipe.evalsha(self._script_sha, len(keys), *keys, *args)
+        try:
+            await pipe.execute()
+        except NoScriptError:  # Redis restarted and forgot the script: load it, send again
+            self._script_sha = await self._client.script_load(_MIRROR)
+            raise
 
     async def _resync(self) -> None:
         """Rewrite every active event's keys from memory; drop keys of holds that ended."""
-        await self._client.ping()
+        self._script_sha = await self._client.script_load(_MIRROR)
         for event_id, state in list(self._live_states()):
             live = {h.hold_id: h for h in state.live_holds()}
             pipe = self._client.pipeline(transaction=False)
@@ -193,6 +213,34 @@ class RedisMirror:
             for user in {hold.user_id for hold in live.values()}:
                 _set_count(pipe, counts_key, user, state.held_seat_count(user))
             await pipe.execute()
+
+
+# KEYS: the counts hash, then the hold keys to set, then the hold keys to delete.
+# ARGV: #sets, #deletes, then value and PXAT per set, then user and count pairs (0: remove).
+_MIRROR = """
+local sets, deletes = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, sets do
+    redis.call('SET', KEYS[1 + i], ARGV[1 + 2 * i], 'PXAT', ARGV[2 + 2 * i])
+end
+for i = 1, deletes do
+    redis.call('DEL', KEYS[1 + sets + i])
+end
+for i = 3 + 2 * sets, #ARGV, 2 do
+    if ARGV[i + 1] == '0' then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+    else
+        redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    end
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class _EventWrite:
+    sets: list[Hold] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    counts: list[Any] = field(default_factory=list)  # user, count, user, count, ...
 
 
 def _set_hold(pipe: Any, event_id: str, hold: Hold) -> None:

@@ -28,7 +28,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from protocol import messages as wire
-from protocol._validate import to_plain
 from protocol.codec import (
     DecodeError,
     RequestId,
@@ -259,7 +258,8 @@ class Connection:
         event_id: str = request.event_id
         to_wire = partial(result_to_wire, event_id, command)
         key = idempotency_key(self.identity, request_type, request, to_wire)
-        pending = _Pending(request_id, request_type, to_wire, self._follow_hold)
+        follow = partial(self._follow_hold, event_id, command)
+        pending = _Pending(request_id, request_type, to_wire, follow)
         self._ask(event_id, Envelope(command, idempotency=key), pending)
 
     def _ask(self, event_id: str, envelope: Envelope, pending: _Pending) -> None:
@@ -297,8 +297,8 @@ class Connection:
                 encode_stored_reply(pending.request_id, pending.request_type, result.response)
             )
         else:
-            result = pending.to_wire(result) if pending.to_wire else result
-            self.send(encode_result(pending.request_id, pending.request_type, result))
+            wire_result = pending.to_wire(result) if pending.to_wire else result
+            self.send(encode_result(pending.request_id, pending.request_type, wire_result))
         if pending.after is not None:
             pending.after(result)
 
@@ -383,52 +383,42 @@ class Connection:
 
     # --- holds this connection made --------------------------------------------------------
 
-    def _follow_hold(self, result: object) -> None:
-        """Watch holds this connection made or refreshed; stop when they are released/reserved."""
+    def _follow_hold(self, event_id: str, command: core.Command, result: object) -> None:
+        """Watch holds this connection made or refreshed; stop when they are released/reserved.
+
+        Works from the core result (a stored reply carries it when the command just ran), so
+        nothing is decoded again on this per-hold path; only a replayed answer is read back.
+        """
+        if isinstance(command, core.ReleaseHold | core.Reserve):
+            if _succeeded(result):
+                self._cancel_warning(command.hold_id)
+                self.ctx.broadcaster.unwatch_hold(command.hold_id, self)
+            return
+        outcome = result
         if isinstance(result, StoredReply):
-            body = orjson.loads(result.response)
-            if not body.get("ok"):
-                return
-            fields = body["result"]
-        elif isinstance(result, wire.HoldView | wire.Released | wire.ReservationView):
-            fields = to_plain(result)
-        else:
-            return
-        hold_id = fields.get("hold_id")
-        if hold_id is None:
-            return
-        if "expires_at" not in fields:  # released or reserved
-            self._cancel_warning(hold_id)
-            self.ctx.broadcaster.unwatch_hold(hold_id, self)
-            return
-        self.ctx.broadcaster.watch_hold(hold_id, self)
-        self._schedule_warning(
-            wire.HoldExpiring(
-                fields["event_id"], hold_id, tuple(fields["seat_ids"]), fields["expires_at"]
-            ),
-            parse_time(fields["expires_at"]),
-        )
+            outcome = result.outcome or _hold_from_reply(result.response)
+        if isinstance(outcome, core.Hold):
+            self.ctx.broadcaster.watch_hold(outcome.hold_id, self)
+            self._schedule_warning(event_id, outcome)
 
     def hold_changed(
         self, event_id: str, hold: core.Hold, ended: core.HoldEndReason | None
     ) -> None:
         """A watched hold changed, maybe through another connection: follow it."""
         if ended is None:
-            expires_at = format_time(hold.expires_at)
-            warning = wire.HoldExpiring(event_id, hold.hold_id, hold.seat_ids, expires_at)
-            self._schedule_warning(warning, hold.expires_at)
+            self._schedule_warning(event_id, hold)
             return
         self._cancel_warning(hold.hold_id)
         if ended is core.HoldEndReason.EXPIRED:
             expired = wire.HoldExpired(event_id, hold.hold_id, hold.seat_ids)
             self.send(encode_push("hold_expired", expired))
 
-    def _schedule_warning(self, warning: wire.HoldExpiring, expires_at: float) -> None:
-        self._cancel_warning(warning.hold_id)
-        lifetime = expires_at - self.ctx.clock()
+    def _schedule_warning(self, event_id: str, hold: core.Hold) -> None:
+        self._cancel_warning(hold.hold_id)
+        lifetime = hold.expires_at - self.ctx.clock()
         delay = lifetime - min(self.ctx.hold_warning, lifetime / 4)
-        self._hold_timers[warning.hold_id] = asyncio.get_running_loop().call_later(
-            max(delay, 0.0), self._warn, warning
+        self._hold_timers[hold.hold_id] = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), self._warn, event_id, hold
         )
 
     def _cancel_warning(self, hold_id: str) -> None:
@@ -436,8 +426,10 @@ class Connection:
         if timer is not None:
             timer.cancel()
 
-    def _warn(self, warning: wire.HoldExpiring) -> None:
-        self._hold_timers.pop(warning.hold_id, None)
+    def _warn(self, event_id: str, hold: core.Hold) -> None:
+        self._hold_timers.pop(hold.hold_id, None)
+        expires_at = format_time(hold.expires_at)
+        warning = wire.HoldExpiring(event_id, hold.hold_id, hold.seat_ids, expires_at)
         self.send(encode_push("hold_expiring", warning))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -501,3 +493,28 @@ class Connection:
             max_seats_per_user=rules.max_seats_per_user,
             live=summary,
         )
+
+
+def _succeeded(result: object) -> bool:
+    """Whether a command's answer (a stored reply may hold a refusal) was a success."""
+    if not isinstance(result, StoredReply):
+        return True
+    if result.outcome is None:  # a replay: read the stored answer
+        return bool(orjson.loads(result.response).get("ok"))
+    return not isinstance(result.outcome, SeatdError)
+
+
+def _hold_from_reply(response: bytes) -> core.Hold | None:
+    """The hold a replayed hold/refresh answer describes (None if it was a refusal)."""
+    body = orjson.loads(response)
+    if not body.get("ok"):
+        return None
+    r = body["result"]
+    return core.Hold(
+        r["hold_id"],
+        r["user_id"],
+        tuple(r["seat_ids"]),
+        0.0,
+        parse_time(r["expires_at"]),
+        parse_time(r["max_expires_at"]),
+    )

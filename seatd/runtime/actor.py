@@ -204,7 +204,7 @@ class EventActor:
             if key is not None:
                 record = key.record(reply)
                 records[key.scope] = record
-                reply = StoredReply(record.response)
+                reply = StoredReply(record.response, reply)
             replies.append(reply)
         if state.effects or records:
             try:

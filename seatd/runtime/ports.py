@@ -89,9 +89,11 @@ class IdempotencyKey:
 
 @dataclass(frozen=True, slots=True)
 class StoredReply:
-    """The answer to a keyed mutation: its stored response, the same bytes on every retry."""
+    """The answer to a keyed mutation: its stored response, the same bytes on every retry.
+    ``outcome`` is the command's own result when it ran just now (None on a replay)."""
 
     response: bytes
+    outcome: object = None
 
 
 class SeatStore(Protocol):

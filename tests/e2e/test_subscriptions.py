@@ -188,3 +188,17 @@ async def test_unsubscribe_while_the_snapshot_is_on_its_way_sticks(
     assert not [p for p in alice.pushes if p.get("type") == "availability"]
     assert server.app is not None
     assert not server.app.gateway.ctx.broadcaster.has_subscribers(event_id)
+
+
+async def test_a_keyed_hold_and_its_replay_are_both_followed(
+    admin: RawClient, alice: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=2, hold_duration_s=1))["event_id"]
+    first = await alice.ok("hold", event_id=event_id, seat_ids=["A-2"], idempotency_key="k-1")
+    replay = await alice.ok("hold", event_id=event_id, seat_ids=["A-2"], idempotency_key="k-1")
+    assert replay == first
+    expiring = await _next_push(alice, "hold_expiring", timeout=3)
+    assert expiring["hold_id"] == first["hold_id"]
+    assert expiring["expires_at"] == first["expires_at"]
+    expired = await _next_push(alice, "hold_expired", timeout=3)
+    assert expired["hold_id"] == first["hold_id"]
