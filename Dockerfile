@@ -4,7 +4,7 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md init.sql ./
 COPY seatd ./seatd
 COPY protocol ./protocol
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
