@@ -206,6 +206,8 @@ class EventState:
         self._expire_due(now)
         if self.info.status != "open":
             raise EventClosed(f"event {self.info.event_id} is {self.info.status}")
+        if cmd.hold_id in self._holds:
+            raise InvalidRequest(f"hold id {cmd.hold_id} is already in use")
         if not cmd.seat_ids or len(set(cmd.seat_ids)) != len(cmd.seat_ids):
             raise InvalidRequest(
                 "seat_ids must name at least one seat, each once", details={"path": "$.seat_ids"}
@@ -282,6 +284,8 @@ class EventState:
 
     def _list_available(self, cmd: ListAvailable, now: float) -> AvailableSeats:
         self._expire_due(now)
+        if cmd.limit < 1:
+            raise InvalidRequest("limit must be at least 1", details={"path": "$.limit"})
         start = 0
         if cmd.after is not None:
             position = self._position.get(cmd.after)

@@ -1534,3 +1534,25 @@ def test_commit_returns_a_list_the_next_batch_does_not_change() -> None:
     assert committed == []
     place(state, "u1", "A1", hold_id="h1")
     assert committed == []
+
+
+def test_list_available_refuses_a_limit_below_one() -> None:
+    from seatd.core import EventInfo, ListAvailable, Policy, Seat
+    from seatd.core.event_state import EventState
+    from seatd.errors import InvalidRequest
+
+    state = EventState(EventInfo("e", "E"), Policy(10, 4, 30), [Seat("A1")])
+    with pytest.raises(InvalidRequest):
+        state.handle(ListAvailable(limit=0), 0.0)
+
+
+def test_a_live_hold_id_cannot_be_placed_again() -> None:
+    from seatd.core import EventInfo, PlaceHold, Policy, Seat
+    from seatd.core.event_state import EventState
+    from seatd.errors import InvalidRequest
+
+    state = EventState(EventInfo("e", "E"), Policy(10, 4, 30), [Seat("A1"), Seat("A2")])
+    state.handle(PlaceHold("u1", ("A1",), "h1"), 0.0)
+    with pytest.raises(InvalidRequest):
+        state.handle(PlaceHold("u2", ("A2",), "h1"), 0.0)
+    assert state.seat_state("A2").value == "available"
