@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import orjson
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -37,30 +36,27 @@ from protocol.codec import (
     encode_result,
     encode_stored_reply,
     format_time,
-    parse_time,
 )
 from protocol.errors import CloseCode
 from seatd import core
 from seatd.auth import Identity
 from seatd.core import Policy
 from seatd.errors import (
-    IdempotencyMismatch,
-    InvalidRequest,
     SeatdError,
     ShuttingDown,
     TooManySubscriptions,
 )
+from seatd.gateway import catalog
 from seatd.gateway.broadcast import Broadcaster
+from seatd.gateway.holds import HoldFollower
 from seatd.gateway.translate import (
     error_frame,
-    event_view,
     idempotency_key,
-    new_event,
     result_to_wire,
     to_command,
 )
 from seatd.runtime.actor import Envelope
-from seatd.runtime.ports import NewEvent, SeatStore, StoredReply
+from seatd.runtime.ports import SeatStore, StoredReply
 from seatd.runtime.registry import Registry
 
 __all__ = ["Connection", "GatewayContext"]
@@ -116,7 +112,7 @@ class Connection:
         self.idle = asyncio.Event()
         self.idle.set()
         self._subscriptions: set[str] = set()
-        self._hold_timers: dict[str, asyncio.TimerHandle] = {}
+        self._holds = HoldFollower(self, ctx.broadcaster, ctx.clock, ctx.hold_warning)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -156,10 +152,7 @@ class Connection:
         for event_id in self._subscriptions:
             broadcaster.cancel(event_id, self)
         self._subscriptions.clear()
-        for hold_id, timer in self._hold_timers.items():
-            timer.cancel()
-            broadcaster.unwatch_hold(hold_id, self)
-        self._hold_timers.clear()
+        self._holds.close()
 
     async def go_away(self, reason: str, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Tell the client why, let queued replies flush, and close."""
@@ -241,7 +234,8 @@ class Connection:
                 encode_result(request_id, request_type, wire.Pong(format_time(self.ctx.clock())))
             )
         elif isinstance(request, wire.CreateEvent | wire.ListEvents):
-            self._track(self._spawn(self._serve_store(request)), _Pending(request_id, request_type))
+            served = catalog.serve(self.ctx.store, self.ctx.policy, self.identity, request)
+            self._track(self._spawn(served), _Pending(request_id, request_type))
         elif isinstance(request, wire.Subscribe):
             self._subscribe(request_id, request_type, request)
         elif isinstance(request, wire.Unsubscribe):
@@ -258,7 +252,7 @@ class Connection:
         event_id: str = request.event_id
         to_wire = partial(result_to_wire, event_id, command)
         key = idempotency_key(self.identity, request_type, request, to_wire)
-        follow = partial(self._follow_hold, event_id, command)
+        follow = partial(self._holds.follow, event_id, command)
         pending = _Pending(request_id, request_type, to_wire, follow)
         self._ask(event_id, Envelope(command, idempotency=key), pending)
 
@@ -381,140 +375,13 @@ class Connection:
         self.ctx.broadcaster.cancel(request.event_id, self)
         self.send(encode_result(request_id, request_type, wire.Unsubscribed(request.event_id)))
 
-    # --- holds this connection made --------------------------------------------------------
-
-    def _follow_hold(self, event_id: str, command: core.Command, result: object) -> None:
-        """Watch holds this connection made or refreshed; stop when they are released/reserved.
-
-        Works from the core result (a stored reply carries it when the command just ran), so
-        nothing is decoded again on this per-hold path; only a replayed answer is read back.
-        """
-        if isinstance(command, core.ReleaseHold | core.Reserve):
-            if _succeeded(result):
-                self._cancel_warning(command.hold_id)
-                self.ctx.broadcaster.unwatch_hold(command.hold_id, self)
-            return
-        outcome = result
-        if isinstance(result, StoredReply):
-            outcome = result.outcome or _hold_from_reply(result.response)
-        if isinstance(outcome, core.Hold):
-            self.ctx.broadcaster.watch_hold(outcome.hold_id, self)
-            self._schedule_warning(event_id, outcome)
-
     def hold_changed(
         self, event_id: str, hold: core.Hold, ended: core.HoldEndReason | None
     ) -> None:
-        """A watched hold changed, maybe through another connection: follow it."""
-        if ended is None:
-            self._schedule_warning(event_id, hold)
-            return
-        self._cancel_warning(hold.hold_id)
-        if ended is core.HoldEndReason.EXPIRED:
-            expired = wire.HoldExpired(event_id, hold.hold_id, hold.seat_ids)
-            self.send(encode_push("hold_expired", expired))
-
-    def _schedule_warning(self, event_id: str, hold: core.Hold) -> None:
-        self._cancel_warning(hold.hold_id)
-        lifetime = hold.expires_at - self.ctx.clock()
-        delay = lifetime - min(self.ctx.hold_warning, lifetime / 4)
-        self._hold_timers[hold.hold_id] = asyncio.get_running_loop().call_later(
-            max(delay, 0.0), self._warn, event_id, hold
-        )
-
-    def _cancel_warning(self, hold_id: str) -> None:
-        timer = self._hold_timers.pop(hold_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _warn(self, event_id: str, hold: core.Hold) -> None:
-        self._hold_timers.pop(hold.hold_id, None)
-        expires_at = format_time(hold.expires_at)
-        warning = wire.HoldExpiring(event_id, hold.hold_id, hold.seat_ids, expires_at)
-        self.send(encode_push("hold_expiring", warning))
+        self._holds.hold_changed(event_id, hold, ended)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    # --- requests served without an actor --------------------------------------------------
-
-    async def _serve_store(self, request: wire.CreateEvent | wire.ListEvents) -> object:
-        if isinstance(request, wire.CreateEvent):
-            return await self._create_event(request)
-        if request.radius_m is not None and request.near is None:
-            raise InvalidRequest("radius_m needs near", details={"path": "$.radius_m"})
-        near = (request.near.latitude, request.near.longitude) if request.near else None
-        page = await self.ctx.store.list_events(
-            near=near, radius_m=request.radius_m, limit=request.limit, after=request.after
-        )
-        views = []
-        for info, distance in page.events:
-            rules = self.ctx.policy.for_event(info)
-            views.append(
-                event_view(
-                    info,
-                    hold_duration=rules.hold_duration,
-                    max_seats_per_user=rules.max_seats_per_user,
-                    distance_m=distance,
-                )
-            )
-        return wire.EventPage(tuple(views), page.next_after)
-
-    async def _create_event(self, request: wire.CreateEvent) -> object:
-        self.identity.require_admin("create events")
-        event = new_event(request)
-        view = self._created_view(event)
-        key = idempotency_key(self.identity, "create_event", request, lambda _: view)
-        if key is None:
-            await self.ctx.store.create_event(event)
-            return view
-        record = key.record(view)
-        earlier = await self.ctx.store.create_event(event, record)
-        if earlier is None:
-            return StoredReply(record.response)
-        if earlier.request_hash != key.request_hash:
-            raise IdempotencyMismatch(
-                f"idempotency key {key.key!r} was used for a different request",
-                details={"idempotency_key": key.key},
-            )
-        return StoredReply(earlier.response)
-
-    def _created_view(self, event: NewEvent) -> wire.EventView:
-        rules = self.ctx.policy.for_event(event.info)
-        total = len(event.seats)
-        summary = core.EventSummary(
-            event.info, total, total, 0, 0, 0, rules.hold_duration, rules.max_seats_per_user
-        )
-        return event_view(
-            event.info,
-            hold_duration=rules.hold_duration,
-            max_seats_per_user=rules.max_seats_per_user,
-            live=summary,
-        )
-
-
-def _succeeded(result: object) -> bool:
-    """Whether a command's answer (a stored reply may hold a refusal) was a success."""
-    if not isinstance(result, StoredReply):
-        return True
-    if result.outcome is None:  # a replay: read the stored answer
-        return bool(orjson.loads(result.response).get("ok"))
-    return not isinstance(result.outcome, SeatdError)
-
-
-def _hold_from_reply(response: bytes) -> core.Hold | None:
-    """The hold a replayed hold/refresh answer describes (None if it was a refusal)."""
-    body = orjson.loads(response)
-    if not body.get("ok"):
-        return None
-    r = body["result"]
-    return core.Hold(
-        r["hold_id"],
-        r["user_id"],
-        tuple(r["seat_ids"]),
-        0.0,
-        parse_time(r["expires_at"]),
-        parse_time(r["max_expires_at"]),
-    )
