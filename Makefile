@@ -17,8 +17,9 @@ PORT ?= 8080
 SUB ?= alice
 ROLE ?= user
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help venv deps services run stop token test lint clean
+.PHONY: help venv deps services run stop token test lint clean bench bench-quick
 
 help:
 	@echo "make run      start PostgreSQL + Redis (private ports), init the db, serve on PORT=$(PORT)"
@@ -26,6 +27,7 @@ help:
 	@echo "make token    print a JWT (SUB=$(SUB) ROLE=$(ROLE))"
 	@echo "make test     run the test suite (PYTEST_ARGS=...)"
 	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make bench    every benchmark scenario, short version (seatd bench all --quick)"
 	@echo "make clean    stop the dev services, delete their data and the caches"
 
 venv: $(STAMP)
@@ -33,7 +35,7 @@ venv: $(STAMP)
 # Reinstall only when pyproject.toml changed since the last install.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	@touch $@
 
 deps:
@@ -62,6 +64,12 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Every scenario's short version against a throwaway durable PostgreSQL + Redis (< 3 minutes).
+bench: deps venv
+	$(VENV)/bin/seatd bench all --quick $(BENCH_ARGS)
+
+bench-quick: bench
 
 clean:
 	@if [[ -x $(PY) ]]; then $(DEVSTACK) purge; fi

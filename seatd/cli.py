@@ -189,10 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=["admin", "agent", "user"], default="user")
     token.add_argument("--ttl", type=float, default=86400.0, help="seconds until it expires")
     token.set_defaults(func=_token)
+
+    bench = sub.add_parser("bench", help="load-test and verify seatd (seatd bench --help)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=lambda args: _bench(args.bench_args))
     return parser
 
 
+def _bench(argv: Sequence[str]) -> int:
+    from seatd.bench import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its options are its own: argparse must not see them
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "demo", False) and args.event_id is None:
         args.event_id = DEMO_EVENT_ID

@@ -1,0 +1,192 @@
+"""``seatd bench``: parse options, set up the stack, run the scenarios, report, exit status.
+
+Exit status: 0 when every run's verification passed, 1 when one found a violation (a lost
+acknowledgement, a double booking, a subscriber that missed a version), 2 when the bench could
+not run (bad options, missing tools, a server that did not start), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TextIO
+
+from seatd.bench.options import Options, parse_options, scenario_params
+from seatd.bench.stack import BenchError, Services, new_secret
+from seatd.bench.workers import raise_nofile_limit
+
+__all__ = ["main"]
+
+_EXTRA_HINT = "install the bench extra: pip install -e '.[bench]' (or make venv)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    out: TextIO = sys.stderr if options.json else sys.stdout
+    try:
+        return asyncio.run(_cancel_on_sigterm(_main(options, out)))
+    except BenchError as error:
+        print(f"seatd bench: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("seatd bench: interrupted; the throwaway services were stopped", file=sys.stderr)
+        return 130
+
+
+async def _cancel_on_sigterm(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main``; SIGTERM cancels it like Ctrl-C does, so every ``finally`` runs and the
+    throwaway PostgreSQL, Redis and seatd are stopped (the default action would leave them)."""
+    task = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _check_requirements(options: Options) -> str:
+    """The client to use; BenchError naming what is missing."""
+    for module in ("hdrh", "psutil"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise BenchError(f"the '{module}' module is missing: {_EXTRA_HINT}") from None
+    if options.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise BenchError(f"--plot needs matplotlib: {_EXTRA_HINT}") from None
+    from seatd.bench.wsclient import client_name
+
+    try:
+        return client_name(None if options.client == "auto" else options.client)
+    except ImportError:
+        raise BenchError(f"--client picows: picows is not installed: {_EXTRA_HINT}") from None
+
+
+def _check_files_limit(options: Options) -> None:
+    """Each connection needs a file descriptor in a worker and one in the server."""
+    biggest = max(int(scenario_params(options, s)["connections"]) for s in options.scenarios)
+    per_process = biggest // options.workers + 256
+    needed = biggest + 512  # the server holds every connection (it inherits our limit)
+    soft, hard = raise_nofile_limit(needed)
+    if soft < max(per_process, needed if options.url is None else 0):
+        raise BenchError(
+            f"the open files limit is {soft} (hard limit {hard}) but this run needs about "
+            f"{max(per_process, needed)}: raise the hard limit (ulimit -Hn, LimitNOFILE= in "
+            "systemd, --ulimit nofile=... in docker) or use fewer --connections"
+        )
+
+
+async def _start_services() -> Services:
+    """Start the throwaway services in a thread; stopped again if cancelled meanwhile."""
+    starting = asyncio.ensure_future(asyncio.to_thread(Services.start_own))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            (await starting).stop()
+        raise
+
+
+async def _main(options: Options, out: TextIO) -> int:
+    from seatd.bench.report import (
+        baseline_json,
+        format_baseline,
+        format_run,
+        plot_path,
+        write_plot,
+    )
+    from seatd.bench.scenarios import SCENARIO_RUNNERS, Harness, RunResult, run_baseline
+
+    client = _check_requirements(options)
+    _check_files_limit(options)
+    progress = options.progress
+    if progress is None:
+        progress = sys.stderr.isatty()
+    started = time.monotonic()
+    services: Services | None = None
+    if options.url is not None:
+        secret = options.secret or os.environ.get("SEATD_JWT_SECRET", "")
+        if len(secret.encode()) < 32:
+            raise BenchError("--url needs the server's secret: --secret or SEATD_JWT_SECRET")
+    else:
+        secret = new_secret()
+        print(
+            "starting "
+            + (
+                "seatd on the services named by POSTGRES_*/REDIS_*"
+                if options.use_services
+                else "a throwaway PostgreSQL (durable) and Redis"
+            )
+            + " ...",
+            file=out,
+            flush=True,
+        )
+        services = (
+            Services.from_env(os.environ) if options.use_services else await _start_services()
+        )
+    results: list[RunResult] = []
+    document: dict[str, Any] = {
+        "bench": "seatd",
+        "scenario": options.scenario,
+        "preset": options.preset,
+        "target": options.url or ("services from env" if options.use_services else "throwaway"),
+        "server_env": dict(options.server_env),
+    }
+    try:
+        harness = Harness(
+            secret=secret,
+            client=client,
+            services=services,
+            url=options.url,
+            server_pid=options.server_pid,
+            progress=progress,
+            group_commit=not options.no_group_commit,
+            server_env=dict(options.server_env),
+        )
+        for scenario in options.scenarios:
+            params = scenario_params(options, scenario)
+            if options.baseline:
+                on, off = await run_baseline(harness, params)
+                for result in (on, off):
+                    results.append(result)
+                    print(format_run(result), file=out, flush=True)
+                print(format_baseline(on, off), file=out, flush=True)
+                document["baseline"] = baseline_json(on, off)
+                continue
+            result = await SCENARIO_RUNNERS[scenario](harness, params)
+            if options.server_env:
+                settings = " ".join(f"{k}={v}" for k, v in options.server_env)
+                result.notes.insert(0, f"server settings: {settings}")
+            results.append(result)
+            print(format_run(result), file=out, flush=True)
+    finally:
+        if services is not None and services.mode == "own":
+            await asyncio.to_thread(services.stop)
+    if options.plot:
+        for result in results:
+            path = plot_path(options.plot, result, len(results) > 1)
+            write_plot(result, path)
+            print(f"plot: {path}", file=out)
+    ok = all(r.verdict.ok for r in results)
+    total = time.monotonic() - started
+    summary = ", ".join(f"{r.scenario} {r.wall_s:.1f}s" for r in results)
+    print(
+        f"== {'PASS' if ok else 'FAIL'}: {len(results)} run(s) in {total:.1f}s ({summary})",
+        file=out,
+        flush=True,
+    )
+    if options.json:
+        document.update(ok=ok, wall_s=round(total, 2), runs=[r.as_json() for r in results])
+        print(json.dumps(document))
+    return 0 if ok else 1

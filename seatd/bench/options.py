@@ -1,0 +1,272 @@
+"""Command-line options and the size presets of each scenario (full, ``--quick``, ``--smoke``).
+
+Why presets: the full sizes (the ones the scenarios are named after: 5,000 buyers, 1,000
+subscribers, 10,000 idle connections) take minutes; ``--quick`` runs every scenario in well
+under a minute on a 2-core machine (``make bench``), and ``--smoke`` is a seconds-long
+correctness run for the test suite. Any explicit option overrides the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SCENARIOS", "Options", "build_parser", "parse_options", "scenario_params"]
+
+SCENARIOS = ("throughput", "rush", "events", "fanout", "idle")
+
+# scenario -> preset -> parameters. ``connections`` is per scenario what its name says:
+# purchasing connections, rush buyers, fan-out subscribers, idle connections.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "throughput": {
+        "full": {"duration": 30.0, "connections": 200, "pipeline": 1, "seats": 100_000},
+        "quick": {"duration": 8.0, "connections": 100, "pipeline": 1, "seats": 50_000},
+        "smoke": {"duration": 1.5, "connections": 8, "pipeline": 2, "seats": 5_000},
+    },
+    "events": {
+        "full": {"duration": 30.0, "connections": 200, "pipeline": 1, "events": 1000, "seats": 500},
+        "quick": {"duration": 8.0, "connections": 100, "pipeline": 1, "events": 100, "seats": 500},
+        "smoke": {"duration": 1.5, "connections": 8, "pipeline": 2, "events": 10, "seats": 400},
+    },
+    "rush": {
+        "full": {"duration": 120.0, "connections": 5000, "seats": 2000},
+        "quick": {"duration": 60.0, "connections": 500, "seats": 200},
+        "smoke": {"duration": 20.0, "connections": 40, "seats": 30},
+    },
+    "fanout": {
+        "full": {"duration": 30.0, "connections": 1000, "rate": 500.0, "writers": 4},
+        "quick": {"duration": 8.0, "connections": 100, "rate": 500.0, "writers": 4},
+        "smoke": {"duration": 1.5, "connections": 10, "rate": 100.0, "writers": 2},
+    },
+    "idle": {
+        "full": {
+            "connections": 10_000,
+            "events": 100_000,
+            # Loading 100,000 events takes minutes on 2 cores: they must all stay loaded.
+            "idle_timeout": 300.0,
+            "settle": 2.0,
+            "rounds": 1,
+        },
+        "quick": {
+            "connections": 1000,
+            "events": 5000,
+            "idle_timeout": 8.0,
+            "settle": 1.0,
+            "rounds": 2,
+        },
+        "smoke": {"connections": 20, "events": 50, "idle_timeout": 0.5, "settle": 0.2, "rounds": 1},
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    scenario: str
+    preset: str
+    duration: float | None
+    connections: int | None
+    rate: float | None
+    workers: int
+    pipeline: int | None
+    seats: int | None
+    events: int | None
+    writers: int | None
+    idle_timeout: float | None
+    server_env: tuple[tuple[str, str], ...]
+    no_group_commit: bool
+    baseline: bool
+    url: str | None
+    secret: str | None
+    server_pid: int | None
+    use_services: bool
+    json: bool
+    plot: str | None
+    progress: bool | None
+    client: str
+    seed: int
+
+    @property
+    def scenarios(self) -> tuple[str, ...]:
+        return SCENARIOS if self.scenario == "all" else (self.scenario,)
+
+
+def scenario_params(options: Options, scenario: str) -> dict[str, Any]:
+    """The preset of this scenario with the explicit options laid over it."""
+    params = dict(PRESETS[scenario][options.preset])
+    overrides = {
+        "duration": options.duration,
+        "connections": options.connections,
+        "pipeline": options.pipeline,
+        "seats": options.seats,
+        "events": options.events,
+        "writers": options.writers,
+        "idle_timeout": options.idle_timeout,
+    }
+    for key, value in overrides.items():
+        if value is not None and key in params:
+            params[key] = value
+    if scenario in ("throughput", "events", "fanout"):
+        params["rate"] = options.rate if options.rate is not None else params.get("rate")
+    params["workers"] = options.workers
+    params["seed"] = options.seed
+    return params
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seatd bench",
+        description=(
+            "Load-test seatd: starts a throwaway PostgreSQL (durable) + Redis + seatd (or drives "
+            "--url), runs a scenario, prints throughput, latency, resource use, and verifies in "
+            "PostgreSQL that nothing acknowledged was lost and nothing was sold twice "
+            "(exit 1 if it was)."
+        ),
+        epilog=(
+            "scenarios: throughput (hold then reserve distinct seats of one big event), rush "
+            "(thousands of buyers racing for a few hot seats), events (the throughput load over "
+            "many events), fanout (subscribers timing availability pushes), idle (memory per "
+            "idle connection and per passivated event), all (each in turn)."
+        ),
+    )
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    size = parser.add_argument_group("size (defaults: the scenario's preset)")
+    preset = size.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="short version (make bench)")
+    preset.add_argument(
+        "--smoke", action="store_true", help="tiny correctness run lasting seconds (tests)"
+    )
+    size.add_argument("--duration", type=_positive_float, help="seconds of load")
+    size.add_argument(
+        "--connections",
+        type=_positive_int,
+        help="connections (rush: buyers, fanout: subscribers, idle: idle connections)",
+    )
+    size.add_argument(
+        "--rate",
+        type=_positive_float,
+        help="open loop target: holds/s (throughput, events) or seat changes/s (fanout); "
+        "without it throughput and events run closed loop at the maximum rate",
+    )
+    size.add_argument(
+        "--workers", type=_positive_int, default=1, help="load generator processes (default 1)"
+    )
+    size.add_argument(
+        "--pipeline", type=_positive_int, help="requests in flight per connection (closed loop)"
+    )
+    size.add_argument("--seats", type=_positive_int, help="seats (per event for events)")
+    size.add_argument("--events", type=_positive_int, help="events (events, idle)")
+    size.add_argument("--writers", type=_positive_int, help="writer connections (fanout)")
+    size.add_argument(
+        "--idle-timeout", type=_positive_float, help="SEATD_ACTOR_IDLE_TIMEOUT for idle (s)"
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument(
+        "--no-group-commit",
+        action="store_true",
+        help="start seatd with SEATD_MAX_BATCH=1 (one transaction per command)",
+    )
+    server.add_argument(
+        "--baseline",
+        action="store_true",
+        help="throughput only: run with group commit, then without, and print the ratio",
+    )
+    server.add_argument(
+        "--server-env",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="an extra setting for the seatd started here (repeatable), "
+        "e.g. --server-env SEATD_PG_POOL_SIZE=40",
+    )
+    server.add_argument(
+        "--url", help="drive this running server (ws://host:port/) instead of starting one"
+    )
+    server.add_argument(
+        "--secret", help="with --url: the server's SEATD_JWT_SECRET (default: from the env)"
+    )
+    server.add_argument(
+        "--server-pid", type=int, help="with --url: pid to measure (default: the local listener)"
+    )
+    server.add_argument(
+        "--use-services",
+        action="store_true",
+        help="use the PostgreSQL and Redis named by POSTGRES_*/REDIS_* instead of throwaway ones",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout (human text on stderr)"
+    )
+    out.add_argument(
+        "--plot", metavar="FILE.png", help="latency over time and latency distribution"
+    )
+    bar = out.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    out.add_argument(
+        "--client",
+        choices=["auto", "picows", "websockets"],
+        default="auto",
+        help="WebSocket client of the load generator (auto: picows if installed)",
+    )
+    out.add_argument("--seed", type=int, default=1, help="random seed of the load")
+    return parser
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.baseline and args.scenario != "throughput":
+        parser.error("--baseline applies to the throughput scenario only")
+    if args.url and (args.baseline or args.no_group_commit or args.use_services):
+        parser.error("--baseline, --no-group-commit and --use-services need a server started here")
+    if args.url and not args.url.startswith(("ws://", "wss://")):
+        parser.error("--url must be a ws:// or wss:// URL")
+    server_env = []
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--server-env expects NAME=VALUE, not {item!r}")
+        server_env.append((name, value))
+    if args.url and server_env:
+        parser.error("--server-env needs a server started here")
+    return Options(
+        scenario=args.scenario,
+        preset="quick" if args.quick else "smoke" if args.smoke else "full",
+        duration=args.duration,
+        connections=args.connections,
+        rate=args.rate,
+        workers=args.workers,
+        pipeline=args.pipeline,
+        seats=args.seats,
+        events=args.events,
+        writers=args.writers,
+        idle_timeout=args.idle_timeout,
+        server_env=tuple(server_env),
+        no_group_commit=args.no_group_commit,
+        baseline=args.baseline,
+        url=args.url,
+        secret=args.secret,
+        server_pid=args.server_pid,
+        use_services=args.use_services,
+        json=args.json,
+        plot=args.plot,
+        progress=args.progress,
+        client=args.client,
+        seed=args.seed,
+    )

@@ -1,0 +1,973 @@
+"""The coordinator side of each scenario: set-up, driving the workers, results, verification.
+
+Why a ``Harness``: every scenario needs the same things (a server started with the right
+settings, its CPU and memory measured over exactly the load window, workers started and
+stopped cleanly, a progress bar) and differs only in its set-up and in what it checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from seatd.bench.acks import AckLog
+from seatd.bench.admin import AdminClient
+from seatd.bench.layout import EventLayout
+from seatd.bench.stack import BenchError, ProcessMeter, SeatdProcess, Services, listener_pid
+from seatd.bench.stats import OpAggregate, OpData, OpSummary
+from seatd.bench.verify import Verdict, seat_counts, verify_run
+from seatd.bench.workers import WorkerPool, WorkerSpec
+
+__all__ = ["SCENARIO_RUNNERS", "Harness", "RunResult", "run_baseline"]
+
+# Hold requests with these outcomes may or may not have created a hold.
+_UNKNOWN_OUTCOME = ("no_reply", "connection_closed", "unavailable", "internal_error")
+MB = 1024 * 1024
+_SHM = Path("/dev/shm")
+
+
+@dataclass
+class RunResult:
+    """One run of one scenario: everything the report prints."""
+
+    scenario: str
+    label: str
+    params: dict[str, Any]
+    window_s: float
+    ops: list[OpSummary]
+    resources: dict[str, Any]
+    loadgen: dict[str, Any]
+    metrics: dict[str, Any]
+    verdict: Verdict
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "label": self.label,
+            "params": self.params,
+            "window_s": round(self.window_s, 3),
+            "wall_s": round(self.wall_s, 2),
+            "ops": {op.name: op.as_json() for op in self.ops},
+            "resources": self.resources,
+            "loadgen": self.loadgen,
+            "metrics": self.metrics,
+            "verification": self.verdict.as_json(),
+            "notes": self.notes,
+        }
+
+
+class Progress:
+    """A tqdm bar on stderr, or nothing (disabled, or tqdm not installed)."""
+
+    def __init__(self, enabled: bool, desc: str, total: int | None, unit: str) -> None:
+        self._bar: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+            except ImportError:
+                return
+            self._bar = tqdm(
+                total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True
+            )
+
+    def set(self, value: int) -> None:
+        if self._bar is not None:
+            self._bar.n = value
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Window:
+    """Resource meters over a load window: the server, PostgreSQL and Redis, when known."""
+
+    def __init__(self, meters: dict[str, ProcessMeter]) -> None:
+        self.meters = meters
+        self.started = 0.0
+        self.stopped = 0.0
+
+    def start(self) -> None:
+        self.started = time.time()
+        for meter in self.meters.values():
+            meter.start()
+
+    def sample(self) -> None:
+        for meter in self.meters.values():
+            meter.sample()
+
+    def stop(self) -> None:
+        self.stopped = time.time()
+        for meter in self.meters.values():
+            meter.stop()
+
+    def resources(self) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for name, meter in self.meters.items():
+            entry: dict[str, Any] = {
+                "cpu_percent": round(meter.cpu_percent, 1),
+                "cpu_s": round(meter.cpu_s, 2),
+            }
+            if name == "server":
+                entry["rss_mb"] = round(meter.rss_end / MB, 1)
+                entry["rss_peak_mb"] = round(meter.rss_peak / MB, 1)
+            result[name] = entry
+        return result
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int | None
+    process: SeatdProcess | None = None
+
+
+class Harness:
+    """One ``seatd bench`` invocation: where the server is, how to start it, shared helpers."""
+
+    def __init__(
+        self,
+        *,
+        secret: str,
+        client: str,
+        services: Services | None,
+        url: str | None,
+        server_pid: int | None,
+        progress: bool,
+        group_commit: bool = True,
+        server_env: dict[str, str] | None = None,
+    ) -> None:
+        self.secret = secret
+        self.client = client
+        self.services = services
+        self.url = url
+        self.server_pid = server_pid
+        self.show_progress = progress
+        self.group_commit = group_commit
+        self.server_env = dict(server_env or {})
+        self.run_id = f"bench-{time.strftime('%H%M%S')}-{secrets.token_hex(3)}"
+        self._counter = 0
+
+    @property
+    def postgres_env(self) -> dict[str, str] | None:
+        if self.services is not None:
+            return self.services.postgres_env
+        env = {k: v for k, v in os.environ.items() if k.startswith("POSTGRES_")}
+        return env if "POSTGRES_PORT" in env else None
+
+    @property
+    def redis_env(self) -> dict[str, str] | None:
+        if self.services is not None:
+            return self.services.redis_env
+        env = {k: v for k, v in os.environ.items() if k.startswith("REDIS_")}
+        return env if "REDIS_PORT" in env else None
+
+    def prefix(self, scenario: str) -> str:
+        """A fresh event id prefix: runs never share events, even against one database."""
+        self._counter += 1
+        return f"{self.run_id}-{self._counter}{scenario[:2]}"
+
+    @contextlib.asynccontextmanager
+    async def server(self, overrides: dict[str, str]) -> AsyncIterator[Server]:
+        """The server for one run: started here with these settings, or the one at --url."""
+        if self.services is None:
+            assert self.url is not None
+            pid = self.server_pid
+            parts = urlsplit(self.url)
+            if pid is None and parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port:
+                pid = listener_pid(parts.port)
+            yield Server(self.url, pid)
+            return
+        env = {**self.services.postgres_env, **self.services.redis_env}
+        env["SEATD_JWT_SECRET"] = self.secret
+        if not self.group_commit:
+            env["SEATD_MAX_BATCH"] = "1"
+        env.update(overrides)
+        env.update(self.server_env)  # the user's --server-env has the last word
+        process = SeatdProcess(env)
+        await asyncio.to_thread(process.start)
+        try:
+            yield Server(process.url, process.pid, process)
+        finally:
+            problems = process.problems()
+            code = await asyncio.to_thread(process.stop)
+            if problems:
+                print(
+                    f"seatd logged {len(problems)} error(s), e.g.: {problems[0][:500]}",
+                    file=sys.stderr,
+                )
+            if code not in (0, None):
+                print(f"seatd exited with code {code}", file=sys.stderr)
+
+    def window(self, server: Server) -> Window:
+        meters: dict[str, ProcessMeter] = {}
+        candidates: list[tuple[str, int | None, bool]] = [("server", server.pid, False)]
+        if self.services is not None:
+            for name, port, children in (
+                ("postgres", self.services.postgres_port, True),
+                ("redis", self.services.redis_port, False),
+            ):
+                candidates.append((name, listener_pid(port) if port else None, children))
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        for name, pid, children in candidates:
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    meters[name] = ProcessMeter(pid, children=children, label=name)
+        return Window(meters)
+
+    def progress(self, desc: str, total: int | None, unit: str) -> Progress:
+        return Progress(self.show_progress, desc, total, unit)
+
+    def spec(self, index: int, load: str, url: str, params: dict[str, Any]) -> WorkerSpec:
+        return WorkerSpec(index, load, url, self.secret, self.client, params)
+
+    async def connect_workers(self, pool: WorkerPool, total: int, what: str) -> None:
+        """Start the workers and wait until each has opened its connections."""
+        pool.start()
+        bar = self.progress(f"connecting {what}", total, "conn")
+        try:
+            timeout = 120 + total / 50
+            await pool.expect("ready", timeout=timeout, tick=lambda: bar.set(pool.progress_total()))
+        finally:
+            bar.close()
+
+    async def go(
+        self, pool: WorkerPool, window: Window, duration: float, bucket: float | None = None
+    ) -> float:
+        """Start every worker's load at the same wall-clock instant; returns that instant.
+
+        ``bucket``: the width of the timeline's buckets (default: about 40 over the run).
+        """
+        if bucket is None:
+            bucket = 1.0 if duration >= 40 else 0.5 if duration >= 20 else 0.25
+        t0 = time.time() + 0.3
+        pool.broadcast("go", {"t0": t0, "duration": duration, "bucket": bucket})
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        window.start()
+        return t0
+
+    async def results(
+        self,
+        pool: WorkerPool,
+        window: Window,
+        *,
+        desc: str,
+        total: int | None,
+        unit: str,
+        timeout: float,
+        indices: Sequence[int] | None = None,
+        kind: str = "result",
+        base: int = 0,
+    ) -> list[Any]:
+        bar = self.progress(desc, total, unit)
+
+        def tick() -> None:
+            window.sample()
+            bar.set(pool.progress_total() - base)
+
+        try:
+            return await pool.expect(kind, indices=indices, timeout=timeout, tick=tick)
+        finally:
+            bar.close()
+
+
+def _split(total: int, parts: int) -> list[tuple[int, int]]:
+    """(offset, count) of each of ``parts`` near-equal shares of ``total``."""
+    bounds = [total * i // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(parts)]
+
+
+def _merge(results: Sequence[dict[str, Any]], key: str) -> OpAggregate:
+    aggregate = OpAggregate()
+    for result in results:
+        data: OpData = result[key]
+        aggregate.add(data)
+    return aggregate
+
+
+def _loadgen(results: Sequence[dict[str, Any]], window_s: float, client: str) -> dict[str, Any]:
+    cpu = sum(float(r["cpu_s"]) for r in results)
+    return {
+        "workers": len(results),
+        "client": client,
+        "cpu_s": round(cpu, 2),
+        "cpu_percent": round(100.0 * cpu / window_s, 1) if window_s > 0 else 0.0,
+    }
+
+
+def _closed(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for result in results:
+        for code, n in result.get("closed", {}).items():
+            total[code] = total.get(code, 0) + n
+    return total
+
+
+def _unknown_holds(hold: OpAggregate) -> int:
+    summary = hold.summary("hold", 1.0)
+    return sum(summary.errors.get(code, 0) for code in _UNKNOWN_OUTCOME)
+
+
+# --- throughput and events --------------------------------------------------------------------
+
+
+async def run_throughput(h: Harness, p: dict[str, Any], label: str = "") -> RunResult:
+    layouts = [EventLayout(f"{h.prefix('throughput')}-0", int(p["seats"]), 1000)]
+    return await _purchase(h, "throughput", label, p, layouts)
+
+
+async def run_events(h: Harness, p: dict[str, Any]) -> RunResult:
+    seats = int(p["seats"])
+    prefix = h.prefix("events")
+    layouts = [
+        EventLayout(f"{prefix}-{i}", seats, min(1000, seats)) for i in range(int(p["events"]))
+    ]
+    return await _purchase(h, "events", "", p, layouts)
+
+
+async def _purchase(
+    h: Harness, scenario: str, label: str, p: dict[str, Any], layouts: list[EventLayout]
+) -> RunResult:
+    started = time.monotonic()
+    workers, connections = int(p["workers"]), int(p["connections"])
+    duration = float(p["duration"])
+    # Open loop may queue many requests on one connection: let the server read them all.
+    async with h.server({"SEATD_MAX_INFLIGHT": "100000"}) as server:
+        admin = await AdminClient.open(server.url, h.secret)
+        try:
+            await admin.call_many("create_event", [lay.create_request() for lay in layouts])
+            # Load every event now, so the window measures steady state, not activation.
+            await admin.call_many("get_event", [{"event_id": lay.event_id} for lay in layouts])
+        finally:
+            await admin.close()
+        rate = p.get("rate")
+        specs = [
+            h.spec(
+                i,
+                "purchase",
+                server.url,
+                {
+                    "events": [(lay.event_id, lay.seats, lay.per_row) for lay in layouts],
+                    "workers": workers,
+                    "connections": count,
+                    "conn_offset": offset,
+                    "pipeline": int(p["pipeline"]),
+                    "rate": None if rate is None else float(rate) / workers,
+                    "max_per_user": 10_000,
+                    "user_prefix": h.run_id,
+                    "seed": int(p["seed"]),
+                },
+            )
+            for i, (offset, count) in enumerate(_split(connections, workers))
+        ]
+        pool = WorkerPool(specs)
+        try:
+            await h.connect_workers(pool, connections, "purchasers")
+            window = h.window(server)
+            base = pool.progress_total()
+            t0 = await h.go(pool, window, duration)
+            results = await h.results(
+                pool,
+                window,
+                desc=f"{scenario}{' ' + label if label else ''}",
+                total=None,
+                unit="purchase",
+                timeout=duration + 120,
+                base=base,
+            )
+            window.stop()
+        finally:
+            await pool.close()
+    window_s = max(max(float(r["t_last"]) for r in results) - t0, 1e-3)
+    hold, reserve = _merge(results, "hold"), _merge(results, "reserve")
+    logs: list[AckLog] = [r["acks"] for r in results]
+    ops = [hold.summary("hold", window_s), reserve.summary("reserve", window_s)]
+    exhausted = sum(int(r["exhausted"]) for r in results)
+    metrics = {
+        "events": len(layouts),
+        "seats_per_event": layouts[0].seats,
+        "purchases": reserve.ok,
+        "purchases_per_s": round(reserve.ok / window_s, 1),
+        "requests_per_s": round((hold.count + reserve.count) / window_s, 1),
+        "mode": "open loop" if p.get("rate") else "closed loop",
+        "group_commit": h.group_commit,
+        "seat_supply_exhausted": exhausted,
+        "closed_connections": _closed(results),
+    }
+    notes = []
+    if exhausted:
+        notes.append(
+            f"{exhausted} holds not sent: seats (or the per-user limit) ran out; "
+            "use --seats or a shorter --duration"
+        )
+    verdict = await verify_run(h.postgres_env, layouts, logs, unknown_holds=_unknown_holds(hold))
+    return RunResult(
+        scenario=scenario,
+        label=label or ("group commit" if h.group_commit else "no group commit"),
+        params={k: v for k, v in p.items()},
+        window_s=window_s,
+        ops=ops,
+        resources=window.resources(),
+        loadgen=_loadgen(results, window_s, h.client),
+        metrics=metrics,
+        verdict=verdict,
+        wall_s=time.monotonic() - started,
+        notes=notes,
+    )
+
+
+async def run_baseline(h: Harness, p: dict[str, Any]) -> tuple[RunResult, RunResult]:
+    """Throughput with group commit, then without (SEATD_MAX_BATCH=1), same load."""
+    h.group_commit = True
+    on = await run_throughput(h, p, "group commit")
+    h.group_commit = False
+    try:
+        off = await run_throughput(h, p, "no group commit")
+    finally:
+        h.group_commit = True
+    return on, off
+
+
+# --- rush -------------------------------------------------------------------------------------
+
+
+async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
+    started = time.monotonic()
+    seats, connections, workers = int(p["seats"]), int(p["connections"]), int(p["workers"])
+    duration = float(p["duration"])
+    layout = EventLayout(f"{h.prefix('rush')}-0", seats, min(50, seats))
+    async with h.server({}) as server:
+        admin = await AdminClient.open(server.url, h.secret)
+        try:
+            await admin.call("create_event", **layout.create_request(max_seats_per_user=8))
+            await admin.call("get_event", event_id=layout.event_id)
+        finally:
+            await admin.close()
+        specs = [
+            h.spec(
+                i,
+                "rush",
+                server.url,
+                {
+                    "event": (layout.event_id, layout.seats, layout.per_row),
+                    "connections": count,
+                    "conn_offset": offset,
+                    "hot_fraction": 0.2,
+                    "hot_weight": 0.8,
+                    "max_attempts": 50,
+                    "user_prefix": h.run_id,
+                    "seed": int(p["seed"]),
+                },
+            )
+            for i, (offset, count) in enumerate(_split(connections, workers))
+        ]
+        pool = WorkerPool(specs)
+        try:
+            await h.connect_workers(pool, connections, "buyers")
+            window = h.window(server)
+            base = pool.progress_total()
+            # A sale is over in seconds: a fine timeline.
+            t0 = await h.go(pool, window, duration, bucket=0.05)
+            results = await h.results(
+                pool,
+                window,
+                desc="rush",
+                total=connections,
+                unit="buyer",
+                timeout=duration + 60,
+                base=base,
+            )
+            window.stop()
+        finally:
+            await pool.close()
+    hold, reserve = _merge(results, "hold"), _merge(results, "reserve")
+    logs: list[AckLog] = [r["acks"] for r in results]
+    seats_bought = sum(int(r["seats_bought"]) for r in results)
+    buyers = sum(int(r["buyers"]) for r in results)
+    last = max(float(r["t_last_reserve"]) for r in results)
+    sold_out = seats_bought == seats
+    window_s = max((last - t0) if last else window.stopped - t0, 1e-3)
+    hold_summary = hold.summary("hold", window_s)
+    metrics = {
+        "seats": seats,
+        "buyers": connections,
+        "buyers_served": buyers,
+        "buyers_without_seats": connections - buyers,
+        "seats_sold": seats_bought,
+        "sold_out": sold_out,
+        "time_to_sell_out_s": round(last - t0, 3) if sold_out else None,
+        "hold_attempts": hold.count,
+        "conflicts": hold_summary.errors.get("seat_unavailable", 0),
+        "gave_up": sum(int(r["gave_up"]) for r in results),
+        "closed_connections": _closed(results),
+    }
+    verdict = Verdict()
+    per_seat = seat_counts(logs, 1)[0]
+    doubles = [layout.seat_id(s) for s, n in per_seat.items() if n > 1]
+    verdict.add(
+        "no seat in two acknowledged holds",
+        not doubles,
+        f"{len(per_seat)} seats acknowledged" + (f"; twice: {doubles[:5]}" if doubles else ""),
+    )
+    if sold_out:
+        verdict.add(
+            "sold out: every seat in exactly one acknowledged hold",
+            len(per_seat) == seats and not doubles,
+            f"{len(per_seat)} of {seats} seats",
+        )
+    await verify_run(
+        h.postgres_env, [layout], logs, unknown_holds=_unknown_holds(hold), verdict=verdict
+    )
+    notes = [] if sold_out else [f"not sold out: {seats_bought} of {seats} seats sold"]
+    return RunResult(
+        scenario="rush",
+        label="group commit" if h.group_commit else "no group commit",
+        params=dict(p),
+        window_s=window_s,
+        ops=[hold_summary, reserve.summary("reserve", window_s)],
+        resources=window.resources(),
+        loadgen=_loadgen(results, window_s, h.client),
+        metrics=metrics,
+        verdict=verdict,
+        wall_s=time.monotonic() - started,
+        notes=notes,
+    )
+
+
+# --- fanout -----------------------------------------------------------------------------------
+
+
+def _time_table(slots: int) -> IO[bytes]:
+    """The file behind ``loads.TimeTable`` (in memory, /dev/shm, where there is one)."""
+    table = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the caller closes it
+        prefix="seatd-bench-", dir=_SHM if _SHM.is_dir() else None
+    )
+    table.truncate(slots * 16)
+    table.flush()
+    return table
+
+
+async def run_fanout(h: Harness, p: dict[str, Any]) -> RunResult:
+    started = time.monotonic()
+    subscribers, workers = int(p["connections"]), int(p["workers"])
+    writers, duration = int(p["writers"]), float(p["duration"])
+    rate = float(p.get("rate") or 500.0)
+    seats = min(100_000, max(writers * 100, int(rate * duration * 1.1) + writers * 10))
+    layout = EventLayout(f"{h.prefix('fanout')}-0", seats, min(1000, seats))
+    slots = int(rate * duration * 1.5) + 10_000
+    with _time_table(slots) as table:
+        async with h.server({}) as server:
+            admin = await AdminClient.open(server.url, h.secret)
+            try:
+                await admin.call("create_event", **layout.create_request())
+                await admin.call("get_event", event_id=layout.event_id)
+                common = {
+                    "event": (layout.event_id, layout.seats, layout.per_row),
+                    "table": table.name,
+                    "slots": slots,
+                    "user_prefix": h.run_id,
+                }
+                specs = [
+                    h.spec(
+                        i,
+                        "fanout_subscriber",
+                        server.url,
+                        {**common, "connections": count, "conn_offset": offset},
+                    )
+                    for i, (offset, count) in enumerate(_split(subscribers, workers))
+                ]
+                writer_index = len(specs)
+                specs.append(
+                    h.spec(
+                        writer_index,
+                        "fanout_writer",
+                        server.url,
+                        {
+                            **common,
+                            "writers": writers,
+                            "rate": rate,
+                            "live_cap": max(1, min(9000, seats // writers // 2)),
+                        },
+                    )
+                )
+                subs = list(range(writer_index))
+                pool = WorkerPool(specs)
+                try:
+                    await h.connect_workers(pool, subscribers + writers, "subscribers")
+                    window = h.window(server)
+                    base = pool.progress_total()
+                    t0 = await h.go(pool, window, duration)
+                    (writer,) = await h.results(
+                        pool,
+                        window,
+                        desc="fanout",
+                        total=int(rate * duration),
+                        unit="change",
+                        timeout=duration + 60,
+                        indices=[writer_index],
+                        base=base,
+                    )
+                    version = int(
+                        (await admin.call("get_event", event_id=layout.event_id))["version"]
+                    )
+                    pool.broadcast("final", version, indices=subs)
+                    results = await pool.expect(
+                        "result", indices=subs, timeout=90, tick=window.sample
+                    )
+                    window.stop()
+                finally:
+                    await pool.close()
+            finally:
+                await admin.close()
+    window_s = max(window.stopped - t0, 1e-3)
+    write_s = duration
+    hold, release = _merge([writer], "hold"), _merge([writer], "release")
+    delivery, e2e = _merge(results, "delivery"), _merge(results, "end_to_end")
+    changes = hold.ok + release.ok
+    frames = sum(int(r["frames"]) for r in results)
+    covered = sum(int(r["covered"]) for r in results)
+    expected = subscribers * version
+    gaps = sum(int(r["gaps"]) for r in results)
+    missing = sum(int(r["missing"]) for r in results)
+    duplicates = sum(int(r["duplicates"]) for r in results)
+    behind = sum(int(r["behind"]) for r in results)
+    closed = _closed(results)
+    metrics = {
+        "subscribers": subscribers,
+        "writers": writers,
+        "target_changes_per_s": rate,
+        "changes": changes,
+        "changes_per_s": round(changes / write_s, 1),
+        "versions": version,
+        "changes_per_version": round(changes / version, 2) if version else None,
+        "pushes_per_subscriber": round(frames / subscribers, 1),
+        "versions_per_push": round(covered / frames, 2) if frames else None,
+        "deliveries": frames,
+        "deliveries_per_s": round(frames / window_s, 1),
+        "versions_received": covered,
+        "versions_expected": expected,
+        "gaps": gaps,
+        "missing_versions": missing,
+        "duplicates": duplicates,
+        "subscribers_behind": behind,
+        "subscribers_closed": closed,
+        "unmatched": sum(int(r["unmatched"]) for r in results),
+        "delivered_before_writer_reply": sum(int(r["early"]) for r in results),
+        "writer_starved": int(writer["starved"]),
+        "changes_never_pushed": int(writer["unpushed"]),
+    }
+    verdict = Verdict()
+    verdict.add(
+        "every subscriber got every version, in order, once",
+        gaps == 0 and missing == 0 and duplicates == 0 and behind == 0 and not closed,
+        f"{subscribers} subscribers to version {version}: gaps {gaps}, missing {missing}, "
+        f"duplicates {duplicates}, behind {behind}, closed {sum(closed.values())}",
+    )
+    verdict.add(
+        "versions add up (subscribers x versions)",
+        covered == expected,
+        f"{covered} of {expected}",
+    )
+    verdict.add(
+        "every acknowledged change was pushed",
+        int(writer["unpushed"]) == 0,
+        f"{int(writer['unpushed'])} of {changes} never seen in a push by their writer",
+    )
+    await verify_run(
+        h.postgres_env,
+        [layout],
+        [writer["acks"]],
+        unknown_holds=_unknown_holds(hold),
+        verdict=verdict,
+    )
+    early = sum(int(r["early"]) for r in results)
+    notes = []
+    if early:
+        notes.append(
+            f"reply->push counts from the writer's own reply and is clipped at 0: {early} of "
+            f"{frames} pushes reached a subscriber before the writer had its reply"
+        )
+    return RunResult(
+        scenario="fanout",
+        label="group commit" if h.group_commit else "no group commit",
+        params=dict(p),
+        window_s=window_s,
+        ops=[
+            delivery.summary("reply->push", window_s),
+            e2e.summary("request->push", window_s),
+            hold.summary("hold", write_s),
+            release.summary("release", write_s),
+        ],
+        resources=window.resources(),
+        loadgen=_loadgen([*results, writer], window_s, h.client),
+        metrics=metrics,
+        verdict=verdict,
+        wall_s=time.monotonic() - started,
+        notes=notes,
+    )
+
+
+# --- idle -------------------------------------------------------------------------------------
+
+
+async def _create_idle_events(h: Harness, prefix: str, count: int, seats: int) -> None:
+    """Insert events straight into PostgreSQL: far faster than create_event for 100,000."""
+    from seatd.bench.verify import connect
+
+    env = h.postgres_env
+    if env is None:
+        raise BenchError("the idle scenario needs POSTGRES_* to create its events")
+    conn = await connect(env)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "events",
+                records=[(f"{prefix}{i}", f"idle {i}") for i in range(count)],
+                columns=["id", "name"],
+            )
+            await conn.copy_records_to_table(
+                "seats",
+                records=[
+                    (f"{prefix}{i}", f"R0-{n + 1}", "R0", n + 1, n)
+                    for i in range(count)
+                    for n in range(seats)
+                ],
+                columns=["event_id", "seat_id", "row", "number", "ordinal"],
+            )
+    finally:
+        await conn.close()
+
+
+async def _count_leases(h: Harness, prefix: str) -> int | None:
+    """Events of this run loaded in the server right now (their Redis leases), if visible."""
+    env = h.redis_env
+    if env is None:
+        return None
+    from redis.asyncio import Redis
+
+    client = Redis(
+        host=env.get("REDIS_HOST", "127.0.0.1"),
+        port=int(env["REDIS_PORT"]),
+        db=int(env.get("REDIS_DB", "0")),
+        password=env.get("REDIS_PASSWORD") or None,
+    )
+    try:
+        count = 0
+        async for _ in client.scan_iter(match=f"seatd:{{{prefix}*}}:owner", count=10_000):
+            count += 1
+        return count
+    except Exception:
+        return None
+    finally:
+        await client.aclose()
+
+
+async def _settled_rss(meter: ProcessMeter, seconds: float = 1.0) -> int:
+    """Resident memory after a short pause (the lowest of a few samples)."""
+    samples = []
+    for _ in range(4):
+        await asyncio.sleep(seconds / 4)
+        samples.append(meter.rss())
+    return min(samples)
+
+
+async def _wait_passivated(h: Harness, prefix: str, idle_timeout: float, settle: float) -> bool:
+    """Wait until no event of this run is loaded (their leases are gone); False on timeout or
+    when Redis cannot be read (then it just waits out the idle timeout)."""
+    deadline = time.monotonic() + idle_timeout + 30
+    while time.monotonic() < deadline:
+        leases = await _count_leases(h, prefix)
+        if leases == 0:
+            return True
+        if leases is None:
+            await asyncio.sleep(idle_timeout + 3 * settle)
+            return False
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def run_idle(h: Harness, p: dict[str, Any]) -> RunResult:
+    """Memory per idle connection, per loaded event and per passivated event.
+
+    The events are activated and left to passivate twice: memory kept after the first round
+    may be the allocator holding on to freed blocks (CPython rarely returns them) or a leak;
+    if the second round, reusing those blocks, does not grow it again, it is not a leak.
+    """
+    started = time.monotonic()
+    connections, events, workers = int(p["connections"]), int(p["events"]), int(p["workers"])
+    idle_timeout = float(p["idle_timeout"])
+    settle = float(p.get("settle", 1.0))  # pause before reading memory, so it is steady
+    rounds = max(1, int(p.get("rounds", 2)))
+    prefix = f"{h.prefix('idle')}-"
+    notes: list[str] = []
+    overrides = {"SEATD_ACTOR_IDLE_TIMEOUT": str(idle_timeout)}
+    async with h.server(overrides) as server:
+        if server.pid is None:
+            raise BenchError("the idle scenario measures the server's memory: give --server-pid")
+        window = h.window(server)
+        meter = window.meters["server"]
+        rss0 = await _settled_rss(meter, settle)
+        specs = [
+            h.spec(
+                i,
+                "idle",
+                server.url,
+                {"connections": count, "conn_offset": offset, "user_prefix": h.run_id},
+            )
+            for i, (offset, count) in enumerate(_split(connections, workers))
+        ]
+        pool = WorkerPool(specs)
+        try:
+            await h.connect_workers(pool, connections, "idle connections")
+            window.start()
+            rss1 = await _settled_rss(meter, 2 * settle)
+            meter.stop()  # for the CPU the server spends on idle connections alone
+            idle_cpu = meter.cpu_percent
+            await _create_idle_events(h, prefix, events, 4)
+            rss2 = await _settled_rss(meter, settle)
+            shares = _split(events, workers)
+            per_round: list[dict[str, Any]] = []
+            activated: list[Any] = []
+            for round_number in range(rounds):
+                meter.rss_peak = meter.rss()
+                base = pool.progress_total()
+                for i, (lo, count) in enumerate(shares):
+                    order = {"prefix": prefix, "lo": lo, "hi": lo + count}
+                    pool.send(i, "activate", {**order, "connections": 16, "pipeline": 8})
+                t_activate = time.monotonic()
+                replies = await h.results(
+                    pool,
+                    window,
+                    desc=f"activating events (round {round_number + 1})",
+                    total=events,
+                    unit="event",
+                    timeout=600 + events / 50,
+                    kind="activated",
+                    base=base,
+                )
+                activation_s = time.monotonic() - t_activate
+                activated += replies
+                peak = meter.rss_peak
+                loaded = await _count_leases(h, prefix)
+                # What loaded but unused events cost the server (timers, lease renewal).
+                probe = ProcessMeter(server.pid)
+                probe.start()
+                await asyncio.sleep(2 * settle)
+                probe.stop()
+                passivated = await _wait_passivated(h, prefix, idle_timeout, settle)
+                after = await _settled_rss(meter, 2 * settle)
+                per_round.append(
+                    {
+                        "activation_s": activation_s,
+                        "loaded": loaded,
+                        "peak": peak,
+                        "after": after,
+                        "loaded_cpu": probe.cpu_percent,
+                        "passivated": passivated,
+                    }
+                )
+            pool.broadcast("close")
+            results = await pool.expect("result", timeout=120)
+            rss_closed = await _settled_rss(meter, 2 * settle)
+            window.stop()
+        finally:
+            await pool.close()
+    get = _merge(activated, "get_event")
+    activation_s = sum(r["activation_s"] for r in per_round)
+    get_summary = get.summary("get_event", max(activation_s, 1e-3))
+    open_at_end = sum(int(r["open_at_end"]) for r in results)
+    first = per_round[0]
+    metrics: dict[str, Any] = {
+        "connections": connections,
+        "events": events,
+        "rss_baseline_mb": round(rss0 / MB, 1),
+        "rss_connected_mb": round(rss1 / MB, 1),
+        "rss_per_connection_kb": round((rss1 - rss0) / connections / 1024, 2),
+        "server_cpu_idle_percent": round(idle_cpu, 2),
+        "activation_s": round(first["activation_s"], 2),
+        "events_activated_per_s": round(events / first["activation_s"], 1),
+        "loaded_at_once": first["loaded"],
+        "server_cpu_loaded_idle_percent": round(first["loaded_cpu"], 1),
+        "rss_loaded_peak_mb": round(first["peak"] / MB, 1),
+        "rss_per_loaded_event_kb": round((first["peak"] - rss2) / events / 1024, 2),
+        "passivated": first["passivated"] if first["loaded"] is not None else None,
+        "rss_passivated_mb": round(first["after"] / MB, 1),
+        "rss_per_passivated_event_kb": round((first["after"] - rss2) / events / 1024, 2),
+    }
+    for number, entry in enumerate(per_round[1:], start=2):
+        previous = per_round[number - 2]["after"]
+        metrics[f"round{number}_rss_passivated_mb"] = round(entry["after"] / MB, 1)
+        metrics[f"round{number}_rss_growth_mb"] = round((entry["after"] - previous) / MB, 1)
+    metrics["rss_after_close_mb"] = round(rss_closed / MB, 1)
+    metrics["rss_retained_after_close_mb"] = round((rss_closed - rss0) / MB, 1)
+    loaded = first["loaded"]
+    if loaded is not None and loaded < events:
+        notes.append(
+            f"only {loaded} of {events} events were loaded at once (idle timeout "
+            f"{idle_timeout:g}s < activation time {first['activation_s']:.1f}s): the "
+            "per-loaded-event figure is an upper bound; raise --idle-timeout"
+        )
+    if len(per_round) > 1:
+        retained = first["after"] - rss2
+        growth = per_round[-1]["after"] - per_round[-2]["after"]
+        if retained > 0:
+            verdict_text = (
+                "reused, not leaked" if growth < 0.25 * retained else "grew again: possibly a leak"
+            )
+            notes.append(
+                f"memory kept after passivation: {retained / MB:.1f} MB after round 1, "
+                f"{growth / MB:+.1f} MB more after round {len(per_round)} ({verdict_text})"
+            )
+    verdict = Verdict()
+    verdict.add(
+        "every idle connection stayed open",
+        open_at_end == connections,
+        f"{open_at_end} of {connections}; closed: {_closed(results) or 'none'}",
+    )
+    verdict.add(
+        "every event activated, every round",
+        get_summary.ok == events * len(per_round),
+        f"{get_summary.ok} of {events * len(per_round)}; errors: {get_summary.errors or 'none'}",
+    )
+    if loaded is not None:
+        verdict.add(
+            "every event passivated",
+            all(r["passivated"] for r in per_round),
+            f"idle timeout {idle_timeout:g}s",
+        )
+    return RunResult(
+        scenario="idle",
+        label="group commit" if h.group_commit else "no group commit",
+        params=dict(p),
+        window_s=max(window.stopped - window.started, 1e-3),
+        ops=[get_summary],
+        resources=window.resources(),
+        loadgen=_loadgen(results, max(window.stopped - window.started, 1e-3), h.client),
+        metrics=metrics,
+        verdict=verdict,
+        wall_s=time.monotonic() - started,
+        notes=notes,
+    )
+
+
+SCENARIO_RUNNERS: dict[str, Callable[[Harness, dict[str, Any]], Any]] = {
+    "throughput": run_throughput,
+    "rush": run_rush,
+    "events": run_events,
+    "fanout": run_fanout,
+    "idle": run_idle,
+}

@@ -1,0 +1,282 @@
+"""The system under test: throwaway PostgreSQL + Redis, and seatd as a child process.
+
+Why a child process (``python -m seatd serve``) and not an in-process server: the bench must
+measure the server as it runs in production, on its own interpreter and event loop, and read
+its CPU and memory from the outside (psutil) without the load generator's mixed in.
+PostgreSQL is started durable (fsync on), like production, so commit costs are real: group
+commit only pays off when a commit costs something.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BenchError",
+    "ProcessMeter",
+    "SeatdProcess",
+    "Services",
+    "find_init_sql",
+    "listener_pid",
+    "new_secret",
+]
+
+# Settings the bench decides; inherited values would make runs irreproducible.
+_INHERITED_PREFIXES = ("SEATD_", "POSTGRES_", "REDIS_", "LOG_")
+_INHERITED_NAMES = frozenset(
+    {"PORT", "DEFAULT_HOLD_DURATION", "MAX_SEATS_PER_USER", "MAX_HOLD_LIFETIME"}
+)
+
+
+class BenchError(RuntimeError):
+    """The bench cannot run (missing tool, server that does not start, bad options)."""
+
+
+def new_secret() -> str:
+    """A random JWT secret of 64 characters (seatd needs at least 32 bytes)."""
+    return secrets.token_hex(32)
+
+
+def find_init_sql() -> Path:
+    """The schema file: the checkout's init.sql, or the copy packaged with seatd."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "init.sql", here / "sql" / "init.sql"):
+        if candidate.is_file():
+            return candidate
+    raise BenchError("init.sql not found next to the seatd package")
+
+
+@dataclass
+class Services:
+    """PostgreSQL and Redis: started here (``own``) or named by POSTGRES_*/REDIS_* (``env``)."""
+
+    postgres_env: dict[str, str]
+    redis_env: dict[str, str]
+    mode: str
+    _stoppers: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def start_own(cls) -> Services:
+        from seatd.devstack import DevstackError, PostgresServer, RedisServer
+
+        pg = PostgresServer(
+            dbname="seatd", user="seatd", password="seatd", init_sql=find_init_sql(), durable=True
+        )
+        redis = RedisServer()
+        services = cls(postgres_env={}, redis_env={}, mode="own")
+        try:
+            pg.start()
+            services._stoppers.append(pg)
+            redis.start()
+            services._stoppers.append(redis)
+        except DevstackError as error:
+            services.stop()
+            raise BenchError(f"cannot start the throwaway services: {error}") from error
+        services.postgres_env = pg.env()
+        services.redis_env = redis.env()
+        return services
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Services:
+        pg = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
+        redis = {k: v for k, v in env.items() if k.startswith("REDIS_")}
+        if "POSTGRES_PORT" not in pg or "REDIS_PORT" not in redis:
+            raise BenchError(
+                "--use-services needs POSTGRES_* and REDIS_* in the environment "
+                '(e.g. eval "$(python -m seatd.devstack env)")'
+            )
+        return cls(postgres_env=pg, redis_env=redis, mode="env")
+
+    @property
+    def postgres_port(self) -> int | None:
+        port = self.postgres_env.get("POSTGRES_PORT")
+        return int(port) if port else None
+
+    @property
+    def redis_port(self) -> int | None:
+        port = self.redis_env.get("REDIS_PORT")
+        return int(port) if port else None
+
+    def stop(self) -> None:
+        while self._stoppers:
+            with contextlib.suppress(Exception):
+                self._stoppers.pop().stop()
+
+
+class SeatdProcess:
+    """``python -m seatd serve`` on a free port, with its log in a temporary file."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        from seatd.devstack import free_port
+
+        self.port = free_port()
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
+        }
+        self.env = {
+            **base,
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+            "SEATD_HOST": "127.0.0.1",
+            "SEATD_SHUTDOWN_TIMEOUT": "5",
+            "SEATD_INSTANCE_ID": f"bench-{self.port}",
+            **env,
+            "PORT": str(self.port),
+        }
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix="seatd-bench-server-", suffix=".log", delete=False
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seatd", "serve"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"seatd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/readyz", timeout=2
+                ) as reply:
+                    if reply.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"seatd did not become ready within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return Path(self._log.name).read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def problems(self) -> list[str]:
+        """Error lines the server logged (it logs at warning level and above)."""
+        lines = Path(self._log.name).read_text(errors="replace").splitlines()
+        return [line for line in lines if '"level": "error"' in line or '"level":"error"' in line]
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``); deletes the log."""
+        code: int | None = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            code = self.proc.returncode
+            self.proc = None
+        self._log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._log.name)
+        return code
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the local process listening on this TCP port, if it can be seen."""
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return int(conn.pid) if conn.pid is not None else None
+    return None
+
+
+class ProcessMeter:
+    """CPU time and resident memory of a process (and optionally its children) over a window.
+
+    CPU is reported as percent of one core over the window, so 150% means one and a half of
+    the machine's cores were busy with this process.
+    """
+
+    def __init__(self, pid: int, *, children: bool = False, label: str = "") -> None:
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        self.label = label
+        self._proc = psutil.Process(pid)
+        self._children = children
+        self._cpu0: dict[int, float] = {}
+        self._t0 = 0.0
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self.rss_peak = 0
+        self.rss_end = 0  # at stop()
+
+    def _cpu(self) -> dict[int, float]:
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        result: dict[int, float] = {}
+        procs = [self._proc]
+        if self._children:
+            with contextlib.suppress(psutil.Error):
+                procs += self._proc.children(recursive=True)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                result[proc.pid] = times.user + times.system
+        return result
+
+    def rss(self) -> int:
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        try:
+            return int(self._proc.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def start(self) -> None:
+        self._cpu0 = self._cpu()
+        self._t0 = time.monotonic()
+        self.rss_peak = self.rss()
+
+    def sample(self) -> None:
+        self.rss_peak = max(self.rss_peak, self.rss())
+
+    def stop(self) -> None:
+        cpu1 = self._cpu()
+        self.wall_s = time.monotonic() - self._t0
+        self.cpu_s = sum(max(0.0, t - self._cpu0.get(pid, 0.0)) for pid, t in cpu1.items())
+        self.rss_end = self.rss()
+        self.rss_peak = max(self.rss_peak, self.rss_end)
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100.0 * self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0

@@ -1,0 +1,262 @@
+"""Smoke runs of ``seatd bench``: every scenario, tiny, against the test PostgreSQL and Redis.
+
+Correctness only: each run must pass its own verification in PostgreSQL, its counts must add
+up, and its JSON must have the documented shape. Nothing here asserts a timing or a rate: the
+machine running the tests is shared and its speed says nothing about seatd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from seatd.bench.acks import AckLog
+from seatd.bench.layout import EventLayout
+from seatd.bench.verify import verify_run
+from seatd.devstack import PostgresServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LATENCY_KEYS = {"p50", "p95", "p99", "p999", "max", "mean"}
+
+
+def bench(
+    args: list[str], service_env: dict[str, str], timeout: float = 120
+) -> tuple[int, dict[str, Any], str]:
+    """Run ``python -m seatd bench ARGS --json`` on the test services; (exit, JSON, stderr)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SEATD_", "POSTGRES_", "REDIS_"))
+    }
+    env.update(service_env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seatd",
+            "bench",
+            *args,
+            "--json",
+            "--use-services",
+            "--no-progress",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    document = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, document, proc.stderr
+
+
+def run_of(document: dict[str, Any], scenario: str) -> dict[str, Any]:
+    (run,) = [r for r in document["runs"] if r["scenario"] == scenario]
+    return run
+
+
+def check_run_shape(run: dict[str, Any]) -> None:
+    assert set(run) >= {
+        "scenario",
+        "label",
+        "params",
+        "window_s",
+        "wall_s",
+        "ops",
+        "resources",
+        "loadgen",
+        "metrics",
+        "verification",
+        "notes",
+    }
+    for op in run["ops"].values():
+        assert set(op) == {"count", "ok", "errors", "ops_per_s", "latency_ms"}
+        assert set(op["latency_ms"]) == LATENCY_KEYS
+        assert op["ok"] + sum(op["errors"].values()) == op["count"]
+        lat = op["latency_ms"]
+        assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    assert {"cpu_percent", "rss_mb", "rss_peak_mb"} <= set(run["resources"]["server"])
+    assert {"workers", "client", "cpu_s", "cpu_percent"} <= set(run["loadgen"])
+    verification = run["verification"]
+    failed = [c for c in verification["checks"] if not c["ok"]]
+    assert verification["ok"] and not failed, failed
+    assert verification["verdict"] == "PASS"
+    assert len(verification["checks"]) >= 3
+
+
+@pytest.fixture(scope="module")
+def smoke_all(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    plot = tmp_path_factory.mktemp("bench") / "smoke.png"
+    code, document, stderr = bench(["all", "--smoke", "--plot", str(plot)], service_env)
+    assert code == 0, stderr[-4000:]
+    return document, plot
+
+
+def test_all_scenarios_pass_their_verification(smoke_all: tuple[dict[str, Any], Path]) -> None:
+    document, plot = smoke_all
+    assert document["ok"] is True
+    assert document["preset"] == "smoke"
+    assert [r["scenario"] for r in document["runs"]] == [
+        "throughput",
+        "rush",
+        "events",
+        "fanout",
+        "idle",
+    ]
+    for run in document["runs"]:
+        check_run_shape(run)
+        png = plot.with_name(f"smoke-{run['scenario']}-group-commit.png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_throughput_reserves_every_hold(smoke_all: tuple[dict[str, Any], Path]) -> None:
+    run = run_of(smoke_all[0], "throughput")
+    hold, reserve = run["ops"]["hold"], run["ops"]["reserve"]
+    assert hold["ok"] > 0
+    assert hold["errors"] == {} and reserve["errors"] == {}
+    assert reserve["ok"] == hold["ok"] == run["metrics"]["purchases"]
+    assert run["metrics"]["group_commit"] is True
+    assert run["metrics"]["mode"] == "closed loop"
+
+
+def test_rush_sells_every_seat_exactly_once(smoke_all: tuple[dict[str, Any], Path]) -> None:
+    run = run_of(smoke_all[0], "rush")
+    metrics = run["metrics"]
+    hold, reserve = run["ops"]["hold"], run["ops"]["reserve"]
+    assert metrics["sold_out"] is True
+    assert metrics["seats_sold"] == metrics["seats"]
+    assert metrics["buyers_served"] == reserve["ok"] == hold["ok"]
+    assert metrics["buyers_served"] + metrics["buyers_without_seats"] == metrics["buyers"]
+    assert metrics["conflicts"] == hold["errors"].get("seat_unavailable", 0)
+    assert metrics["hold_attempts"] == hold["count"]
+    names = {c["name"] for c in run["verification"]["checks"]}
+    assert "sold out: every seat in exactly one acknowledged hold" in names
+    assert "no seat reserved twice" in names
+
+
+def test_events_spreads_the_load(smoke_all: tuple[dict[str, Any], Path]) -> None:
+    run = run_of(smoke_all[0], "events")
+    assert run["metrics"]["events"] == run["params"]["events"] > 1
+    assert run["metrics"]["purchases"] == run["ops"]["reserve"]["ok"] > 0
+
+
+def test_fanout_delivers_every_version_to_every_subscriber(
+    smoke_all: tuple[dict[str, Any], Path],
+) -> None:
+    run = run_of(smoke_all[0], "fanout")
+    m = run["metrics"]
+    assert m["versions"] > 0
+    assert m["versions_received"] == m["versions_expected"] == m["subscribers"] * m["versions"]
+    assert m["gaps"] == m["missing_versions"] == m["duplicates"] == 0
+    assert m["changes"] == run["ops"]["hold"]["ok"] + run["ops"]["release"]["ok"]
+    assert m["changes_never_pushed"] == 0
+    assert run["ops"]["reply->push"]["ok"] == m["deliveries"]
+
+
+def test_idle_reports_memory_per_connection_and_event(
+    smoke_all: tuple[dict[str, Any], Path],
+) -> None:
+    run = run_of(smoke_all[0], "idle")
+    m = run["metrics"]
+    assert m["connections"] == run["params"]["connections"]
+    assert run["ops"]["get_event"]["ok"] == m["events"]
+    for key in ("rss_per_connection_kb", "rss_per_loaded_event_kb", "rss_per_passivated_event_kb"):
+        assert isinstance(m[key], int | float)
+
+
+def test_baseline_open_loop_two_workers_fallback_client(service_env: dict[str, str]) -> None:
+    """Group commit on then off, open loop, two worker processes, the websockets client."""
+    args = ["throughput", "--smoke", "--baseline", "--workers", "2", "--rate", "200"]
+    args += ["--duration", "1", "--client", "websockets"]
+    code, document, stderr = bench(args, service_env)
+    assert code == 0, stderr[-4000:]
+    on, off = document["runs"]
+    assert (on["label"], off["label"]) == ("group commit", "no group commit")
+    assert on["metrics"]["group_commit"] is True and off["metrics"]["group_commit"] is False
+    for run in (on, off):
+        check_run_shape(run)
+        assert run["metrics"]["mode"] == "open loop"
+        assert run["loadgen"] == run["loadgen"] | {"workers": 2, "client": "websockets"}
+    assert document["baseline"]["ratio"] > 0
+    assert "ratio" in stderr  # the human summary goes to stderr with --json
+
+
+async def test_verification_catches_lost_and_phantom_records(postgres: PostgresServer) -> None:
+    """A run whose acknowledgements the database contradicts must fail its verification."""
+    layout = EventLayout(f"verify-{uuid.uuid4().hex[:12]}", 4, 4)
+    conn = await asyncpg.connect(postgres.dsn)
+    try:
+        await conn.execute("INSERT INTO events (id, name) VALUES ($1, 'verify')", layout.event_id)
+        await conn.executemany(
+            "INSERT INTO seats (event_id, seat_id, ordinal) VALUES ($1, $2, $3)",
+            [(layout.event_id, layout.seat_id(i), i) for i in range(4)],
+        )
+        # Reserved, but no client was ever told so.
+        await conn.execute(
+            "INSERT INTO reservations (event_id, seat_id, reservation_id, user_id, reserved_at) "
+            "VALUES ($1, $2, $3, 'ghost', now())",
+            layout.event_id,
+            layout.seat_id(3),
+            uuid.uuid4(),
+        )
+    finally:
+        await conn.close()
+    log = AckLog()
+    lost = log.add(0, (0,), str(uuid.uuid4()), "2099-01-01T00:00:00.000Z")
+    log.reserved(lost, str(uuid.uuid4()))  # acknowledged, never stored
+    log.add(0, (1,), str(uuid.uuid4()), "2099-01-01T00:00:00.000Z")  # live, yet not in the db
+    log.add(0, (2,), str(uuid.uuid4()), "2000-01-01T00:00:00.000Z")  # expired long ago: fine
+
+    verdict = await verify_run(postgres.env(), [layout], [log])
+
+    failed = {c.name for c in verdict.checks if not c.ok}
+    assert not verdict.ok and verdict.label == "FAIL"
+    assert failed == {
+        "every acknowledged reservation exists",
+        "every acknowledged hold is live or ended legitimately",
+        "no reservation nobody was told about",
+    }
+    skipped = await verify_run(None, [layout], [log])
+    assert skipped.ok and skipped.skipped is not None
+
+
+def test_bench_needs_no_extra_until_it_runs() -> None:
+    """The service must not depend on the bench extra: importing is fine, running says how."""
+    code = (
+        "import sys\n"
+        "for name in ('hdrh', 'picows', 'psutil', 'tqdm', 'matplotlib'):\n"
+        "    sys.modules[name] = None\n"
+        "import seatd.bench, seatd.bench.cli, seatd.bench.scenarios, seatd.bench.loads\n"
+        "import seatd.bench.report, seatd.bench.verify, seatd.cli\n"
+        "raise SystemExit(seatd.bench.main(['throughput', '--smoke']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "bench extra" in proc.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "seatd", "bench", "rush", "--baseline"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--baseline applies to the throughput scenario only" in proc.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "seatd", "--help"], capture_output=True, text=True, check=False
+    )
+    assert "bench" in listed.stdout
