@@ -312,10 +312,13 @@ class SeatChange:
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """One committed change of an event's seats. Versions of an event increase by exactly one
-    from delta to delta: a client that sees a jump has missed something and resubscribes."""
+    """Committed changes of an event's seats, versions ``from_version`` to ``version``: each
+    seat changed in that range appears once, in its state at ``version``. A client at version
+    ``v`` applies a delta whose ``from_version <= v + 1`` and is then at ``version``; a delta
+    starting later means something was missed: resubscribe with ``since_version = v``."""
 
     event_id: str
+    from_version: int
     version: int
     changes: tuple[SeatChange, ...]
 

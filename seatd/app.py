@@ -94,7 +94,7 @@ class App:
         registry.wake_at(await store.earliest_expiries())
         mirror.start()
         listener.start()
-        broadcaster = Broadcaster(history=s.delta_history)
+        broadcaster = Broadcaster(history=s.delta_history, interval=s.delta_interval)
         registry.observers.append(broadcaster)
         registry.keep_alive = broadcaster.has_subscribers
         registry.stop_listeners.append(broadcaster.forget)

@@ -192,6 +192,13 @@ VARIABLES: tuple[Variable, ...] = (
         "Deltas kept per watched event for clients that resume (older gaps get a snapshot).",
     ),
     Variable(
+        "SEATD_DELTA_INTERVAL",
+        "delta_interval",
+        "0.02",
+        _seconds(0, 10),
+        "Seconds within which an event's changes are merged into one availability push.",
+    ),
+    Variable(
         "SEATD_HOLD_WARNING",
         "hold_warning",
         "30",
@@ -253,6 +260,7 @@ class Settings:
     lease_ttl: float
     instance_id: str
     delta_history: int
+    delta_interval: float
     hold_warning: float
     shutdown_timeout: float
     startup_timeout: float

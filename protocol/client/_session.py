@@ -326,7 +326,7 @@ class Session:
         assert seats.version is not None  # synced implies a version
         if delta.version <= seats.version:
             return [Ignored("a delta already applied")]
-        if delta.version != seats.version + 1:
+        if delta.from_version > seats.version + 1:  # versions in between were missed
             subscription.syncing = True
             return [ResyncNeeded(delta.event_id)]
         return [SeatsChanged(seats.apply_deltas((delta,), "delta", delta.version))]
@@ -342,12 +342,7 @@ class Session:
         else:
             assert isinstance(call.message, Subscribe)
             since = call.message.since_version
-            versions = [delta.version for delta in result.deltas]
-            if (
-                since is None
-                or since != seats.version
-                or versions != list(range(since + 1, result.version + 1))
-            ):
+            if since is None or since != seats.version or not _chain(since, result):
                 subscription.want_snapshot = True  # the replay does not fit the map
                 return [ResyncNeeded(result.event_id)]
             moved = result.version != seats.version
@@ -382,3 +377,13 @@ def remote_error(error: object) -> Exception:
         details=details if isinstance(details, dict) else None,
     )
     return exc
+
+
+def _chain(since: int, result: Subscribed) -> bool:
+    """Whether a resume's deltas lead, without a hole, from ``since`` to ``result.version``."""
+    reached = since
+    for delta in result.deltas:
+        if delta.from_version > reached + 1 or delta.version <= reached:
+            return False
+        reached = delta.version
+    return reached == result.version

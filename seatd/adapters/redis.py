@@ -72,15 +72,19 @@ def _hold_value(hold: Hold) -> bytes:
 
 
 def make_client(host: str, port: int, db: int, password: str | None) -> aioredis.Redis:
-    return aioredis.Redis(
+    """A client whose pool makes callers wait for a free connection: the default pool raises
+    once its connections are all busy (a burst of activations each claiming a lease)."""
+    pool = aioredis.BlockingConnectionPool(
         host=host,
         port=port,
         db=db,
         password=password,
         socket_timeout=3,
         socket_connect_timeout=3,
-        decode_responses=False,
+        max_connections=64,
+        timeout=5,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 class RedisMirror:

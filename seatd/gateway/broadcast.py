@@ -1,8 +1,11 @@
 """Availability deltas to subscribers, and hold-expiry pushes to holders, on this instance.
 
-Every committed batch that changed seats becomes one ``availability`` push stamped with the
-event's new version, encoded once and queued on each subscribed connection. Versions increase
-by exactly one per delta, so a client always notices a gap.
+Committed changes of an event become ``availability`` pushes, each encoded once for all its
+subscribers and stamped with the range of versions it covers (``from_version``..``version``).
+An event's first change after a quiet spell goes out at once; changes that follow within
+``interval`` seconds are merged into one push (latest state per seat), so a busy event costs
+each subscriber at most one frame per interval however many batches commit. Ranges follow each
+other without holes, so a client always notices a gap.
 
 Subscribing is race-free: the connection is registered as *pending* before its snapshot is
 requested from the actor, deltas committed meanwhile are buffered, and once the snapshot (at
@@ -13,6 +16,8 @@ missed; older gaps get a fresh snapshot.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ class Subscriber(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Delta:
+    from_version: int
     version: int
     message: wire.Availability
     frame: bytes
@@ -53,6 +59,12 @@ class _Topic:
     # None: live; a list: pending, deltas buffered until the snapshot has been sent.
     subscribers: dict[Subscriber, list[_Delta] | None] = field(default_factory=dict)
     history: deque[_Delta] = field(default_factory=deque)
+    # Changes committed but not yet pushed, merged per seat, and the versions they span.
+    unsent: dict[str, wire.SeatChange] = field(default_factory=dict)
+    unsent_from: int = 0
+    unsent_to: int = 0
+    last_push: float = float("-inf")
+    timer: asyncio.TimerHandle | None = None
 
 
 def seat_changes(effects: Sequence[Effect]) -> tuple[wire.SeatChange, ...]:
@@ -76,8 +88,9 @@ def seat_changes(effects: Sequence[Effect]) -> tuple[wire.SeatChange, ...]:
 class Broadcaster:
     """``CommitObserver`` fanning committed changes out to this instance's connections."""
 
-    def __init__(self, history: int = 256) -> None:
+    def __init__(self, history: int = 256, interval: float = 0.02) -> None:
         self._history = history
+        self._interval = interval
         self._topics: dict[str, _Topic] = {}
         self._hold_watchers: dict[str, set[Subscriber]] = {}
 
@@ -88,19 +101,44 @@ class Broadcaster:
     ) -> None:
         topic = self._topics.get(event_id)
         if topic is not None:
-            changes = seat_changes(effects)
-            message = wire.Availability(event_id, version, changes)
-            delta = _Delta(version, message, encode_push("availability", message))
-            topic.history.append(delta)
-            if len(topic.history) > self._history:
-                topic.history.popleft()
-            for subscriber, pending in topic.subscribers.items():
-                if pending is None:
-                    subscriber.send(delta.frame)
+            if not topic.unsent:
+                topic.unsent_from = version
+            topic.unsent_to = version
+            for change in seat_changes(effects):
+                topic.unsent[change.seat_id] = change
+            if topic.timer is None:
+                loop = asyncio.get_running_loop()
+                due = topic.last_push + self._interval
+                if loop.time() >= due:
+                    self._push(event_id, topic)
                 else:
-                    pending.append(delta)
+                    topic.timer = loop.call_at(due, self._push, event_id, topic)
         if self._hold_watchers:
             self._notify_holders(event_id, effects)
+
+    def _push(self, event_id: str, topic: _Topic) -> None:
+        """Send what is unsent as one delta, to every live subscriber."""
+        if topic.timer is not None:
+            topic.timer.cancel()
+            topic.timer = None
+        if not topic.unsent:
+            return
+        message = wire.Availability(
+            event_id, topic.unsent_from, topic.unsent_to, tuple(topic.unsent.values())
+        )
+        topic.unsent = {}
+        topic.last_push = asyncio.get_running_loop().time()
+        delta = _Delta(
+            message.from_version, message.version, message, encode_push("availability", message)
+        )
+        topic.history.append(delta)
+        if len(topic.history) > self._history:
+            topic.history.popleft()
+        for subscriber, pending in topic.subscribers.items():
+            if pending is None:
+                subscriber.send(delta.frame)
+            else:
+                pending.append(delta)
 
     def _notify_holders(self, event_id: str, effects: Sequence[Effect]) -> None:
         """Tell the connections watching a hold that it changed, whoever changed it."""
@@ -135,6 +173,7 @@ class Broadcaster:
         topic = self._topics.get(event_id)
         if topic is None:
             return None, []
+        self._push(event_id, topic)  # history now reaches the snapshot's version
         if subscriber not in topic.subscribers:  # unsubscribed while the snapshot was on its way
             return self._replay(topic, since, version), []
         buffered = topic.subscribers[subscriber] or []
@@ -149,9 +188,14 @@ class Broadcaster:
             return None
         if since == version:
             return ()
-        deltas = [d for d in topic.history if since < d.version <= version]
-        if len(deltas) != version - since or deltas[0].version != since + 1:
+        # The kept deltas after ``since``: the first must reach back to since + 1, each must
+        # start where the previous ended, and the last must end at ``version``.
+        deltas = [d for d in topic.history if d.version > since]
+        if not deltas or deltas[0].from_version > since + 1 or deltas[-1].version != version:
             return None
+        for previous, following in itertools.pairwise(deltas):
+            if following.from_version != previous.version + 1:
+                return None
         return tuple(d.message for d in deltas)
 
     def cancel(self, event_id: str, subscriber: Subscriber) -> bool:
@@ -166,6 +210,8 @@ class Broadcaster:
         """The event's actor stopped: drop its history unless someone still watches it."""
         topic = self._topics.get(event_id)
         if topic is not None and not topic.subscribers:
+            if topic.timer is not None:
+                topic.timer.cancel()
             del self._topics[event_id]
 
     # --- holders ---------------------------------------------------------------------------

@@ -255,8 +255,12 @@ async def test_a_gap_resubscribes_from_the_last_version(fake: FakeSeatd) -> None
         }
         await subscribe.ok(_subscribed(5, reserved=["B-1"]))
         conn = subscribe.conn
-        await fake.push(conn, "availability", event_id="gala", version=6, changes=[_held("A-1")])
-        await fake.push(conn, "availability", event_id="gala", version=8, changes=[_held("A-3")])
+        await fake.push(
+            conn, "availability", event_id="gala", from_version=6, version=6, changes=[_held("A-1")]
+        )
+        await fake.push(
+            conn, "availability", event_id="gala", from_version=8, version=8, changes=[_held("A-3")]
+        )
         resync = await fake.next()
         assert resync.frame["type"] == "subscribe" and resync.frame["since_version"] == 6
         await resync.ok(
@@ -264,8 +268,18 @@ async def test_a_gap_resubscribes_from_the_last_version(fake: FakeSeatd) -> None
                 8,
                 "resume",
                 deltas=[
-                    {"event_id": "gala", "version": 7, "changes": [_held("A-2")]},
-                    {"event_id": "gala", "version": 8, "changes": [_held("A-3")]},
+                    {
+                        "event_id": "gala",
+                        "from_version": 7,
+                        "version": 7,
+                        "changes": [_held("A-2")],
+                    },
+                    {
+                        "event_id": "gala",
+                        "from_version": 8,
+                        "version": 8,
+                        "changes": [_held("A-3")],
+                    },
                 ],
             )
         )
@@ -321,7 +335,12 @@ async def test_a_slow_consumer_gets_coalesced_updates(fake: FakeSeatd) -> None:
                 _held(f"A-{version}") if version != 4 else {"seat_id": "A-1", "state": "reserved"}
             )
             await fake.push(
-                subscribe.conn, "availability", event_id="gala", version=version, changes=[change]
+                subscribe.conn,
+                "availability",
+                event_id="gala",
+                from_version=version,
+                version=version,
+                changes=[change],
             )
         await until(lambda: watch.version == 5)
         assert dict(watch.seats) == {"A-1": "reserved", "A-2": "held", "A-3": "held", "A-5": "held"}

@@ -245,6 +245,7 @@ def test_keys_this_sdk_does_not_know_are_ignored_at_any_depth() -> None:
             {
                 "type": "availability",
                 "event_id": "gala",
+                "from_version": 4,
                 "version": 4,
                 "changes": [{"seat_id": "A-2", "state": "reserved", "price": 10}],
                 "cause": "reserve",
@@ -326,7 +327,13 @@ def held(seat: str, expires_at: str = T1) -> dict[str, Any]:
 
 def delta(version: int, *changes: dict[str, Any], event_id: str = "gala") -> bytes:
     return orjson.dumps(
-        {"type": "availability", "event_id": event_id, "version": version, "changes": changes}
+        {
+            "type": "availability",
+            "event_id": event_id,
+            "from_version": version,
+            "version": version,
+            "changes": changes,
+        }
     )
 
 
@@ -449,13 +456,14 @@ def test_a_gap_resyncs_from_the_last_version_seen() -> None:
     assert isinstance(session.receive(delta(9, held("A-2")))[0], Ignored)
     resume = {
         "deltas": [
-            {"event_id": "gala", "version": 7, "changes": [held("A-2")]},
+            {"event_id": "gala", "from_version": 7, "version": 7, "changes": [held("A-2")]},
             {
                 "event_id": "gala",
+                "from_version": 8,
                 "version": 8,
                 "changes": [{"seat_id": "A-1", "state": "available"}],
             },
-            {"event_id": "gala", "version": 9, "changes": [held("A-3", T2)]},
+            {"event_id": "gala", "from_version": 9, "version": 9, "changes": [held("A-3", T2)]},
         ]
     }
     events = session.receive(subscribed(call, 9, "resume", **resume))
@@ -508,10 +516,12 @@ def test_a_resync_by_snapshot_replaces_the_map() -> None:
 @pytest.mark.parametrize(
     "deltas",
     [
-        [{"event_id": "gala", "version": 7, "changes": []}],  # starts past since + 1
         [
-            {"event_id": "gala", "version": 6, "changes": []},
-            {"event_id": "gala", "version": 8, "changes": []},
+            {"event_id": "gala", "from_version": 7, "version": 7, "changes": []}
+        ],  # starts past since + 1
+        [
+            {"event_id": "gala", "from_version": 6, "version": 6, "changes": []},
+            {"event_id": "gala", "from_version": 8, "version": 8, "changes": []},
         ],  # a hole
         [],  # claims version 8 without the deltas
     ],
@@ -602,3 +612,34 @@ def test_merging_updates_keeps_net_changes_in_order() -> None:
         "resume",
         3,
     )
+
+
+@pytest.mark.parametrize(
+    ("from_version", "version", "outcome"),
+    [
+        (6, 8, "applied"),  # a merged delta right after the map's version
+        (4, 7, "applied"),  # overlapping: states are absolute, so it still applies
+        (3, 5, "ignored"),  # nothing newer than the map
+        (7, 9, "resync"),  # version 6 was never seen
+    ],
+)
+def test_merged_deltas_apply_by_their_version_range(
+    from_version: int, version: int, outcome: str
+) -> None:
+    session = synced_session(5)
+    frame = orjson.dumps(
+        {
+            "type": "availability",
+            "event_id": "gala",
+            "from_version": from_version,
+            "version": version,
+            "changes": [held("A-1")],
+        }
+    )
+    [event] = session.receive(frame)
+    if outcome == "applied":
+        assert isinstance(event, SeatsChanged) and event.update.version == version
+    elif outcome == "ignored":
+        assert isinstance(event, Ignored)
+    else:
+        assert event == ResyncNeeded("gala")

@@ -32,7 +32,8 @@ CYCLES_AFTER_CUT = 10  # keep writing after the cut: nobody else may notice it
 
 @pytest.fixture
 async def small_queue(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
-    env = base_env(service_env, SEATD_SEND_QUEUE=str(SEND_QUEUE))
+    # Deltas unmerged (one push per commit), so the slow client's buffers fill in seconds.
+    env = base_env(service_env, SEATD_SEND_QUEUE=str(SEND_QUEUE), SEATD_DELTA_INTERVAL="0")
     async with in_process_server(env) as running:
         yield running
 
