@@ -94,6 +94,65 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (created_at);
 
+-- One actor batch, written in one round trip (a single statement is its own transaction).
+-- Fenced: nothing is written and -1 is returned unless p_epoch is still the event's owner epoch.
+-- Deletes come first: the batch's final state is consistent, so no inserted seat can collide.
+CREATE OR REPLACE FUNCTION seatd_persist_batch(
+    p_event text, p_epoch bigint, p_version bigint,
+    p_deleted uuid[],
+    p_extended uuid[], p_extended_until float8[],
+    p_holds uuid[], p_users text[], p_created float8[], p_expires float8[], p_max_expires float8[],
+    p_hold_seats text[], p_hold_seat_holds uuid[],
+    p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
+    p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+) RETURNS integer LANGUAGE plpgsql AS $fn$
+DECLARE
+    touched integer;
+BEGIN
+    UPDATE events SET version = p_version WHERE id = p_event AND owner_epoch = p_epoch;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+    IF cardinality(p_deleted) > 0 THEN
+        DELETE FROM holds WHERE event_id = p_event AND hold_id = ANY (p_deleted);
+    END IF;
+    IF cardinality(p_extended) > 0 THEN
+        UPDATE holds h SET expires_at = to_timestamp(u.until)
+        FROM unnest(p_extended, p_extended_until) AS u(hold_id, until)
+        WHERE h.event_id = p_event AND h.hold_id = u.hold_id;
+        GET DIAGNOSTICS touched = ROW_COUNT;
+        IF touched <> cardinality(p_extended) THEN
+            -- A hold the owner believes live is gone (the hourly clean-up, under clock skew).
+            RAISE EXCEPTION 'seatd: a refreshed hold no longer exists';
+        END IF;
+    END IF;
+    IF cardinality(p_holds) > 0 THEN
+        INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at, max_expires_at)
+        SELECT p_event, u.hold_id, u.user_id, to_timestamp(u.created_at),
+               to_timestamp(u.expires_at), to_timestamp(u.max_expires_at)
+        FROM unnest(p_holds, p_users, p_created, p_expires, p_max_expires)
+             AS u(hold_id, user_id, created_at, expires_at, max_expires_at);
+        INSERT INTO hold_seats (event_id, seat_id, hold_id)
+        SELECT p_event, u.seat_id, u.hold_id
+        FROM unnest(p_hold_seats, p_hold_seat_holds) AS u(seat_id, hold_id);
+    END IF;
+    IF cardinality(p_reserved_seats) > 0 THEN
+        INSERT INTO reservations (event_id, seat_id, reservation_id, user_id, reserved_at)
+        SELECT p_event, u.seat_id, u.reservation_id, u.user_id, to_timestamp(u.reserved_at)
+        FROM unnest(p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at)
+             AS u(seat_id, reservation_id, user_id, reserved_at);
+    END IF;
+    IF cardinality(p_keys) > 0 THEN
+        INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
+        SELECT p_event, u.user_id, u.key, u.request_hash, u.response::jsonb
+        FROM unnest(p_key_users, p_keys, p_key_hashes, p_key_responses)
+             AS u(user_id, key, request_hash, response)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN 0;
+END
+$fn$;
+
 -- Hourly safety net: the service expires holds itself (actor timer, Redis expiry notices), but
 -- holds of an event whose owner crashed stay behind until the event is loaded again. This job
 -- deletes exactly those rows; their hold_seats rows go with them (ON DELETE CASCADE).

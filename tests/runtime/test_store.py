@@ -1,0 +1,85 @@
+"""The PostgreSQL store's batch write: one round trip, fenced, all or nothing."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+from seatd.adapters.postgres import PostgresStore, StoreConflict
+from seatd.core import (
+    EventInfo,
+    Hold,
+    HoldCreated,
+    HoldEnded,
+    HoldEndReason,
+    HoldExtended,
+    Reservation,
+    ReservationCreated,
+    Seat,
+)
+from seatd.runtime.ports import FencedOut, IdempotencyRecord, NewEvent
+
+
+async def _event(store: PostgresStore) -> str:
+    event_id = f"store-{uuid.uuid4().hex[:10]}"
+    seats = tuple(Seat(f"S{i}") for i in range(4))
+    await store.create_event(NewEvent(EventInfo(event_id, "Store test"), seats))
+    return event_id
+
+
+def _hold(user: str, *seats: str) -> Hold:
+    return Hold(str(uuid.uuid4()), user, seats, 1000.0, 2000.0, 3000.0)
+
+
+async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
+    event_id = await _event(store)
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    kept, gone, sold = _hold("u1", "S0"), _hold("u2", "S1"), _hold("u3", "S2", "S3")
+    reservation = Reservation(str(uuid.uuid4()), "u3", ("S2", "S3"), 1500.0)
+    key = IdempotencyRecord("u3", "k1", "hash", b'{"ok": true, "result": {}}')
+    effects = [
+        HoldCreated(kept), HoldCreated(gone), HoldCreated(sold),
+        HoldEnded(gone, HoldEndReason.RELEASED), HoldExtended(replace(kept, expires_at=2500.0)),
+        HoldEnded(sold, HoldEndReason.RESERVED), ReservationCreated(reservation),
+    ]  # fmt: skip
+    await store.persist(event_id, loaded.epoch, loaded.version + 1, effects, [key])
+    again = await store.load_event(event_id)
+    assert again is not None and again.version == loaded.version + 1
+    assert [(h.hold_id, h.seat_ids, h.expires_at) for h in again.holds] == [
+        (kept.hold_id, ("S0",), 2500.0)
+    ]
+    assert [(r.reservation_id, r.seat_ids) for r in again.reservations] == [
+        (reservation.reservation_id, ("S2", "S3"))
+    ]
+    found = await store.find_idempotency(event_id, [("u3", "k1")])
+    assert found[("u3", "k1")].request_hash == "hash"
+
+
+async def test_a_stale_owner_writes_nothing(store: PostgresStore, pool: asyncpg.Pool) -> None:
+    event_id = await _event(store)
+    old = await store.load_event(event_id)
+    new = await store.load_event(event_id)  # another owner claimed the event since
+    assert old is not None and new is not None and new.epoch == old.epoch + 1
+    with pytest.raises(FencedOut):
+        await store.persist(event_id, old.epoch, old.version + 1, [HoldCreated(_hold("u1", "S0"))])
+    assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 0
+    assert await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id) == old.version
+
+
+async def test_refreshing_a_hold_the_database_lost_fails_the_whole_batch(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    event_id = await _event(store)
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    lost = _hold("u1", "S0")  # never written: as if the hourly clean-up had deleted it
+    other = _hold("u2", "S1")
+    with pytest.raises(StoreConflict):
+        await store.persist(
+            event_id, loaded.epoch, loaded.version + 1, [HoldCreated(other), HoldExtended(lost)]
+        )
+    assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 0
