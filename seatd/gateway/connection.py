@@ -4,8 +4,9 @@ Requests on one connection are pipelined: the reader does not wait for a reply b
 the next frame, up to ``max_inflight`` requests in progress (then it stops reading, which pushes
 back on the client through TCP). Commands for an active event go straight into the actor's
 mailbox with no task per request; the reply is encoded in the future's callback. Every frame the
-connection sends goes through one bounded queue drained by a writer task: a client that does not
-read its replies is closed with 4000 (reconnect and resume) instead of growing server memory.
+connection sends goes straight to the socket, or, when the socket is full, into one bounded queue
+drained by a short-lived writer task: a client that does not read its replies is closed with 4000
+(reconnect and resume) instead of growing server memory.
 
 The connection also carries the client's subscriptions (see ``broadcast``) and watches the
 holds it made, pushing ``hold_expiring`` shortly before one expires.
@@ -107,10 +108,9 @@ class Connection:
         self.inflight = 0
         self._capacity = asyncio.Event()
         self._outbound: deque[bytes] = deque()
-        self._outbound_ready = asyncio.Event()
-        self._drained = asyncio.Event()  # set while nothing is waiting to be written
-        self._drained.set()
-        self._writing = False  # the writer task is sending: frames must queue behind it
+        # Runs only while frames are queued (the socket was full): most connections, idle or
+        # busy, never need one, which saves a task per connection.
+        self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.idle = asyncio.Event()
@@ -121,7 +121,6 @@ class Connection:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        writer = asyncio.get_running_loop().create_task(self._write_loop())
         self.send(
             encode_push(
                 "welcome",
@@ -148,7 +147,8 @@ class Connection:
         finally:
             for task in self._tasks:
                 task.cancel()
-            writer.cancel()
+            if self._writer is not None:
+                self._writer.cancel()
             self._forget_everything()
 
     def _forget_everything(self) -> None:
@@ -172,7 +172,7 @@ class Connection:
     def send(self, frame: bytes) -> None:
         if self._closing:
             return
-        if not self._outbound and not self._writing and self._write_now(frame):
+        if self._writer is None and self._write_now(frame):
             return
         if len(self._outbound) >= self.ctx.send_queue:
             self._closing = True
@@ -183,8 +183,8 @@ class Connection:
             )
             return
         self._outbound.append(frame)
-        self._outbound_ready.set()
-        self._drained.clear()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def _write_now(self, frame: bytes) -> bool:
         """Hand the frame to the socket at once when nothing is queued and the socket's buffer
@@ -203,22 +203,20 @@ class Connection:
         return True
 
     async def _write_loop(self) -> None:
-        outbound, ready, ws = self._outbound, self._outbound_ready, self.ws
+        """Send what queued up, waiting for the socket to drain between frames; then end."""
+        outbound, ws = self._outbound, self.ws
         try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                self._writing = True
-                while outbound:
-                    await ws.send(outbound.popleft(), text=True)
-                self._writing = False
-                self._drained.set()
+            while outbound:
+                await ws.send(outbound.popleft(), text=True)
         except ConnectionClosed:
             pass
+        finally:
+            self._writer = None
 
     async def _flush(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
 
     # --- inbound ---------------------------------------------------------------------------
 
