@@ -21,6 +21,7 @@ reply; anything else is a bug and becomes ``internal_error``. The codes are regi
     │   ├── IdempotencyMismatch      idempotency_mismatch
     │   └── TooManySubscriptions     too_many_subscriptions
     └── TemporaryError               retrying later can succeed (temporary = True)
+        ├── InternalFault            internal_error (a caught bug; nothing was kept)
         ├── StoreUnavailable         unavailable
         ├── Overloaded               overloaded
         ├── ShuttingDown             shutting_down
@@ -41,6 +42,7 @@ __all__ = [
     "HoldLifetimeExceeded",
     "HoldNotFound",
     "IdempotencyMismatch",
+    "InternalFault",
     "InvalidRequest",
     "Overloaded",
     "OwnedElsewhere",
@@ -146,6 +148,13 @@ class TemporaryError(SeatdError):
     """Nothing was changed; the same request may succeed later."""
 
     temporary = True
+
+
+class InternalFault(TemporaryError):
+    """A server bug, caught: nothing of the failed batch was kept; a retry is safe."""
+
+    code = "internal_error"
+    default_retry_after_ms = 100
 
 
 class StoreUnavailable(TemporaryError):

@@ -25,6 +25,7 @@ import structlog
 from seatd.core import Command, EventState, Expire, GetSnapshot
 from seatd.errors import (
     IdempotencyMismatch,
+    InternalFault,
     Overloaded,
     OwnershipLost,
     RequestError,
@@ -201,6 +202,14 @@ class EventActor:
                 reply = state.handle(envelope.command, now)
             except RequestError as error:
                 reply = error
+            except Exception:  # a bug: undo the batch, answer everyone, reload from PostgreSQL
+                log.exception("command_failed", event_id=self.event_id)
+                state.rollback()
+                fault = InternalFault("the command failed unexpectedly; retry")
+                for waiting in batch:
+                    _answer(waiting, fault)
+                self.stop_reason = "fault"
+                return False
             if key is not None:
                 record = key.record(reply)
                 records[key.scope] = record

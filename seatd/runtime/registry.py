@@ -201,7 +201,7 @@ class Registry:
             self._release(actor.event_id)
         for listener in self.stop_listeners:
             listener(actor.event_id)
-        if actor.stop_reason in ("idle", "store_error") and not self._closing:
+        if actor.stop_reason in ("idle", "store_error", "fault") and not self._closing:
             next_expiry = actor.state.next_expiry()
             if next_expiry is not None:
                 self._sleep_until(actor.event_id, next_expiry)

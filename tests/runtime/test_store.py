@@ -83,3 +83,36 @@ async def test_refreshing_a_hold_the_database_lost_fails_the_whole_batch(
             event_id, loaded.epoch, loaded.version + 1, [HoldCreated(other), HoldExtended(lost)]
         )
     assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 0
+
+
+async def test_a_failing_command_fails_its_batch_and_hangs_nobody(store: PostgresStore) -> None:
+    """A bug in the rules must not leave callers waiting or half a batch applied."""
+    import asyncio
+
+    from seatd.core import GetEvent, PlaceHold, Policy
+    from seatd.errors import InternalFault
+    from seatd.runtime.actor import ActorSettings
+    from seatd.runtime.ports import SystemClock
+    from seatd.runtime.registry import Registry
+
+    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    try:
+        event_id = await _event(store)
+        actor = await registry.activate(event_id)
+        original = actor.state.handle
+
+        def broken(command: object, now: float) -> object:
+            if isinstance(command, GetEvent):
+                raise RuntimeError("boom")
+            return original(command, now)  # type: ignore[arg-type]
+
+        actor.state.handle = broken  # type: ignore[method-assign]
+        hold = actor.submit(PlaceHold("u1", ("S0",), str(uuid.uuid4())))
+        summary = actor.submit(GetEvent())
+        results = await asyncio.wait_for(asyncio.gather(hold, summary, return_exceptions=True), 5)
+        assert all(isinstance(r, InternalFault) for r in results), results
+        # The event reloads from PostgreSQL, where the half-applied hold never went.
+        fresh = await registry.ask(event_id, GetEvent())
+        assert fresh.held == 0  # type: ignore[union-attr]
+    finally:
+        await registry.close()
