@@ -63,9 +63,35 @@ def to_command(request: ActorRequest, identity: Identity) -> core.Command:
     return core.GetEvent()
 
 
+class _RandomPool:
+    """Operating-system randomness fetched 4 KiB at a time: one system call per 256 ids
+    instead of one per id (profiling showed ~9% of the server's CPU in os.urandom)."""
+
+    __slots__ = ("_buffer", "_offset")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+    def take16(self) -> bytearray:
+        if self._offset + 16 > len(self._buffer):
+            self._buffer = os.urandom(4096)
+            self._offset = 0
+        start = self._offset
+        self._offset = start + 16
+        return bytearray(self._buffer[start : start + 16])
+
+
+_random = _RandomPool()
+# A forked child must not hand out the ids its parent's buffer still holds.
+os.register_at_fork(after_in_child=_random.reset)
+
 def new_uuid() -> str:
     """A random (version 4) UUID string, without building a UUID object: this runs per hold."""
-    raw = bytearray(os.urandom(16))
+    raw = _random.take16()
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
