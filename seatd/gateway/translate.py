@@ -89,6 +89,7 @@ _random = _RandomPool()
 # A forked child must not hand out the ids its parent's buffer still holds.
 os.register_at_fork(after_in_child=_random.reset)
 
+
 def new_uuid() -> str:
     """A random (version 4) UUID string, without building a UUID object: this runs per hold."""
     raw = _random.take16()
