@@ -102,3 +102,15 @@ def test_fast_uuids_are_version_4_uuids() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_every_redis_key_of_an_event_shares_its_cluster_hash_tag() -> None:
+    """Redis Cluster puts keys with the same {tag} in one slot: one event, one slot, so the
+    mirror's per-event script and the lease can run on a cluster unchanged."""
+    from seatd.adapters.redis import hold_key, lease_key, parse_hold_key, user_counts_key
+
+    event_id = "gala-2026"
+    keys = [hold_key(event_id, "h1"), user_counts_key(event_id), lease_key(event_id)]
+    assert all(key.count("{") == 1 and "{gala-2026}" in key for key in keys), keys
+    assert parse_hold_key(hold_key(event_id, "h1")) == (event_id, "h1")
+    assert parse_hold_key(user_counts_key(event_id)) is None
