@@ -169,7 +169,14 @@ class EventActor:
         if next_expiry is not None and next_expiry <= now:
             self._mailbox.append(Envelope(Expire()))
             return True
-        return now < idle_deadline or self._keep_alive(self.event_id)
+        if now < idle_deadline:
+            return True
+        if self._keep_alive(self.event_id):
+            # Being watched counts as activity: look again one idle timeout from now (without
+            # this the past deadline would make every wait return at once, a busy loop).
+            self._last_active = now
+            return True
+        return False
 
     async def _run_batch(self) -> bool:
         """Apply, persist and answer one batch. False when the actor must stop."""

@@ -116,3 +116,34 @@ async def test_a_failing_command_fails_its_batch_and_hangs_nobody(store: Postgre
         assert fresh.held == 0  # type: ignore[union-attr]
     finally:
         await registry.close()
+
+
+async def test_a_watched_idle_event_neither_passivates_nor_spins(store: PostgresStore) -> None:
+    import asyncio
+    import time
+
+    from seatd.core import GetEvent, Policy
+    from seatd.runtime.actor import ActorSettings
+    from seatd.runtime.ports import SystemClock
+    from seatd.runtime.registry import Registry
+
+    watched = {"yes": True}
+    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings(idle_timeout=0.1))
+    registry.keep_alive = lambda _: watched["yes"]
+    try:
+        event_id = await _event(store)
+        await registry.ask(event_id, GetEvent())
+        # Well past the idle timeout, the loop must still run other tasks on time.
+        for _ in range(10):
+            started = time.monotonic()
+            await asyncio.wait_for(asyncio.sleep(0.05), 1.0)
+            assert time.monotonic() - started < 0.5, "the event loop is starved"
+        assert registry.active(event_id) is not None
+        watched["yes"] = False
+        for _ in range(40):
+            if registry.active(event_id) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert registry.active(event_id) is None, "an unwatched idle event stayed loaded"
+    finally:
+        await registry.close()
