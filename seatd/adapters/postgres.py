@@ -149,10 +149,16 @@ class PostgresStore:
         self._pool = pool
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; a transaction only where several statements need one (a single
+        statement is its own transaction, and BEGIN/COMMIT would cost two more round trips)."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield conn
+            async with self._pool.acquire() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
         except _UNAVAILABLE as error:
             # The reason goes to the log; clients learn only that the database is unavailable.
             log.warning("postgres_unavailable", error=repr(error))
@@ -171,7 +177,7 @@ class PostgresStore:
     async def find_idempotency(
         self, event_id: str, scopes: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], IdempotencyRecord]:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(
                 _FIND_KEYS, event_id, [s[0] for s in scopes], [s[1] for s in scopes]
             )
@@ -183,7 +189,7 @@ class PostgresStore:
         info = event.info
         location = info.location
         try:
-            async with self._transaction() as conn:
+            async with self._connection(transaction=True) as conn:
                 if idempotency is not None:
                     # Claiming the key first makes a concurrent retry wait for this transaction
                     # (unique index), then see the key and replay instead of creating twice.
@@ -249,7 +255,7 @@ class PostgresStore:
         return None
 
     async def earliest_expiries(self) -> list[tuple[str, float]]:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT event_id, extract(epoch FROM min(expires_at))::float8 FROM holds "
                 "GROUP BY event_id"
@@ -264,7 +270,7 @@ class PostgresStore:
         limit: int,
         after: str | None,
     ) -> EventPage:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             if near is not None:
                 # Keyset paging on (distance, id): 'after' names the last event of the previous
                 # page, whose distance is recomputed, so pages never skip or repeat an event.
@@ -276,7 +282,7 @@ class PostgresStore:
         return EventPage(tuple((_event_info(r), r.get("distance")) for r in page), next_after)
 
     async def load_event(self, event_id: str) -> LoadedEvent | None:
-        async with self._transaction() as conn:
+        async with self._connection(transaction=True) as conn:
             row = await conn.fetchrow(_CLAIM, event_id)
             if row is None:
                 return None
@@ -307,7 +313,7 @@ class PostgresStore:
         holds = list(net.created.values())
         reservations = net.reservations
         try:
-            async with self._pool.acquire() as conn:
+            async with self._connection() as conn:
                 fenced = await conn.fetchval(
                     _PERSIST,
                     event_id,
@@ -332,9 +338,6 @@ class PostgresStore:
                     [r.request_hash for r in idempotency],
                     [r.response.decode() for r in idempotency],
                 )
-        except _UNAVAILABLE as error:
-            log.warning("postgres_unavailable", error=repr(error))
-            raise StoreUnavailable("the database is unavailable; retry later") from error
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
         if fenced == -1:

@@ -274,7 +274,9 @@ class Connection:
         event_id: str = request.event_id
         to_wire = partial(result_to_wire, event_id, command)
         key = idempotency_key(self.identity, request_type, request, to_wire)
-        follow = partial(self._holds.follow, event_id, command)
+        follow = None  # only commands that place, extend or end a hold change what we follow
+        if isinstance(command, core.PlaceHold | core.RefreshHold | core.ReleaseHold | core.Reserve):
+            follow = partial(self._holds.follow, event_id, command)
         pending = _Pending(request_id, request_type, to_wire, follow)
         self._ask(event_id, Envelope(command, idempotency=key), pending)
 

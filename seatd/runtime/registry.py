@@ -87,10 +87,8 @@ class Registry:
 
     def submit_nowait(self, event_id: str, envelope: Envelope) -> asyncio.Future[Any] | None:
         """Fast path: queue on an already active actor without a task switch; None if inactive."""
-        actor = self._actors.get(event_id)
-        if actor is None or actor.stopped:
-            return None
-        return actor.submit(envelope.command, envelope)
+        actor = self.active(event_id)
+        return None if actor is None else actor.submit(envelope.command, envelope)
 
     async def ask(
         self, event_id: str, command: Command, envelope: Envelope | None = None
