@@ -284,6 +284,42 @@ class Harness:
         finally:
             bar.close()
 
+    async def drive(
+        self,
+        server: Server,
+        load: str,
+        shared: dict[str, Any],
+        connections: int,
+        workers: int,
+        *,
+        what: str,
+        desc: str,
+        unit: str,
+        duration: float,
+        timeout: float,
+        total: int | None = None,
+        bucket: float | None = None,
+    ) -> tuple[Window, float, list[dict[str, Any]]]:
+        """Split the connections over worker processes, connect them, start the load at one
+        instant and collect every worker's result: the window, the start time, the results."""
+        specs = [
+            self.spec(i, load, server.url, {**shared, "connections": count, "conn_offset": offset})
+            for i, (offset, count) in enumerate(_split(connections, workers))
+        ]
+        pool = WorkerPool(specs)
+        try:
+            await self.connect_workers(pool, connections, what)
+            window = self.window(server)
+            base = pool.progress_total()
+            t0 = await self.go(pool, window, duration, bucket=bucket)
+            results = await self.results(
+                pool, window, desc=desc, total=total, unit=unit, timeout=timeout, base=base
+            )
+            window.stop()
+        finally:
+            await pool.close()
+        return window, t0, results
+
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:
     """(offset, count) of each of ``parts`` near-equal shares of ``total``."""
@@ -355,43 +391,26 @@ async def _purchase(
         finally:
             await admin.close()
         rate = p.get("rate")
-        specs = [
-            h.spec(
-                i,
-                "purchase",
-                server.url,
-                {
-                    "events": [(lay.event_id, lay.seats, lay.per_row) for lay in layouts],
-                    "workers": workers,
-                    "connections": count,
-                    "conn_offset": offset,
-                    "pipeline": int(p["pipeline"]),
-                    "rate": None if rate is None else float(rate) / workers,
-                    "max_per_user": 10_000,
-                    "user_prefix": h.run_id,
-                    "seed": int(p["seed"]),
-                },
-            )
-            for i, (offset, count) in enumerate(_split(connections, workers))
-        ]
-        pool = WorkerPool(specs)
-        try:
-            await h.connect_workers(pool, connections, "purchasers")
-            window = h.window(server)
-            base = pool.progress_total()
-            t0 = await h.go(pool, window, duration)
-            results = await h.results(
-                pool,
-                window,
-                desc=f"{scenario}{' ' + label if label else ''}",
-                total=None,
-                unit="purchase",
-                timeout=duration + 120,
-                base=base,
-            )
-            window.stop()
-        finally:
-            await pool.close()
+        window, t0, results = await h.drive(
+            server,
+            "purchase",
+            {
+                "events": [(lay.event_id, lay.seats, lay.per_row) for lay in layouts],
+                "workers": workers,
+                "pipeline": int(p["pipeline"]),
+                "rate": None if rate is None else float(rate) / workers,
+                "max_per_user": 10_000,
+                "user_prefix": h.run_id,
+                "seed": int(p["seed"]),
+            },
+            connections,
+            workers,
+            what="purchasers",
+            desc=f"{scenario}{' ' + label if label else ''}",
+            unit="purchase",
+            duration=duration,
+            timeout=duration + 120,
+        )
     window_s = max(max(float(r["t_last"]) for r in results) - t0, 1e-3)
     hold, reserve = _merge(results, "hold"), _merge(results, "reserve")
     logs: list[AckLog] = [r["acks"] for r in results]
@@ -457,43 +476,27 @@ async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
             await admin.call("get_event", event_id=layout.event_id)
         finally:
             await admin.close()
-        specs = [
-            h.spec(
-                i,
-                "rush",
-                server.url,
-                {
-                    "event": (layout.event_id, layout.seats, layout.per_row),
-                    "connections": count,
-                    "conn_offset": offset,
-                    "hot_fraction": 0.2,
-                    "hot_weight": 0.8,
-                    "max_attempts": 50,
-                    "user_prefix": h.run_id,
-                    "seed": int(p["seed"]),
-                },
-            )
-            for i, (offset, count) in enumerate(_split(connections, workers))
-        ]
-        pool = WorkerPool(specs)
-        try:
-            await h.connect_workers(pool, connections, "buyers")
-            window = h.window(server)
-            base = pool.progress_total()
-            # A sale is over in seconds: a fine timeline.
-            t0 = await h.go(pool, window, duration, bucket=0.05)
-            results = await h.results(
-                pool,
-                window,
-                desc="rush",
-                total=connections,
-                unit="buyer",
-                timeout=duration + 60,
-                base=base,
-            )
-            window.stop()
-        finally:
-            await pool.close()
+        window, t0, results = await h.drive(
+            server,
+            "rush",
+            {
+                "event": (layout.event_id, layout.seats, layout.per_row),
+                "hot_fraction": 0.2,
+                "hot_weight": 0.8,
+                "max_attempts": 50,
+                "user_prefix": h.run_id,
+                "seed": int(p["seed"]),
+            },
+            connections,
+            workers,
+            what="buyers",
+            desc="rush",
+            unit="buyer",
+            duration=duration,
+            timeout=duration + 60,
+            total=connections,
+            bucket=0.05,  # a sale is over in seconds: a fine timeline
+        )
     hold, reserve = _merge(results, "hold"), _merge(results, "reserve")
     logs: list[AckLog] = [r["acks"] for r in results]
     seats_bought = sum(int(r["seats_bought"]) for r in results)
