@@ -16,6 +16,7 @@ import uuid
 
 import structlog
 
+from seatd.adapters.bus import RedisBus
 from seatd.adapters.postgres import PostgresStore, connect_pool
 from seatd.adapters.redis import ExpiryListener, RedisLeases, RedisMirror, make_client
 from seatd.auth import TokenAuthority
@@ -24,6 +25,7 @@ from seatd.core import Policy
 from seatd.errors import StoreUnavailable
 from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.connection import GatewayContext
+from seatd.gateway.forward import Router
 from seatd.gateway.server import Gateway, Readiness
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import Clock, SystemClock
@@ -89,17 +91,31 @@ class App:
         structlog.contextvars.bind_contextvars(instance=self.instance_id)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
         registry.observers.append(mirror)
-        listener = ExpiryListener(redis, s.redis_db, registry.hint_expiry)
+        listener = ExpiryListener(
+            redis, s.redis_db, registry.hint_expiry, lease_expired=registry.lease_expired
+        )
         # Holds left by a previous run expire on time even if nobody uses their event.
         registry.wake_at(await store.earliest_expiries())
         mirror.start()
         listener.start()
-        broadcaster = Broadcaster(history=s.delta_history, interval=s.delta_interval)
+        # Between instances: forwarded commands, and availability pushes relayed to watchers.
+        bus = RedisBus(redis, self.instance_id)
+        broadcaster = Broadcaster(
+            history=s.delta_history,
+            interval=s.delta_interval,
+            publish=bus.publish,
+            unwatched=lambda event_id: router.unwatched(event_id),
+        )
+        router = Router(registry, store, broadcaster, bus, s.forward_timeout)
+        bus.on_request = router.serve
+        bus.on_push = broadcaster.relayed
+        bus.start()
         registry.observers.append(broadcaster)
         registry.keep_alive = broadcaster.has_subscribers
         registry.stop_listeners.append(broadcaster.forget)
         ctx = GatewayContext(
             broadcaster=broadcaster,
+            router=router,
             max_subscriptions=s.max_subscriptions,
             hold_warning=s.hold_warning,
             registry=registry,
@@ -113,7 +129,7 @@ class App:
 
         async def readiness() -> Readiness:
             pg_ok = await store.ping()
-            redis_ok = mirror.healthy and listener.healthy
+            redis_ok = mirror.healthy and listener.healthy and bus.healthy
             checks = {
                 "postgres": "ok" if pg_ok else "unavailable",
                 "redis": "ok" if redis_ok else "unavailable",
@@ -135,6 +151,7 @@ class App:
             await registry.close(s.shutdown_timeout)
             await gateway.close()
             await listener.close()
+            await bus.close()
             await mirror.close()
             await redis.aclose()
             await self._pool.close()

@@ -185,6 +185,14 @@ VARIABLES: tuple[Variable, ...] = (
         "Seconds an instance's claim on an event lasts without renewal (renewed every third).",
     ),
     Variable(
+        "SEATD_FORWARD_TIMEOUT",
+        "forward_timeout",
+        "5",
+        _seconds(0.1, 60),
+        "Seconds to wait for the owning instance's answer to a forwarded command before "
+        "answering `unavailable` (temporary).",
+    ),
+    Variable(
         "SEATD_DELTA_HISTORY",
         "delta_history",
         "256",
@@ -259,6 +267,7 @@ class Settings:
     max_subscriptions: int
     lease_ttl: float
     instance_id: str
+    forward_timeout: float
     delta_history: int
     delta_interval: float
     hold_warning: float

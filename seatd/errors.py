@@ -173,10 +173,15 @@ class ShuttingDown(TemporaryError):
 
 
 class OwnedElsewhere(TemporaryError):
-    """Another instance serves this event (its lease is held elsewhere)."""
+    """Another instance serves this event (its lease is held elsewhere): ``owner`` names it,
+    so the gateway can forward the command there."""
 
     code = "unavailable"
     default_retry_after_ms = 200
+
+    def __init__(self, message: str, *, owner: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.owner = owner
 
 
 class OwnershipLost(TemporaryError):

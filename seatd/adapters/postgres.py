@@ -32,6 +32,7 @@ from seatd.core import (
     Reservation,
     ReservationCreated,
     Seat,
+    SeatSnapshot,
 )
 from seatd.errors import EventExists, StoreUnavailable
 from seatd.runtime.ports import EventPage, FencedOut, IdempotencyRecord, LoadedEvent, NewEvent
@@ -78,6 +79,20 @@ SELECT reservation_id::text, user_id, array_agg(seat_id ORDER BY seat_id),
 FROM reservations WHERE event_id = $1 GROUP BY reservation_id, user_id
 """
 # The whole batch in one round trip: see seatd_persist_batch in init.sql.
+# One statement, so one consistent snapshot of the event's committed state at its version.
+_SNAPSHOT = """
+SELECT e.version,
+       (SELECT count(*) FROM seats s WHERE s.event_id = e.id)::int AS total_seats,
+       (SELECT coalesce(array_agg(hs.seat_id ORDER BY hs.seat_id), '{}')
+          FROM hold_seats hs WHERE hs.event_id = e.id) AS held_seats,
+       (SELECT coalesce(array_agg(extract(epoch FROM h.expires_at)::float8 ORDER BY hs.seat_id),
+                        '{}')
+          FROM hold_seats hs JOIN holds h ON h.event_id = hs.event_id AND h.hold_id = hs.hold_id
+         WHERE hs.event_id = e.id) AS held_until,
+       (SELECT coalesce(array_agg(r.seat_id ORDER BY r.seat_id), '{}')
+          FROM reservations r WHERE r.event_id = e.id) AS reserved
+  FROM events e WHERE e.id = $1
+"""
 _PERSIST = (
     "SELECT seatd_persist_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
     " $15, $16, $17, $18, $19, $20, $21)"
@@ -298,6 +313,14 @@ class PostgresStore:
         return LoadedEvent(
             _event_info(row), seats, holds, reservations, row["version"], row["owner_epoch"]
         )
+
+    async def read_snapshot(self, event_id: str) -> SeatSnapshot | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_SNAPSHOT, event_id)
+        if row is None:
+            return None
+        held = tuple(zip(row["held_seats"], row["held_until"], strict=True))
+        return SeatSnapshot(row["version"], row["total_seats"], held, tuple(row["reserved"]))
 
     # --- the batch write -------------------------------------------------------------------
 

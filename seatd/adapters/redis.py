@@ -39,12 +39,14 @@ __all__ = [
     "hold_key",
     "lease_key",
     "parse_hold_key",
+    "parse_lease_key",
     "user_counts_key",
 ]
 
 log = structlog.get_logger("seatd.redis")
 
 _PREFIX = "seatd:{"
+_LEASE_SUFFIX = "}:owner"
 
 
 def hold_key(event_id: str, hold_id: str) -> str:
@@ -63,6 +65,14 @@ def parse_hold_key(key: str) -> tuple[str, str] | None:
     if not sep or not event_id or not rest:
         return None
     return event_id, rest
+
+
+def parse_lease_key(key: str) -> str | None:
+    """The event id of a lease key, or None for any other key."""
+    if key.startswith(_PREFIX) and key.endswith(_LEASE_SUFFIX):
+        event_id = key[len(_PREFIX) : -len(_LEASE_SUFFIX)]
+        return event_id or None
+    return None
 
 
 def _hold_value(hold: Hold) -> bytes:
@@ -259,18 +269,18 @@ def _set_count(pipe: Any, key: str, user_id: str, count: int) -> None:
         pipe.hdel(key, user_id)
 
 
-# Take the lease if it is free or already ours (and extend it); 0 if another instance holds it.
+# Take the lease if it is free or already ours (and extend it): ''; else the holder's id.
 _CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 1
+    return ''
 end
 if not owner then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 1
+    return ''
 end
-return 0
+return owner
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -279,7 +289,7 @@ return 0
 
 
 def lease_key(event_id: str) -> str:
-    return f"seatd:{{{event_id}}}:owner"
+    return f"{_PREFIX}{event_id}{_LEASE_SUFFIX}"
 
 
 class RedisLeases:
@@ -294,19 +304,24 @@ class RedisLeases:
         self.instance_id = instance_id
         self._ttl_ms = max(int(ttl * 1000), 1)
 
-    async def claim(self, event_ids: Sequence[str]) -> set[str]:
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)
         for event_id in event_ids:
             pipe.eval(_CLAIM, 1, lease_key(event_id), self.instance_id, self._ttl_ms)
         results = await pipe.execute()
-        return {e for e, ok in zip(event_ids, results, strict=True) if not ok}
+        return {
+            event_id: owner.decode() if isinstance(owner, bytes) else str(owner)
+            for event_id, owner in zip(event_ids, results, strict=True)
+            if owner
+        }
 
     async def release(self, event_id: str) -> None:
         await self._client.eval(_RELEASE, 1, lease_key(event_id), self.instance_id)
 
 
 class ExpiryListener:
-    """Turns Redis key-expiry notices for hold keys into ``Expire`` hints for the actors."""
+    """Turns Redis key-expiry notices for hold keys into ``Expire`` hints for the actors, and
+    notices for lease keys (an owner died or stalled) into ``lease_expired(event_id)``."""
 
     def __init__(
         self,
@@ -314,11 +329,13 @@ class ExpiryListener:
         db: int,
         deliver: Callable[[str, Expire], None],
         *,
+        lease_expired: Callable[[str], None] | None = None,
         retry_interval: float = 1.0,
     ) -> None:
         self._client = client
         self._channel = f"__keyevent@{db}__:expired"
         self._deliver = deliver
+        self._lease_expired = lease_expired
         self._retry_interval = retry_interval
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
@@ -360,6 +377,10 @@ class ExpiryListener:
                 if parsed is not None:
                     event_id, hold_id = parsed
                     self._deliver(event_id, Expire(hold_id))
+                elif self._lease_expired is not None:
+                    leased = parse_lease_key(key)
+                    if leased is not None:
+                        self._lease_expired(leased)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -12,6 +12,12 @@ requested from the actor, deltas committed meanwhile are buffered, and once the 
 version v) is sent, only the buffered deltas newer than v follow it. The last deltas of each
 watched event are kept so a client that reconnects with ``since_version`` gets just what it
 missed; older gaps get a fresh snapshot.
+
+Several instances: the owner of an event also hands each push to ``publish`` (the message bus),
+and an instance whose connections watch an event it does not own feeds the pushes it receives
+into ``relayed``. Each topic remembers the last version it sent, so a push that arrives both
+ways (this instance's own, echoed back) or twice is sent once; a lost push is a gap that the
+client repairs by resubscribing, as with any gap.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
 from protocol import messages as wire
+from protocol._validate import decoder
 from protocol.codec import encode_push, format_time
 from seatd.core import (
     Effect,
@@ -46,12 +55,21 @@ class Subscriber(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+_decode_availability = decoder(wire.Availability, ignore=("type",))
+
+
+@dataclass(slots=True)
 class _Delta:
     from_version: int
     version: int
-    message: wire.Availability
     frame: bytes
+    # Decoded from ``frame`` only when a resume reply needs it (relayed pushes arrive encoded).
+    message: wire.Availability | None = None
+
+    def availability(self) -> wire.Availability:
+        if self.message is None:
+            self.message = _decode_availability(orjson.loads(self.frame))
+        return self.message
 
 
 @dataclass(slots=True)
@@ -65,6 +83,7 @@ class _Topic:
     unsent_to: int = 0
     last_push: float = float("-inf")
     timer: asyncio.TimerHandle | None = None
+    last_version: int = 0  # of the last push sent, whether made here or relayed
 
 
 def seat_changes(effects: Sequence[Effect]) -> tuple[wire.SeatChange, ...]:
@@ -88,9 +107,18 @@ def seat_changes(effects: Sequence[Effect]) -> tuple[wire.SeatChange, ...]:
 class Broadcaster:
     """``CommitObserver`` fanning committed changes out to this instance's connections."""
 
-    def __init__(self, history: int = 256, interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        history: int = 256,
+        interval: float = 0.02,
+        *,
+        publish: Callable[[str, bytes], None] | None = None,
+        unwatched: Callable[[str], None] | None = None,
+    ) -> None:
         self._history = history
         self._interval = interval
+        self._publish = publish  # every push of an event owned here, for other instances
+        self._unwatched = unwatched  # told when an event's last subscriber here leaves
         self._topics: dict[str, _Topic] = {}
         self._hold_watchers: dict[str, set[Subscriber]] = {}
 
@@ -100,6 +128,8 @@ class Broadcaster:
         self, event_id: str, version: int, effects: Sequence[Effect], state: object
     ) -> None:
         topic = self._topics.get(event_id)
+        if topic is None and self._publish is not None:
+            topic = self._topics[event_id] = _Topic()
         if topic is not None:
             if not topic.unsent:
                 topic.unsent_from = version
@@ -128,9 +158,26 @@ class Broadcaster:
         )
         topic.unsent = {}
         topic.last_push = asyncio.get_running_loop().time()
-        delta = _Delta(
-            message.from_version, message.version, message, encode_push("availability", message)
-        )
+        frame = encode_push("availability", message)
+        self._deliver(topic, _Delta(message.from_version, message.version, frame, message))
+        if self._publish is not None:
+            self._publish(event_id, frame)
+
+    def relayed(self, event_id: str, frame: bytes) -> None:
+        """A push of an event owned elsewhere (or echoed back), for the subscribers here."""
+        topic = self._topics.get(event_id)
+        if topic is None or not topic.subscribers:
+            return
+        try:
+            head = orjson.loads(frame)
+            from_version, version = int(head["from_version"]), int(head["version"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if version > topic.last_version:
+            self._deliver(topic, _Delta(from_version, version, frame))
+
+    def _deliver(self, topic: _Topic, delta: _Delta) -> None:
+        topic.last_version = delta.version
         topic.history.append(delta)
         if len(topic.history) > self._history:
             topic.history.popleft()
@@ -196,7 +243,7 @@ class Broadcaster:
         for previous, following in itertools.pairwise(deltas):
             if following.from_version != previous.version + 1:
                 return None
-        return tuple(d.message for d in deltas)
+        return tuple(d.availability() for d in deltas)
 
     def cancel(self, event_id: str, subscriber: Subscriber) -> bool:
         """Stop sending this event's deltas; True if the subscriber was subscribed."""
@@ -204,6 +251,8 @@ class Broadcaster:
         if topic is None or subscriber not in topic.subscribers:
             return False
         del topic.subscribers[subscriber]
+        if not topic.subscribers and self._unwatched is not None:
+            self._unwatched(event_id)
         return True
 
     def forget(self, event_id: str) -> None:

@@ -50,6 +50,7 @@ from seatd.errors import (
 )
 from seatd.gateway import catalog
 from seatd.gateway.broadcast import Broadcaster
+from seatd.gateway.forward import Router
 from seatd.gateway.holds import HoldFollower
 from seatd.gateway.translate import (
     error_frame,
@@ -78,6 +79,7 @@ class GatewayContext:
     policy: Policy
     clock: Callable[[], float]
     broadcaster: Broadcaster
+    router: Router
     max_frame_bytes: int
     max_inflight: int
     send_queue: int
@@ -263,9 +265,9 @@ class Connection:
         elif isinstance(request, wire.Unsubscribe):
             self._unsubscribe(request_id, request_type, request)
         else:
-            self._to_actor(request_id, request_type, request)
+            self._to_actor(request_id, request_type, request, frame)
 
-    def _to_actor(self, request_id: RequestId, request_type: str, request: Any) -> None:
+    def _to_actor(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         try:
             command = to_command(request, self.identity)
         except SeatdError as error:
@@ -278,17 +280,14 @@ class Connection:
         if isinstance(command, core.PlaceHold | core.RefreshHold | core.ReleaseHold | core.Reserve):
             follow = partial(self._holds.follow, event_id, command)
         pending = _Pending(request_id, request_type, to_wire, follow)
-        self._ask(event_id, Envelope(command, idempotency=key), pending)
-
-    def _ask(self, event_id: str, envelope: Envelope, pending: _Pending) -> None:
-        registry = self.ctx.registry
+        envelope = Envelope(command, idempotency=key)
         try:
-            future: asyncio.Future[Any] | None = registry.submit_nowait(event_id, envelope)
+            future: asyncio.Future[Any] | None = self.ctx.registry.submit_nowait(event_id, envelope)
         except SeatdError as error:
             self._fail(pending, error)
             return
-        if future is None:
-            future = self._spawn(registry.ask(event_id, envelope.command, envelope))
+        if future is None:  # not active here: activate it, or forward it to its owner
+            future = self._spawn(self.ctx.router.ask(event_id, envelope, self.identity, frame))
         self._track(future, pending)
 
     def _track(self, future: asyncio.Future[Any], pending: _Pending) -> None:
@@ -389,7 +388,7 @@ class Connection:
             self._subscriptions.discard(event_id)
 
         pending = _Pending(request_id, request_type, to_wire, after, on_error)
-        self._ask(event_id, Envelope(core.GetSnapshot()), pending)
+        self._track(self._spawn(self.ctx.router.snapshot(event_id)), pending)
 
     def _unsubscribe(
         self, request_id: RequestId, request_type: str, request: wire.Unsubscribe

@@ -10,6 +10,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ __all__ = [
     "event_view",
     "idempotency_key",
     "new_event",
+    "response_body",
     "result_to_wire",
     "to_command",
 ]
@@ -283,9 +285,12 @@ def idempotency_key(
         digest_size=16,
     ).hexdigest()
 
-    def encode(outcome: object) -> bytes:
-        if isinstance(outcome, SeatdError):
-            return orjson.dumps({"ok": False, "error": _error_object(outcome)})
-        return orjson.dumps({"ok": True, "result": to_plain(to_wire(outcome))})
+    return IdempotencyKey(identity.user_id, key, digest, partial(response_body, to_wire))
 
-    return IdempotencyKey(identity.user_id, key, digest, encode)
+
+def response_body(to_wire: Callable[[Any], object], outcome: object) -> bytes:
+    """A reply without its ``id`` and ``type``: ``{"ok": true, "result": ...}`` or
+    ``{"ok": false, "error": ...}``; stored for retries and carried back by forwarding."""
+    if isinstance(outcome, SeatdError):
+        return orjson.dumps({"ok": False, "error": _error_object(outcome)})
+    return orjson.dumps({"ok": True, "result": to_plain(to_wire(outcome))})

@@ -7,11 +7,12 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from seatd.core import Effect, EventInfo, Hold, Reservation, Seat
+from seatd.core import Effect, EventInfo, Hold, Reservation, Seat, SeatSnapshot
 
 __all__ = [
+    "BusError",
     "Clock",
     "CommitObserver",
     "Coordinator",
@@ -20,7 +21,10 @@ __all__ = [
     "IdempotencyKey",
     "IdempotencyRecord",
     "LoadedEvent",
+    "MessageBus",
     "NewEvent",
+    "PeerGone",
+    "PeerTimeout",
     "SeatStore",
     "SoleInstance",
     "StoredReply",
@@ -30,6 +34,18 @@ __all__ = [
 
 class FencedOut(Exception):
     """A write was refused because another instance took the event over (newer owner epoch)."""
+
+
+class BusError(Exception):
+    """A message to another instance could not be delivered or answered."""
+
+
+class PeerGone(BusError):
+    """Nobody listens at that instance's inbox: it stopped or died (its leases run out)."""
+
+
+class PeerTimeout(BusError):
+    """The instance did not answer in time (paused, overloaded, or the message was lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +146,11 @@ class SeatStore(Protocol):
         """Each event with live holds in storage, with its earliest hold expiry."""
         ...
 
+    async def read_snapshot(self, event_id: str) -> SeatSnapshot | None:
+        """The event's committed seat state and version, read without owning the event (for
+        subscribers on an instance that does not own it); None if it does not exist."""
+        ...
+
     async def list_events(
         self,
         *,
@@ -144,8 +165,9 @@ class Coordinator(Protocol):
     """Decides which instance may own an event (a lease per event). The owner's writes are
     fenced by PostgreSQL anyway; the lease keeps instances from taking events from each other."""
 
-    async def claim(self, event_ids: Sequence[str]) -> set[str]:
-        """Take or extend the leases; returns the ids held by another instance."""
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """Take or extend the leases; returns the ids held by another instance, each with the
+        id of the instance that holds it."""
         ...
 
     async def release(self, event_id: str) -> None: ...
@@ -154,11 +176,32 @@ class Coordinator(Protocol):
 class SoleInstance:
     """The coordinator of a single instance: every event is ours."""
 
-    async def claim(self, event_ids: Sequence[str]) -> set[str]:
-        return set()
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        return {}
 
     async def release(self, event_id: str) -> None:
         return None
+
+
+class MessageBus(Protocol):
+    """Messages between instances: requests to one instance with its answer, and each event's
+    availability pushes to every instance that follows the event."""
+
+    instance_id: str
+
+    async def request(
+        self, instance_id: str, header: dict[str, Any], body: bytes, timeout: float
+    ) -> tuple[dict[str, Any], bytes]:
+        """The answer of ``instance_id`` (its handler's header and body), or ``BusError``."""
+        ...
+
+    def publish(self, event_id: str, frame: bytes) -> None: ...
+
+    async def follow(self, event_id: str) -> None:
+        """Start receiving the event's pushes; returns once no later push can be missed."""
+        ...
+
+    def unfollow(self, event_id: str) -> None: ...
 
 
 class CommitObserver(Protocol):

@@ -36,6 +36,7 @@ from seatd.runtime.ports import (
 __all__ = ["Registry"]
 
 log = structlog.get_logger("seatd.registry")
+_OWNER_HINTS = 100_000
 
 
 class Registry:
@@ -68,6 +69,9 @@ class Registry:
         self._timer_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Where another instance's lease was last seen, so commands for its events are
+        # forwarded without asking Redis each time; dropped when a forward fails.
+        self._owners: dict[str, str] = {}
         # An idle event stays active while this says so (someone is watching it).
         self.keep_alive: Callable[[str], bool] = lambda _: False
         # Told the id of every event whose actor stopped.
@@ -212,8 +216,42 @@ class Registry:
         except Exception as error:
             log.warning("lease_unchecked", event_id=event_id, error=repr(error))
             return
-        if taken:
-            raise OwnedElsewhere(f"event {event_id} is served by another instance; retry")
+        owner = taken.get(event_id)
+        if owner is not None:
+            self.remember_owner(event_id, owner)
+            raise OwnedElsewhere(
+                f"event {event_id} is served by another instance; retry", owner=owner
+            )
+
+    def owner_hint(self, event_id: str) -> str | None:
+        """The instance last seen owning the event, if not this one."""
+        return None if event_id in self._actors else self._owners.get(event_id)
+
+    def remember_owner(self, event_id: str, owner: str) -> None:
+        if len(self._owners) >= _OWNER_HINTS:
+            self._owners.clear()
+        self._owners[event_id] = owner
+
+    def forget_owner(self, event_id: str) -> None:
+        self._owners.pop(event_id, None)
+
+    def lease_expired(self, event_id: str) -> None:
+        """An event's lease ran out: its owner died or stalled. Take the event over now (one
+        instance wins the lease; the others are refused and ignore it), so its holds keep
+        expiring on time and its commands stop failing before anyone retries them."""
+        self._owners.pop(event_id, None)
+        if not self._closing and self.active(event_id) is None:
+            self._spawn(self._take_over(event_id))
+
+    async def _take_over(self, event_id: str) -> None:
+        try:
+            actor = await self.activate(event_id)
+        except (OwnedElsewhere, EventNotFound):
+            return
+        except SeatdError as error:
+            log.warning("takeover_failed", event_id=event_id, error=str(error))
+            return
+        log.info("event_taken_over", event_id=event_id, epoch=actor.epoch)
 
     def _release(self, event_id: str) -> None:
         self._spawn(self._release_quietly(event_id))

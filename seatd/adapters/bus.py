@@ -1,0 +1,296 @@
+"""Redis pub/sub between seatd instances: forwarded commands and relayed availability pushes.
+
+Channels:
+
+- ``seatd:inbox:<instance>``: each instance's inbox. A request carries a correlation id and the
+  sender's inbox; the answer is published to that inbox with the same id.
+- ``seatd:{E}:availability``: each ``availability`` push of event E, published by its owner;
+  every instance with subscribers to E listens (``follow``) and relays it to its connections.
+
+Every message is a JSON header line, ``\\n``, then an opaque body (a request or reply frame, or
+the push itself), so no frame is parsed or re-encoded on the way. Pub/sub delivers at most once:
+a request nobody receives fails at once (``PeerGone``), one not answered in time fails with
+``PeerTimeout`` (the caller's idempotency key makes its retry safe), and a lost push shows up as
+a version gap the client repairs by resubscribing (PROTOCOL.md).
+
+Publishes are queued and sent by one task in pipelines, so a burst of forwarded commands costs
+one round trip per burst, not one per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from seatd.runtime.ports import BusError, PeerGone, PeerTimeout
+
+__all__ = ["RedisBus", "availability_channel", "inbox_channel"]
+
+log = structlog.get_logger("seatd.bus")
+
+Header = dict[str, Any]
+RequestHandler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
+_AVAILABILITY = ("seatd:{", "}:availability")
+
+
+def inbox_channel(instance_id: str) -> str:
+    return f"seatd:inbox:{instance_id}"
+
+
+def availability_channel(event_id: str) -> str:
+    return f"{_AVAILABILITY[0]}{event_id}{_AVAILABILITY[1]}"
+
+
+def _event_of(channel: str) -> str | None:
+    start, end = _AVAILABILITY
+    if channel.startswith(start) and channel.endswith(end):
+        return channel[len(start) : -len(end)]
+    return None
+
+
+def _pack(header: Header, body: bytes) -> bytes:
+    return orjson.dumps(header) + b"\n" + body
+
+
+def _unpack(data: bytes) -> tuple[Header, bytes]:
+    head, _, body = data.partition(b"\n")
+    header = orjson.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("bus message header is not an object")
+    return header, body
+
+
+class RedisBus:
+    """``MessageBus`` over Redis pub/sub; see the module docstring."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        instance_id: str,
+        *,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._client = client
+        self.instance_id = instance_id
+        self._inbox = inbox_channel(instance_id)
+        self._retry_interval = retry_interval
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
+        self._followed: set[str] = set()
+        self._acks: dict[str, list[asyncio.Future[None]]] = {}
+        self._outbox: deque[tuple[str, bytes, asyncio.Future[int] | None]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._pubsub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.on_request: RequestHandler | None = None
+        self.on_push: Callable[[str, bytes], None] | None = None
+        self.healthy = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._listen_forever(), name="bus:listen"),
+            loop.create_task(self._publish_forever(), name="bus:publish"),
+        ]
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *self._handlers]:
+            task.cancel()
+        for task in [*self._tasks, *self._handlers]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(BusError("the instance is shutting down"))
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def request(
+        self, instance_id: str, header: Header, body: bytes, timeout: float
+    ) -> tuple[Header, bytes]:
+        """Send a request to another instance's inbox and wait for its answer."""
+        if not self.healthy:
+            raise BusError("the message bus (Redis) is unavailable")
+        correlation = next(self._ids)
+        answer: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = answer
+        try:
+            message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
+            receivers = await self._publish(inbox_channel(instance_id), message)
+            if receivers == 0:
+                raise PeerGone(f"instance {instance_id} is not listening")
+            try:
+                async with asyncio.timeout(timeout):
+                    return await answer
+            except TimeoutError:
+                raise PeerTimeout(f"instance {instance_id} did not answer in {timeout} s") from None
+        finally:
+            self._waiting.pop(correlation, None)
+
+    async def _publish(self, channel: str, message: bytes) -> int:
+        delivered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, message, delivered))
+        self._outbox_ready.set()
+        return await delivered
+
+    def _serve(self, header: Header, body: bytes) -> None:
+        handler = self.on_request
+        reply_to, correlation = header.get("r"), header.get("c")
+        if handler is None or not isinstance(reply_to, str) or not isinstance(correlation, int):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._answer(handler, header, body, reply_to, correlation)
+        )
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _answer(
+        self, handler: RequestHandler, header: Header, body: bytes, reply_to: str, corr: int
+    ) -> None:
+        try:
+            reply_header, reply = await handler(header, body)
+        except Exception:  # never leave the asker waiting for nothing: it times out instead
+            log.exception("bus_request_failed", sender=reply_to)
+            return
+        self._send(inbox_channel(reply_to), _pack({**reply_header, "t": "a", "c": corr}, reply))
+
+    # --- availability pushes ---------------------------------------------------------------
+
+    def publish(self, event_id: str, frame: bytes) -> None:
+        """Fire and forget: instances relaying the event receive the push."""
+        if self.healthy:
+            self._send(availability_channel(event_id), frame)
+
+    async def follow(self, event_id: str) -> None:
+        """Receive the event's pushes; returns once Redis confirmed the subscription (or at
+        once when Redis is unavailable: the subscription is made when it is back)."""
+        channel = availability_channel(event_id)
+        if channel in self._followed:
+            return
+        self._followed.add(channel)
+        pubsub = self._pubsub
+        if pubsub is None or not self.healthy:
+            return
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.setdefault(channel, []).append(confirmed)
+        try:
+            await pubsub.subscribe(channel)
+            async with asyncio.timeout(2.0):
+                await confirmed
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("bus_follow_unconfirmed", event_id=event_id, error=repr(error))
+
+    def unfollow(self, event_id: str) -> None:
+        channel = availability_channel(event_id)
+        if channel not in self._followed:
+            return
+        self._followed.discard(channel)
+        pubsub = self._pubsub
+        if pubsub is not None and self.healthy:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(pubsub, channel))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _unsubscribe(self, pubsub: Any, channel: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            if channel not in self._followed:
+                await pubsub.unsubscribe(channel)
+
+    # --- the two loops ---------------------------------------------------------------------
+
+    def _send(self, channel: str, message: bytes) -> None:
+        self._outbox.append((channel, message, None))
+        self._outbox_ready.set()
+
+    async def _publish_forever(self) -> None:
+        outbox = self._outbox
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while outbox:
+                batch = [outbox.popleft() for _ in range(min(len(outbox), 512))]
+                pipe = self._client.pipeline(transaction=False)
+                for channel, message, _ in batch:
+                    pipe.publish(channel, message)
+                try:
+                    counts = await pipe.execute()
+                except (RedisError, OSError) as error:
+                    log.warning("bus_publish_failed", messages=len(batch), error=repr(error))
+                    for _, _, delivered in batch:
+                        if delivered is not None and not delivered.done():
+                            delivered.set_exception(BusError("could not reach Redis"))
+                    continue
+                for (_, _, delivered), count in zip(batch, counts, strict=True):
+                    if delivered is not None and not delivered.done():
+                        delivered.set_result(int(count))
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as error:
+                if self.healthy:
+                    log.warning("bus_lost", error=repr(error))
+            finally:
+                self.healthy = False
+                self._pubsub = None
+            await asyncio.sleep(self._retry_interval)
+
+    async def _listen(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._inbox, *self._followed)
+            self._pubsub = pubsub
+            self.healthy = True
+            log.info("bus_listening", inbox=self._inbox, followed=len(self._followed))
+            while True:
+                message = await pubsub.get_message(timeout=5.0)
+                if message is None:
+                    await pubsub.ping()  # a dead connection shows up as an error here
+                    continue
+                self._dispatch(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        raw_channel = message.get("channel")
+        channel = raw_channel.decode() if isinstance(raw_channel, bytes) else str(raw_channel)
+        if kind == "subscribe":
+            for confirmed in self._acks.pop(channel, ()):
+                if not confirmed.done():
+                    confirmed.set_result(None)
+            return
+        if kind != "message":
+            return
+        data = message["data"]
+        if channel == self._inbox:
+            try:
+                header, body = _unpack(data)
+            except ValueError:
+                log.warning("bus_bad_message", size=len(data))
+                return
+            if header.get("t") == "a":
+                waiting = self._waiting.get(header.get("c", -1))
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((header, body))
+            else:
+                self._serve(header, body)
+            return
+        event_id = _event_of(channel)
+        if event_id is not None and self.on_push is not None:
+            try:
+                self.on_push(event_id, data)
+            except Exception:
+                log.exception("bus_push_failed", event_id=event_id)

@@ -1,0 +1,198 @@
+"""Routing a command to the instance that owns its event, and serving commands routed here.
+
+Any instance accepts any client. A command for an event whose actor runs here goes straight to
+the actor; for an event leased by another instance it is forwarded, as the client's own request
+frame plus the authenticated identity, to that instance's inbox on the message bus (Redis), and
+the owner's answer, a reply body in the same form as a stored idempotent reply, is sent back to
+the client unchanged. The owner decodes, authorises and runs the command exactly as for its own
+connections; it never forwards again. If the event moved in the meantime it answers "moved" with
+the new owner and the asker tries there (at most ``_HOPS`` times).
+
+Failures are temporary errors: an owner that is gone (nobody reads its inbox) or silent past
+the forward timeout. The client's retry is safe with its idempotency key, and by then the lease
+of a dead owner has run out and an instance has taken the event over.
+
+Subscribers: an instance follows the pushes of every event its connections watch (see
+``broadcast``), and takes the snapshot from the local actor or, when the event is owned
+elsewhere, from PostgreSQL, which holds exactly the owner's committed state at its version.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import structlog
+
+from protocol import messages as wire
+from protocol.codec import DecodeError, decode_request
+from seatd import core
+from seatd.auth import Identity, Role
+from seatd.errors import (
+    EventNotFound,
+    InternalFault,
+    InvalidRequest,
+    OwnedElsewhere,
+    SeatdError,
+)
+from seatd.gateway.broadcast import Broadcaster
+from seatd.gateway.translate import (
+    idempotency_key,
+    response_body,
+    result_to_wire,
+    to_command,
+)
+from seatd.runtime.actor import Envelope
+from seatd.runtime.ports import BusError, MessageBus, PeerGone, SeatStore, StoredReply
+from seatd.runtime.registry import Registry
+
+__all__ = ["Router"]
+
+log = structlog.get_logger("seatd.forward")
+_HOPS = 3
+_ROLES: frozenset[Role] = frozenset(("admin", "agent", "user"))
+_FORWARDED = (
+    wire.HoldRequest,
+    wire.Refresh,
+    wire.Release,
+    wire.Reserve,
+    wire.ListAvailable,
+    wire.GetEvent,
+)
+
+
+class Router:
+    """Local actor or owning instance: where each event command runs."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: SeatStore,
+        broadcaster: Broadcaster,
+        bus: MessageBus | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._broadcaster = broadcaster
+        self._bus = bus
+        self._timeout = timeout
+
+    # --- asking side -----------------------------------------------------------------------
+
+    async def ask(
+        self, event_id: str, envelope: Envelope, identity: Identity, frame: str | None
+    ) -> Any:
+        """The command's answer: the local actor's result, or the owner's reply body as a
+        ``StoredReply`` (``frame`` is the client's request, needed to forward it)."""
+        registry, bus, gone = self._registry, self._bus, set[str]()
+        if bus is None or frame is None:  # one instance, or not a forwardable request
+            return await registry.ask(event_id, envelope.command, envelope)
+        for _ in range(_HOPS):
+            owner = registry.owner_hint(event_id)
+            if owner is None or owner in gone:
+                try:
+                    return await registry.ask(event_id, envelope.command, envelope)
+                except OwnedElsewhere as error:
+                    if error.owner is None:
+                        raise
+                    if error.owner in gone:
+                        raise OwnedElsewhere(
+                            f"the instance serving event {event_id} stopped; it is being taken "
+                            "over, retry",
+                            retry_after_ms=500,
+                        ) from None
+                    owner = error.owner
+            forwarded = {
+                "e": event_id,
+                "u": identity.user_id,
+                "ro": identity.role,
+                "x": identity.expires_at,
+            }
+            try:
+                header, body = await bus.request(owner, forwarded, frame.encode(), self._timeout)
+            except PeerGone:
+                registry.forget_owner(event_id)
+                gone.add(owner)
+                continue
+            except BusError as error:
+                registry.forget_owner(event_id)
+                log.warning("forward_failed", event_id=event_id, owner=owner, error=str(error))
+                raise OwnedElsewhere(
+                    f"the instance serving event {event_id} did not answer; retry"
+                ) from None
+            moved = header.get("m")
+            if isinstance(moved, str):  # the owner lost the event meanwhile: ask the new one
+                registry.forget_owner(event_id)
+                if moved != bus.instance_id:
+                    registry.remember_owner(event_id, moved)
+                continue
+            return StoredReply(body)
+        raise OwnedElsewhere(f"event {event_id} is changing hands; retry")
+
+    async def snapshot(self, event_id: str) -> core.SeatSnapshot:
+        """The event's seats for a new subscriber, once its later pushes cannot be missed."""
+        if self._bus is not None:
+            await self._bus.follow(event_id)
+        try:
+            result = await self._registry.ask(event_id, core.GetSnapshot())
+        except OwnedElsewhere:
+            snapshot = await self._store.read_snapshot(event_id)
+            if snapshot is None:
+                raise EventNotFound(
+                    f"no event {event_id}", details={"event_id": event_id}
+                ) from None
+            return snapshot
+        assert isinstance(result, core.SeatSnapshot)
+        return result
+
+    def unwatched(self, event_id: str) -> None:
+        """The last subscriber here left: stop relaying; drop the topic unless owned here."""
+        if self._bus is not None:
+            self._bus.unfollow(event_id)
+        if self._registry.active(event_id) is None:
+            self._broadcaster.forget(event_id)
+
+    # --- owner side ------------------------------------------------------------------------
+
+    async def serve(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        """Run a command another instance forwarded; answer with the reply body."""
+        try:
+            event_id, identity = _forwarded_identity(header)
+            _, request_type, request = decode_request(body)
+            if not isinstance(request, _FORWARDED) or request.event_id != event_id:
+                raise InvalidRequest("this request cannot be forwarded")
+            command = to_command(request, identity)
+        except (DecodeError, SeatdError, KeyError, TypeError, ValueError) as error:
+            log.warning("forwarded_request_refused", error=repr(error))
+            refusal = error if isinstance(error, SeatdError) else InvalidRequest(str(error))
+            return {}, response_body(_identity_result, refusal)
+        to_wire = partial(result_to_wire, event_id, command)
+        key = idempotency_key(identity, request_type, request, to_wire)
+        try:
+            result = await self._registry.ask(event_id, command, Envelope(command, idempotency=key))
+        except OwnedElsewhere as error:
+            if error.owner is not None:
+                return {"m": error.owner}, b""
+            return {}, response_body(to_wire, error)
+        except SeatdError as error:
+            return {}, response_body(to_wire, error)
+        except Exception:
+            log.exception("forwarded_request_failed", event_id=event_id)
+            fault = InternalFault("the command failed unexpectedly; retry")
+            return {}, response_body(to_wire, fault)
+        if isinstance(result, StoredReply):
+            return {}, result.response
+        return {}, response_body(to_wire, result)
+
+
+def _forwarded_identity(header: dict[str, Any]) -> tuple[str, Identity]:
+    event_id, user_id, role = header["e"], header["u"], header["ro"]
+    expires_at = header.get("x")
+    if not isinstance(event_id, str) or not isinstance(user_id, str) or role not in _ROLES:
+        raise ValueError("malformed forwarded request")
+    return event_id, Identity(user_id, role, float(expires_at) if expires_at else None)
+
+
+def _identity_result(result: object) -> object:
+    return result

@@ -1,0 +1,163 @@
+"""Two instances on one PostgreSQL and Redis: any instance serves any event.
+
+A command reaching the instance that does not own its event is forwarded to the owner and its
+reply routed back unchanged; subscribers on either instance see every change in order, also
+when the event changes hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from support.client import RawClient, client, create_event
+from support.server import RunningServer, base_env, in_process_server
+
+from seatd.adapters.redis import lease_key, make_client
+
+
+@pytest.fixture(scope="module")
+async def second(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    async with in_process_server(base_env(service_env)) as running:
+        yield running
+
+
+async def _pushes_until(c: RawClient, version: int, timeout: float = 5) -> list[dict[str, Any]]:
+    """Availability pushes received until one reaches ``version``."""
+    found = [p for p in c.pushes if p.get("type") == "availability"]
+    c.pushes = [p for p in c.pushes if p.get("type") != "availability"]
+    while not found or found[-1]["version"] < version:
+        frame = await c.recv(timeout)
+        if frame.get("type") == "availability":
+            found.append(frame)
+        else:
+            c.pushes.append(frame)
+    return found
+
+
+def _chained(deltas: list[dict[str, Any]], since: int) -> bool:
+    reached = since
+    for delta in deltas:
+        if delta["from_version"] > reached + 1:
+            return False
+        reached = max(reached, delta["version"])
+    return True
+
+
+def _owner(server: RunningServer, event_id: str) -> bool:
+    assert server.app is not None
+    return server.app.registry.active(event_id) is not None
+
+
+async def test_a_command_for_an_event_owned_elsewhere_is_forwarded(
+    server: RunningServer, second: RunningServer, admin: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=6, max_seats_per_user=3))["event_id"]
+    async with (
+        client(server.url, "alice") as alice,
+        client(second.url, "bob") as bob,
+    ):
+        await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        assert _owner(server, event_id) and not _owner(second, event_id)
+
+        hold = await bob.ok("hold", event_id=event_id, seat_ids=["A-2", "A-3"])
+        assert hold["user_id"] == "bob" and hold["seat_ids"] == ["A-2", "A-3"]
+        assert not _owner(second, event_id), "the second instance must not take the event"
+
+        # Refusals come back as the owner wrote them, with their details.
+        conflict = await bob.error("hold", event_id=event_id, seat_ids=["A-1"])
+        assert conflict["code"] == "seat_unavailable" and not conflict["temporary"]
+        limit = await bob.error("hold", event_id=event_id, seat_ids=["A-4", "A-5"])
+        assert limit["code"] == "seat_limit_exceeded"
+
+        # A retried reserve (same idempotency key) gets the first answer, byte for byte.
+        reserve = {"event_id": event_id, "hold_id": hold["hold_id"], "idempotency_key": "r-1"}
+        first = await bob.request("reserve", **reserve)
+        again = await bob.request("reserve", **reserve)
+        assert first["ok"] is True and {**again, "id": first["id"]} == first
+
+        page = await bob.ok("list_available", event_id=event_id)
+        assert [s["seat_id"] for s in page["seats"]] == ["A-4", "A-5", "A-6"]
+        event = await bob.ok("get_event", event_id=event_id)
+        assert event["event_id"] == event_id
+
+
+async def test_a_user_cannot_act_for_another_through_a_forward(
+    server: RunningServer, second: RunningServer, admin: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=4))["event_id"]
+    async with (
+        client(server.url, "alice") as alice,
+        client(second.url, "mallory") as mallory,
+    ):
+        hold = await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        refused = await mallory.error("reserve", event_id=event_id, hold_id=hold["hold_id"])
+        assert refused["code"] in {"hold_not_found", "forbidden"}
+        spoof = await mallory.error(
+            "hold", event_id=event_id, seat_ids=["A-2"], on_behalf_of="alice"
+        )
+        assert spoof["code"] == "forbidden"
+
+
+async def test_subscribers_on_another_instance_see_every_change(
+    server: RunningServer, second: RunningServer, admin: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=10))["event_id"]
+    async with (
+        client(server.url, "alice") as alice,
+        client(second.url, "watcher") as watcher,
+    ):
+        held = await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        snap = await watcher.ok("subscribe", event_id=event_id)
+        assert snap["mode"] == "snapshot" and [h["seat_id"] for h in snap["held"]] == ["A-1"]
+        assert snap["held"][0]["expires_at"] == held["expires_at"]
+        assert not _owner(second, event_id)
+
+        seats = {h["seat_id"]: "held" for h in snap["held"]}
+        version = snap["version"]
+        for n in range(2, 8):
+            await alice.ok("hold", event_id=event_id, seat_ids=[f"A-{n}"])
+        await alice.ok("reserve", event_id=event_id, hold_id=held["hold_id"])
+        final = (await alice.ok("subscribe", event_id=event_id))["version"]
+        deltas = await _pushes_until(watcher, final)
+        assert _chained(deltas, version)
+        for delta in deltas:
+            for change in delta["changes"]:
+                seats[change["seat_id"]] = change["state"]
+        assert seats == {"A-1": "reserved", **{f"A-{n}": "held" for n in range(2, 8)}}
+
+
+async def test_deltas_keep_coming_when_the_event_changes_hands(
+    server: RunningServer, second: RunningServer, admin: RawClient, service_env: dict[str, str]
+) -> None:
+    assert server.app is not None and second.app is not None
+    event_id = (await create_event(admin, seats=10))["event_id"]
+    async with (
+        client(server.url, "alice") as alice,
+        client(second.url, "bob") as bob,
+        client(server.url, "watcher") as watcher,
+    ):
+        await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        snap = await watcher.ok("subscribe", event_id=event_id)
+        # The first instance lets the event go (as when its lease is lost); the next command
+        # lands on the second instance, which takes the event over.
+        actor = server.app.registry.active(event_id)
+        assert actor is not None
+        actor.request_stop("lease_lost")
+        for _ in range(100):
+            if server.app.registry.active(event_id) is None:
+                break
+            await asyncio.sleep(0.02)
+        redis = make_client("127.0.0.1", int(service_env["REDIS_PORT"]), 0, None)
+        await redis.delete(lease_key(event_id))  # lost for good: not released by its owner
+        await redis.aclose()
+        await bob.ok("hold", event_id=event_id, seat_ids=["A-2"])
+        assert _owner(second, event_id)
+        await alice.ok("hold", event_id=event_id, seat_ids=["A-3"])  # forwarded the other way
+        final = (await bob.ok("subscribe", event_id=event_id))["version"]
+        deltas = await _pushes_until(watcher, final)
+        assert _chained(deltas, snap["version"])
+        changed = {c["seat_id"] for d in deltas for c in d["changes"]}
+        assert changed == {"A-2", "A-3"}
