@@ -1,5 +1,5 @@
--- seatd schema. Applied by `seatd init-db`, by `make run`, by the test suite and by the
--- PostgreSQL container on first start. Safe to run twice.
+-- seatd schema. Applied by `seatd init-db` (by `make run`, by the test suite and by the `init`
+-- service of docker-compose.yml). Safe to run twice.
 --
 -- Every table that holds event data carries event_id, and every key, unique constraint and
 -- query includes it, so the tables can be distributed by event later without changing a query.
