@@ -4,10 +4,9 @@ the mirror is rewritten from memory and readiness recovers by itself."""
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import asyncpg
@@ -16,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from support.client import client, create_event
 from support.server import RunningServer, base_env, in_process_server
+from support.waiting import until
 
 from seatd.adapters.redis import hold_key
 from seatd.devstack import PostgresServer, RedisServer
@@ -38,15 +38,6 @@ def _readyz(server: RunningServer) -> tuple[int, dict[str, Any]]:
         return error.code, orjson.loads(error.read())
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_redis_outage_degrades_but_never_stops_the_service(
     isolated: RunningServer, private_redis: RedisServer, postgres: PostgresServer
 ) -> None:
@@ -54,13 +45,13 @@ async def test_redis_outage_degrades_but_never_stops_the_service(
         _, body = await asyncio.to_thread(_readyz, isolated)
         return str(body["status"])
 
-    await _until(lambda: _eq(status(), "ready"), 10, "ready")
+    await until(lambda: _eq(status(), "ready"), 10, "ready")
     async with client(isolated.url, "admin", "admin") as admin, client(isolated.url, "fay") as fay:
         event_id = (await create_event(admin, seats=6, hold_duration_s=1))["event_id"]
         long_event_id = (await create_event(admin, seats=6))["event_id"]
         private_redis.halt()
         short = await fay.ok("hold", event_id=event_id, seat_ids=["A-1"])
-        await _until(lambda: _eq(status(), "degraded"), 10, "degraded readiness")
+        await until(lambda: _eq(status(), "degraded"), 10, "degraded readiness")
         code, body = await asyncio.to_thread(_readyz, isolated)
         assert code == 200 and body["checks"]["redis"] == "unavailable"
 
@@ -76,18 +67,18 @@ async def test_redis_outage_degrades_but_never_stops_the_service(
                 )
                 return not rows
 
-            await _until(short_hold_gone, 3, "the hold to expire without Redis")
+            await until(short_hold_gone, 3, "the hold to expire without Redis")
         finally:
             await conn.close()
 
         # A hold made while Redis is down is mirrored once Redis is back (it comes back empty).
         live = await fay.ok("hold", event_id=long_event_id, seat_ids=["A-2"])
         private_redis.resume()
-        await _until(lambda: _eq(status(), "ready"), 15, "ready again")
+        await until(lambda: _eq(status(), "ready"), 15, "ready again")
         redis = aioredis.Redis(port=private_redis.port)
         try:
             key = hold_key(long_event_id, live["hold_id"])
-            await _until(lambda: _exists(redis, key), 10, "the mirror to be rewritten")
+            await until(lambda: _exists(redis, key), 10, "the mirror to be rewritten")
             value = orjson.loads(await redis.get(key))
             assert value["user_id"] == "fay" and value["seat_ids"] == ["A-2"]
             ttl_ms = await redis.pttl(key)

@@ -1,0 +1,115 @@
+"""The message bus between instances, on a real (private) Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from support.waiting import until
+
+from seatd.adapters.bus import RedisBus
+from seatd.adapters.redis import make_client
+from seatd.devstack import RedisServer
+from seatd.runtime.ports import PeerGone, PeerTimeout
+
+
+@pytest.fixture
+async def redis(private_redis: RedisServer) -> AsyncIterator[Redis]:
+    client = make_client("127.0.0.1", private_redis.port, 0, None)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def buses(redis: Redis) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    first, second = RedisBus(redis, "first", retry_interval=0.1), RedisBus(redis, "second")
+    for bus in (first, second):
+        bus.start()
+    try:
+        await until(lambda: first.healthy and second.healthy)
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_request_gets_the_answer_of_the_instance_it_names(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    first, second = buses
+    seen: list[tuple[dict[str, Any], bytes]] = []
+
+    async def echo(header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        seen.append((header, body))
+        await asyncio.sleep(0.01 * (body[-1] % 3))  # answers overtake each other
+        return {"n": header["n"]}, body.upper()
+
+    second.on_request = echo
+    answers = await asyncio.gather(
+        *(first.request("second", {"n": n}, f"frame\n{n}".encode(), 5.0) for n in range(20))
+    )
+    assert [(header["n"], body) for header, body in answers] == [
+        (n, f"FRAME\n{n}".encode()) for n in range(20)
+    ]
+    assert all(header["r"] == "first" for header, _ in seen)
+
+
+async def test_nobody_listening_fails_at_once(buses: tuple[RedisBus, RedisBus]) -> None:
+    first, _ = buses
+    with pytest.raises(PeerGone):
+        async with asyncio.timeout(1.0):
+            await first.request("nobody", {}, b"{}", 5.0)
+
+
+async def test_a_silent_instance_times_out(buses: tuple[RedisBus, RedisBus]) -> None:
+    first, second = buses
+
+    async def stall(header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        await asyncio.sleep(10)
+        return {}, b""
+
+    second.on_request = stall
+    with pytest.raises(PeerTimeout):
+        await first.request("second", {}, b"{}", 0.2)
+
+
+async def test_pushes_reach_followers_only(buses: tuple[RedisBus, RedisBus]) -> None:
+    first, second = buses
+    received: list[tuple[str, bytes]] = []
+    second.on_push = lambda event_id, frame: received.append((event_id, frame))
+    await second.follow("ev-1")
+    first.publish("ev-1", b'{"version":1}')
+    first.publish("ev-2", b'{"version":1}')  # not followed
+    first.publish("ev-1", b'{"version":2}')
+    await until(lambda: len(received) == 2)
+    assert received == [("ev-1", b'{"version":1}'), ("ev-1", b'{"version":2}')]
+    second.unfollow("ev-1")
+    await asyncio.sleep(0.1)
+    first.publish("ev-1", b'{"version":3}')
+    await asyncio.sleep(0.2)
+    assert len(received) == 2
+
+
+async def test_after_a_redis_restart_inbox_and_follows_come_back(
+    buses: tuple[RedisBus, RedisBus], private_redis: RedisServer
+) -> None:
+    first, second = buses
+    received: list[bytes] = []
+    first.on_push = lambda _, frame: received.append(frame)
+    await first.follow("ev-9")
+
+    async def answer(header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        return {}, b"pong"
+
+    second.on_request = answer
+    private_redis.restart()
+    await until(lambda: not first.healthy)
+    await until(lambda: first.healthy and second.healthy, timeout=10)
+    assert (await first.request("second", {}, b"ping", 2.0))[1] == b"pong"
+    second.publish("ev-9", b"after")
+    await until(lambda: received == [b"after"])
