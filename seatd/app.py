@@ -104,7 +104,9 @@ class App:
             history=s.delta_history,
             interval=s.delta_interval,
             publish=bus.publish,
+            watched=lambda event_id: router.watched(event_id),
             unwatched=lambda event_id: router.unwatched(event_id),
+            instance_id=self.instance_id,
         )
         router = Router(registry, store, broadcaster, bus, s.forward_timeout)
         bus.on_request = router.serve

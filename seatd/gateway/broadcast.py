@@ -17,7 +17,11 @@ Several instances: the owner of an event also hands each push to ``publish`` (th
 and an instance whose connections watch an event it does not own feeds the pushes it receives
 into ``relayed``. Each topic remembers the last version it sent, so a push that arrives both
 ways (this instance's own, echoed back) or twice is sent once; a lost push is a gap that the
-client repairs by resubscribing, as with any gap.
+client repairs by resubscribing, as with any gap. Owners also publish "hold news" (holds
+extended or ended, per batch) on the same channel, so a connection here that follows a hold
+of an event owned elsewhere still gets ``hold_expired`` and a moved ``hold_expiring``.
+``watched``/``unwatched`` tell when an event starts or stops mattering here (a subscriber or
+a followed hold), to follow its channel.
 """
 
 from __future__ import annotations
@@ -113,14 +117,20 @@ class Broadcaster:
         interval: float = 0.02,
         *,
         publish: Callable[[str, bytes], None] | None = None,
+        watched: Callable[[str], None] | None = None,
         unwatched: Callable[[str], None] | None = None,
+        instance_id: str = "",
     ) -> None:
         self._history = history
         self._interval = interval
         self._publish = publish  # every push of an event owned here, for other instances
-        self._unwatched = unwatched  # told when an event's last subscriber here leaves
+        self._watched = watched  # an event gained its first subscriber or followed hold here
+        self._unwatched = unwatched  # ... and lost its last one
+        self._instance_id = instance_id  # to ignore our own hold news echoed back
         self._topics: dict[str, _Topic] = {}
         self._hold_watchers: dict[str, set[Subscriber]] = {}
+        self._event_holds: dict[str, set[str]] = {}  # event -> followed hold ids
+        self._hold_event: dict[str, str] = {}  # followed hold id -> its event
 
     # --- the commit side -------------------------------------------------------------------
 
@@ -145,6 +155,13 @@ class Broadcaster:
                     topic.timer = loop.call_at(due, self._push, event_id, topic)
         if self._hold_watchers:
             self._notify_holders(event_id, effects)
+        if self._publish is not None:
+            news = _hold_news(effects)
+            if news:
+                self._publish(
+                    event_id,
+                    orjson.dumps({"type": _NEWS, "from": self._instance_id, "holds": news}),
+                )
 
     def _push(self, event_id: str, topic: _Topic) -> None:
         """Send what is unsent as one delta, to every live subscriber."""
@@ -165,6 +182,9 @@ class Broadcaster:
 
     def relayed(self, event_id: str, frame: bytes) -> None:
         """A push of an event owned elsewhere (or echoed back), for the subscribers here."""
+        if frame.startswith(_NEWS_PREFIX):
+            self._relayed_news(event_id, frame)
+            return
         topic = self._topics.get(event_id)
         if topic is None or not topic.subscribers:
             return
@@ -191,11 +211,34 @@ class Broadcaster:
         """Tell the connections watching a hold that it changed, whoever changed it."""
         for effect in effects:
             if isinstance(effect, HoldExtended):
-                for watcher in list(self._hold_watchers.get(effect.hold.hold_id, ())):
-                    watcher.hold_changed(event_id, effect.hold, None)
+                self._hold_news(event_id, effect.hold, None)
             elif isinstance(effect, HoldEnded):
-                for watcher in self._hold_watchers.pop(effect.hold.hold_id, ()):
-                    watcher.hold_changed(event_id, effect.hold, effect.reason)
+                self._hold_news(event_id, effect.hold, effect.reason)
+
+    def _hold_news(self, event_id: str, hold: Hold, ended: HoldEndReason | None) -> None:
+        if ended is None:
+            for watcher in list(self._hold_watchers.get(hold.hold_id, ())):
+                watcher.hold_changed(event_id, hold, None)
+            return
+        watchers = self._hold_watchers.pop(hold.hold_id, ())
+        if watchers:
+            self._drop_hold(hold.hold_id)
+        for watcher in watchers:
+            watcher.hold_changed(event_id, hold, ended)
+
+    def _relayed_news(self, event_id: str, frame: bytes) -> None:
+        if not self._event_holds.get(event_id):
+            return
+        try:
+            news = orjson.loads(frame)
+            if news.get("from") == self._instance_id:
+                return  # ours, echoed back: the watchers here were told at commit
+            for hold_id, user_id, seat_ids, expires_at, max_expires_at, ended in news["holds"]:
+                if hold_id in self._hold_watchers:
+                    hold = Hold(hold_id, user_id, tuple(seat_ids), 0.0, expires_at, max_expires_at)
+                    self._hold_news(event_id, hold, HoldEndReason(ended) if ended else None)
+        except (ValueError, KeyError, TypeError):
+            return
 
     # --- subscriptions ---------------------------------------------------------------------
 
@@ -251,9 +294,13 @@ class Broadcaster:
         if topic is None or subscriber not in topic.subscribers:
             return False
         del topic.subscribers[subscriber]
-        if not topic.subscribers and self._unwatched is not None:
-            self._unwatched(event_id)
+        if not topic.subscribers and not self._event_holds.get(event_id):
+            self._lost_interest(event_id)
         return True
+
+    def _lost_interest(self, event_id: str) -> None:
+        if self._unwatched is not None:
+            self._unwatched(event_id)
 
     def forget(self, event_id: str) -> None:
         """The event's actor stopped: drop its history unless someone still watches it."""
@@ -265,8 +312,14 @@ class Broadcaster:
 
     # --- holders ---------------------------------------------------------------------------
 
-    def watch_hold(self, hold_id: str, subscriber: Subscriber) -> None:
+    def watch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
         self._hold_watchers.setdefault(hold_id, set()).add(subscriber)
+        if hold_id not in self._hold_event:
+            self._hold_event[hold_id] = event_id
+            holds = self._event_holds.setdefault(event_id, set())
+            holds.add(hold_id)
+            if len(holds) == 1 and not self.has_subscribers(event_id) and self._watched:
+                self._watched(event_id)
 
     def unwatch_hold(self, hold_id: str, subscriber: Subscriber) -> None:
         watchers = self._hold_watchers.get(hold_id)
@@ -274,3 +327,40 @@ class Broadcaster:
             watchers.discard(subscriber)
             if not watchers:
                 del self._hold_watchers[hold_id]
+                self._drop_hold(hold_id)
+
+    def _drop_hold(self, hold_id: str) -> None:
+        event_id = self._hold_event.pop(hold_id, None)
+        if event_id is None:
+            return
+        holds = self._event_holds.get(event_id)
+        if holds is not None:
+            holds.discard(hold_id)
+            if not holds:
+                del self._event_holds[event_id]
+                if not self.has_subscribers(event_id):
+                    self._lost_interest(event_id)
+
+
+_NEWS = "holds"
+_NEWS_PREFIX = b'{"type":"holds"'
+
+
+def _hold_news(effects: Sequence[Effect]) -> list[tuple[object, ...]]:
+    """The batch's extended and ended holds, compact, for instances following them."""
+    news: list[tuple[object, ...]] = []
+    for effect in effects:
+        if isinstance(effect, HoldExtended | HoldEnded):
+            hold = effect.hold
+            ended = effect.reason.value if isinstance(effect, HoldEnded) else None
+            news.append(
+                (
+                    hold.hold_id,
+                    hold.user_id,
+                    hold.seat_ids,
+                    hold.expires_at,
+                    hold.max_expires_at,
+                    ended,
+                )
+            )
+    return news

@@ -19,6 +19,7 @@ elsewhere, from PostgreSQL, which holds exactly the owner's committed state at i
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -77,6 +78,7 @@ class Router:
         self._broadcaster = broadcaster
         self._bus = bus
         self._timeout = timeout
+        self._following: set[asyncio.Task[None]] = set()
 
     # --- asking side -----------------------------------------------------------------------
 
@@ -145,6 +147,13 @@ class Router:
             return snapshot
         assert isinstance(result, core.SeatSnapshot)
         return result
+
+    def watched(self, event_id: str) -> None:
+        """A connection here follows a hold of this event: hear its owner's hold news."""
+        if self._bus is not None:
+            task = asyncio.get_running_loop().create_task(self._bus.follow(event_id))
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
 
     def unwatched(self, event_id: str) -> None:
         """The last subscriber here left: stop relaying; drop the topic unless owned here."""

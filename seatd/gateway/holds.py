@@ -56,7 +56,7 @@ class HoldFollower:
         if isinstance(result, StoredReply):
             outcome = result.outcome or _hold_from_reply(result.response)
         if isinstance(outcome, core.Hold):
-            self._broadcaster.watch_hold(outcome.hold_id, self._connection)
+            self._broadcaster.watch_hold(event_id, outcome.hold_id, self._connection)
             self._schedule(event_id, outcome)
 
     def hold_changed(

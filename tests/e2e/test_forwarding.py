@@ -161,3 +161,39 @@ async def test_deltas_keep_coming_when_the_event_changes_hands(
         assert _chained(deltas, snap["version"])
         changed = {c["seat_id"] for d in deltas for c in d["changes"]}
         assert changed == {"A-2", "A-3"}
+
+
+async def _push(c: RawClient, push_type: str, timeout: float = 5) -> dict[str, Any]:
+    for index, frame in enumerate(c.pushes):
+        if frame.get("type") == push_type:
+            return c.pushes.pop(index)
+    while True:
+        frame = await c.recv(timeout)
+        if frame.get("type") == push_type:
+            return frame
+        c.pushes.append(frame)
+
+
+async def test_a_forwarded_hold_is_followed_to_its_end(
+    server: RunningServer, second: RunningServer, admin: RawClient
+) -> None:
+    event_id = (await create_event(admin, seats=4, hold_duration_s=2))["event_id"]
+    async with (
+        client(server.url, "alice") as alice,
+        client(second.url, "bob") as bob,
+    ):
+        await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])  # owned by the first
+        hold = await bob.ok("hold", event_id=event_id, seat_ids=["A-2"])
+        released = await bob.ok("hold", event_id=event_id, seat_ids=["A-3"])
+        await bob.ok("release", event_id=event_id, hold_id=released["hold_id"])
+        assert not _owner(second, event_id)
+        expiring = await _push(bob, "hold_expiring")
+        assert (expiring["hold_id"], expiring["expires_at"]) == (
+            hold["hold_id"],
+            hold["expires_at"],
+        )
+        expired = await _push(bob, "hold_expired")
+        assert (expired["hold_id"], expired["seat_ids"]) == (hold["hold_id"], ["A-2"])
+        # Nothing about the released hold: it ended through this connection.
+        await asyncio.sleep(0.3)
+        assert not [p for p in bob.pushes if p.get("hold_id") == released["hold_id"]]
