@@ -277,10 +277,12 @@ class EventActor:
 
     async def _persist(self, records: list[IdempotencyRecord]) -> SeatdError | None:
         """Write the batch; on failure say why (as the error every caller gets) and stop."""
+        state = self.state
+        # A batch that only stores retry keys (refusals) changes no seat: the version, the
+        # availability stream's clock, stays; PostgreSQL's must always name the same state.
+        version = state.version + 1 if state.effects else state.version
         try:
-            await self._store.persist(
-                self.event_id, self.epoch, self.state.version + 1, self.state.effects, records
-            )
+            await self._store.persist(self.event_id, self.epoch, version, state.effects, records)
         except FencedOut:
             self.stop_reason = "fenced"
             log.warning("actor_fenced", event_id=self.event_id, epoch=self.epoch)

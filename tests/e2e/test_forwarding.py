@@ -197,3 +197,27 @@ async def test_a_forwarded_hold_is_followed_to_its_end(
         # Nothing about the released hold: it ended through this connection.
         await asyncio.sleep(0.3)
         assert not [p for p in bob.pushes if p.get("hold_id") == released["hold_id"]]
+
+
+async def test_a_refusal_stored_for_retries_leaves_the_version_alone(
+    server: RunningServer, second: RunningServer, admin: RawClient
+) -> None:
+    """PostgreSQL's version must name the owner's state: a snapshot read from it (subscribers
+    on other instances) would otherwise claim a version the owner uses for the next change."""
+    event_id = (await create_event(admin, seats=4))["event_id"]
+    async with (
+        client(server.url, "alice") as alice,
+        client(second.url, "watcher") as watcher,
+    ):
+        await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        refused = await alice.error(
+            "hold", event_id=event_id, seat_ids=["A-1"], idempotency_key="k-1"
+        )
+        assert refused["code"] == "seat_unavailable"
+        owner_version = (await alice.ok("subscribe", event_id=event_id))["version"]
+        snap = await watcher.ok("subscribe", event_id=event_id)  # read from PostgreSQL
+        assert snap["version"] == owner_version
+        await alice.ok("hold", event_id=event_id, seat_ids=["A-2"])
+        (delta,) = await _pushes_until(watcher, owner_version + 1)
+        assert delta["from_version"] == owner_version + 1
+        assert [c["seat_id"] for c in delta["changes"]] == ["A-2"]
