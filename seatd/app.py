@@ -92,7 +92,7 @@ class App:
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
         registry.observers.append(mirror)
         listener = ExpiryListener(
-            redis, s.redis_db, registry.hint_expiry, lease_expired=registry.lease_expired
+            redis, s.redis_db, registry.hint_expiry, lease_expired=lambda e: router.lease_expired(e)
         )
         # Holds left by a previous run expire on time even if nobody uses their event.
         registry.wake_at(await store.earliest_expiries())

@@ -84,7 +84,8 @@ class RedisBus:
         self._inbox = inbox_channel(instance_id)
         self._retry_interval = retry_interval
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
+        # Requests awaiting an answer: correlation id -> (the instance asked, the answer).
+        self._waiting: dict[int, tuple[str, asyncio.Future[tuple[Header, bytes]]]] = {}
         self._followed: set[str] = set()
         self._acks: dict[str, list[asyncio.Future[None]]] = {}
         self._outbox: deque[tuple[str, bytes, asyncio.Future[int] | None]] = deque()
@@ -109,7 +110,7 @@ class RedisBus:
         for task in [*self._tasks, *self._handlers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for future in self._waiting.values():
+        for _, future in self._waiting.values():
             if not future.done():
                 future.set_exception(BusError("the instance is shutting down"))
 
@@ -123,7 +124,7 @@ class RedisBus:
             raise BusError("the message bus (Redis) is unavailable")
         correlation = next(self._ids)
         answer: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation] = answer
+        self._waiting[correlation] = (instance_id, answer)
         try:
             message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
             receivers = await self._publish(inbox_channel(instance_id), message)
@@ -136,6 +137,13 @@ class RedisBus:
                 raise PeerTimeout(f"instance {instance_id} did not answer in {timeout} s") from None
         finally:
             self._waiting.pop(correlation, None)
+
+    def abandon(self, instance_id: str) -> None:
+        """That instance lost its leases (it died or stalled): fail what waits for its answers
+        now rather than at their timeout, so the callers retry on the new owner at once."""
+        for asked, answer in self._waiting.values():
+            if asked == instance_id and not answer.done():
+                answer.set_exception(PeerGone(f"instance {instance_id} lost its events"))
 
     async def _publish(self, channel: str, message: bytes) -> int:
         delivered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -283,8 +291,8 @@ class RedisBus:
                 return
             if header.get("t") == "a":
                 waiting = self._waiting.get(header.get("c", -1))
-                if waiting is not None and not waiting.done():
-                    waiting.set_result((header, body))
+                if waiting is not None and not waiting[1].done():
+                    waiting[1].set_result((header, body))
             else:
                 self._serve(header, body)
             return

@@ -148,6 +148,14 @@ class Router:
         assert isinstance(result, core.SeatSnapshot)
         return result
 
+    def lease_expired(self, event_id: str) -> None:
+        """An owner stopped renewing a lease: it died or stalled. Commands forwarded to it fail
+        over at once, and an instance here takes the event over (see the registry)."""
+        owner = self._registry.owner_hint(event_id)
+        if owner is not None and self._bus is not None:
+            self._bus.abandon(owner)
+        self._registry.lease_expired(event_id)
+
     def watched(self, event_id: str) -> None:
         """A connection here follows a hold of this event: hear its owner's hold news."""
         if self._bus is not None:

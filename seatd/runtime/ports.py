@@ -203,6 +203,10 @@ class MessageBus(Protocol):
 
     def unfollow(self, event_id: str) -> None: ...
 
+    def abandon(self, instance_id: str) -> None:
+        """Fail the requests waiting for that instance's answers (it lost its events)."""
+        ...
+
 
 class CommitObserver(Protocol):
     """Told, synchronously and in commit order, what each durable batch changed."""

@@ -72,6 +72,8 @@ class Registry:
         # Where another instance's lease was last seen, so commands for its events are
         # forwarded without asking Redis each time; dropped when a forward fails.
         self._owners: dict[str, str] = {}
+        # When this instance's writes for an event were last refused by a newer owner's epoch.
+        self._fenced: dict[str, float] = {}
         # An idle event stays active while this says so (someone is watching it).
         self.keep_alive: Callable[[str], bool] = lambda _: False
         # Told the id of every event whose actor stopped.
@@ -201,6 +203,10 @@ class Registry:
         log.debug("actor_stopped", event_id=actor.event_id, reason=actor.stop_reason)
         if actor.stop_reason != "lease_lost":
             self._release(actor.event_id)
+        if actor.stop_reason == "fenced":
+            if len(self._fenced) >= _OWNER_HINTS:
+                self._fenced.clear()
+            self._fenced[actor.event_id] = self._clock.now()
         for listener in self.stop_listeners:
             listener(actor.event_id)
         if actor.stop_reason in ("idle", "store_error", "fault") and not self._closing:
@@ -214,6 +220,14 @@ class Registry:
         try:
             taken = await self._coordinator.claim([event_id])
         except Exception as error:
+            fenced_at = self._fenced.get(event_id)
+            if fenced_at is not None and self._clock.now() - fenced_at < self._lease_ttl:
+                # Another instance fenced us out moments ago and the leases cannot be checked:
+                # leave the event to it for a lease's time rather than take it back at once
+                # (instances would fence each other in turn, each refusing the other's batches).
+                raise OwnedElsewhere(
+                    f"event {event_id} is served by another instance; retry", retry_after_ms=1000
+                ) from None
             log.warning("lease_unchecked", event_id=event_id, error=repr(error))
             return
         owner = taken.get(event_id)
