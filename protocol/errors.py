@@ -118,6 +118,11 @@ _REGISTRY: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("rate_limited", True, "Too many requests; retry after retry_after_ms."),
     ErrorCode(
+        "too_many_connections",
+        True,
+        "This user has too many connections open; close one, or retry after retry_after_ms.",
+    ),
+    ErrorCode(
         "shutting_down",
         True,
         "The server is shutting down; reconnect (possibly to another instance) and retry.",

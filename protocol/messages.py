@@ -21,6 +21,8 @@ __all__ = [
     "MAX_SEATS_PER_HOLD",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
+    "Authenticate",
+    "Authenticated",
     "Availability",
     "AvailableSeats",
     "CreateEvent",
@@ -49,6 +51,7 @@ __all__ = [
     "SeatView",
     "Subscribe",
     "Subscribed",
+    "TokenExpiring",
     "Unsubscribe",
     "Unsubscribed",
     "Welcome",
@@ -105,6 +108,14 @@ class SeatBlock:
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Application-level keep-alive (browsers cannot see WebSocket pings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Present a token in band: the first message of a connection opened without one, or a
+    fresh token for the same user and role before the current one expires."""
+
+    token: str = spec(min_len=1, max_len=4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +206,7 @@ class Unsubscribe:
 
 Request = (
     Ping
+    | Authenticate
     | CreateEvent
     | GetEvent
     | ListEvents
@@ -209,6 +221,7 @@ Request = (
 
 REQUEST_TYPES: dict[str, type[Request]] = {
     "ping": Ping,
+    "authenticate": Authenticate,
     "create_event": CreateEvent,
     "get_event": GetEvent,
     "list_events": ListEvents,
@@ -227,6 +240,13 @@ REQUEST_TYPES: dict[str, type[Request]] = {
 @dataclass(frozen=True, slots=True)
 class Pong:
     server_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    user_id: str
+    role: Literal["admin", "agent", "user"]
+    token_expires_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +397,15 @@ class Welcome:
     max_frame_bytes: int
     max_inflight: int
     max_seats_per_hold: int
+    token_expires_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenExpiring:
+    """Sent before the connection's token expires: send ``authenticate`` with a fresh token,
+    or the connection is closed with 4001 at ``expires_at``."""
+
+    expires_at: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 # The result class that answers each request type (as the gateway encodes it).
 RESULT_TYPES: Final[dict[str, type]] = {
     "ping": wire.Pong,
+    "authenticate": wire.Authenticated,
     "create_event": wire.EventView,
     "get_event": wire.EventView,
     "list_events": wire.EventPage,
@@ -64,6 +65,7 @@ PUSH_TYPES: Final[dict[str, type]] = {
     "availability": wire.Availability,
     "hold_expiring": wire.HoldExpiring,
     "hold_expired": wire.HoldExpired,
+    "token_expiring": wire.TokenExpiring,
 }
 
 _REQUEST_ID: Final[dict[str, Any]] = {

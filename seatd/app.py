@@ -115,9 +115,13 @@ class App:
         registry.observers.append(broadcaster)
         registry.keep_alive = broadcaster.has_subscribers
         registry.stop_listeners.append(broadcaster.forget)
+        authority = TokenAuthority(s.jwt_secret)
         ctx = GatewayContext(
             broadcaster=broadcaster,
             router=router,
+            authority=authority,
+            auth_timeout=s.auth_timeout,
+            max_seats_per_hold=s.max_seats_per_hold,
             max_subscriptions=s.max_subscriptions,
             hold_warning=s.hold_warning,
             registry=registry,
@@ -139,7 +143,13 @@ class App:
             }
             return Readiness(ready=pg_ok and not ctx.draining, degraded=not redis_ok, checks=checks)
 
-        gateway = Gateway(ctx, TokenAuthority(s.jwt_secret), readiness)
+        gateway = Gateway(
+            ctx,
+            authority,
+            readiness,
+            allowed_origins=s.allowed_origins,
+            handshake_timeout=s.handshake_timeout,
+        )
         await gateway.start(s.host, s.port)
         self.gateway = gateway
         self.registry = registry

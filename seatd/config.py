@@ -64,6 +64,21 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "null" and "://" not in origin:
+            raise ValueError(f"{origin!r} is not an origin like https://tickets.example.com")
+    return origins
+
+
+def _header_name(raw: str) -> str:
+    name = raw.strip()
+    if name and not all(c.isalnum() or c == "-" for c in name):
+        raise ValueError("must be an HTTP header name such as X-Forwarded-For, or empty")
+    return name
+
+
 def _secret(raw: str) -> str:
     if len(raw.encode()) < 32:
         raise ValueError(
@@ -213,6 +228,103 @@ VARIABLES: tuple[Variable, ...] = (
         _seconds(0, 3600),
         "Seconds before expiry a holder gets hold_expiring (at most a quarter of the hold's life).",
     ),
+    # --- hostile clients: every limit answers clearly (SECURITY.md) ---
+    Variable(
+        "SEATD_ALLOWED_ORIGINS",
+        "allowed_origins",
+        "",
+        _origins,
+        "Comma-separated browser origins allowed to connect (an upgrade with another Origin "
+        "header gets HTTP 403); empty: any. Clients that send no Origin are not affected.",
+    ),
+    Variable(
+        "SEATD_HANDSHAKE_TIMEOUT",
+        "handshake_timeout",
+        "10",
+        _seconds(0.1, 120),
+        "Seconds a client has to complete the WebSocket handshake.",
+    ),
+    Variable(
+        "SEATD_AUTH_TIMEOUT",
+        "auth_timeout",
+        "10",
+        _seconds(0.1, 120),
+        "Seconds a connection opened without a token has to send `authenticate` (else 4501).",
+    ),
+    Variable(
+        "SEATD_MAX_SEATS_PER_HOLD",
+        "max_seats_per_hold",
+        "100",
+        _int_range(1, 100),
+        "Most seats one hold request may name (the protocol's ceiling is 100).",
+    ),
+    Variable(
+        "SEATD_MAX_CONNECTIONS",
+        "max_connections",
+        "20000",
+        _int_range(0, 1_000_000),
+        "Open connections per instance; beyond it upgrades get HTTP 503 (0: no limit).",
+    ),
+    Variable(
+        "SEATD_MAX_CONNECTIONS_PER_ADDRESS",
+        "max_connections_per_address",
+        "1000",
+        _int_range(0, 1_000_000),
+        "Open connections per client address; beyond it upgrades get HTTP 429 (0: no limit).",
+    ),
+    Variable(
+        "SEATD_MAX_CONNECTIONS_PER_USER",
+        "max_connections_per_user",
+        "100",
+        _int_range(0, 1_000_000),
+        "Open connections per user (token subject) per instance; beyond it HTTP 429, or "
+        "`too_many_connections` and close 1013 after an in-band `authenticate` (0: no limit).",
+    ),
+    Variable(
+        "SEATD_CLIENT_ADDRESS_HEADER",
+        "client_address_header",
+        "",
+        _header_name,
+        "Behind a trusted proxy: the header carrying the client's address (X-Forwarded-For: its "
+        "last entry, the one the proxy added); empty: the socket's peer address.",
+    ),
+    Variable(
+        "SEATD_RATE_PER_CONNECTION",
+        "rate_per_connection",
+        "500",
+        _seconds(0, 1_000_000),
+        "Requests per second one connection may send on average (token bucket; 0: no limit).",
+    ),
+    Variable(
+        "SEATD_BURST_PER_CONNECTION",
+        "burst_per_connection",
+        "1000",
+        _seconds(1, 1_000_000),
+        "Requests one connection may send at once above its rate (the bucket's size).",
+    ),
+    Variable(
+        "SEATD_RATE_PER_USER",
+        "rate_per_user",
+        "1000",
+        _seconds(0, 1_000_000),
+        "Requests per second one user may send over all its connections to an instance "
+        "(0: no limit).",
+    ),
+    Variable(
+        "SEATD_BURST_PER_USER",
+        "burst_per_user",
+        "2000",
+        _seconds(1, 1_000_000),
+        "Requests one user may send at once above its rate.",
+    ),
+    Variable(
+        "SEATD_MAX_PENDING",
+        "max_pending",
+        "50000",
+        _int_range(0, 10_000_000),
+        "Requests in progress on an instance (all connections); beyond it new requests get "
+        "`overloaded` at once instead of queueing (0: no limit).",
+    ),
     Variable(
         "SEATD_SHUTDOWN_TIMEOUT",
         "shutdown_timeout",
@@ -271,6 +383,19 @@ class Settings:
     delta_history: int
     delta_interval: float
     hold_warning: float
+    allowed_origins: tuple[str, ...]
+    handshake_timeout: float
+    auth_timeout: float
+    max_seats_per_hold: int
+    max_connections: int
+    max_connections_per_address: int
+    max_connections_per_user: int
+    client_address_header: str
+    rate_per_connection: float
+    burst_per_connection: float
+    rate_per_user: float
+    burst_per_user: float
+    max_pending: int
     shutdown_timeout: float
     startup_timeout: float
     log_level: str

@@ -24,6 +24,8 @@ reply; anything else is a bug and becomes ``internal_error``. The codes are regi
         ├── InternalFault            internal_error (a caught bug; nothing was kept)
         ├── StoreUnavailable         unavailable
         ├── Overloaded               overloaded
+        ├── RateLimited              rate_limited (retry_after_ms: when a token is free)
+        ├── TooManyConnections       too_many_connections
         ├── ShuttingDown             shutting_down
         ├── OwnedElsewhere           unavailable (another instance serves the event)
         └── OwnershipLost            unavailable (this instance lost the event; retry)
@@ -47,6 +49,7 @@ __all__ = [
     "Overloaded",
     "OwnedElsewhere",
     "OwnershipLost",
+    "RateLimited",
     "RequestError",
     "SeatLimitExceeded",
     "SeatUnavailable",
@@ -54,6 +57,7 @@ __all__ = [
     "ShuttingDown",
     "StoreUnavailable",
     "TemporaryError",
+    "TooManyConnections",
     "TooManySubscriptions",
     "Unauthenticated",
     "UnknownSeat",
@@ -165,6 +169,16 @@ class StoreUnavailable(TemporaryError):
 class Overloaded(TemporaryError):
     code = "overloaded"
     default_retry_after_ms = 200
+
+
+class RateLimited(TemporaryError):
+    code = "rate_limited"
+    default_retry_after_ms = 100
+
+
+class TooManyConnections(TemporaryError):
+    code = "too_many_connections"
+    default_retry_after_ms = 5000
 
 
 class ShuttingDown(TemporaryError):

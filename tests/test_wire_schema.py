@@ -21,7 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from support.client import RawClient, client, new_event_id, recording
-from support.server import base_env, in_process_server
+from support.server import base_env, in_process_server, token
 
 from protocol.errors import ERROR_CODES
 from protocol.messages import REQUEST_TYPES
@@ -235,6 +235,11 @@ async def _script(url: str) -> None:
         while "available" not in states:
             delta = await _next_push(bob, "availability")
             states |= {c["state"] for c in delta["changes"] if delta["event_id"] == flash_id}
+
+    # A token about to expire is announced, and replaced in band.
+    async with client(url, "schema-dave", ttl_s=2) as dave:
+        await _next_push(dave, "token_expiring", timeout=3)
+        await dave.ok("authenticate", token=token("schema-dave"))
 
 
 @pytest.fixture(scope="module")

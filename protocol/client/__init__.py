@@ -23,9 +23,13 @@ What the client does for you:
   (resume) or takes a new snapshot. ``watch.seats`` is always current; the queue of updates
   is bounded (``watch_buffer``) and a slow consumer gets intermediate updates folded into one
   (``update.coalesced``) rather than unbounded memory.
-- **Pushes** ``hold_expiring``, ``hold_expired`` and ``goaway`` go to the ``on_push`` callback.
-  They reach the connection that made (or last refreshed) a hold; after a reconnect, refresh
-  a hold to be warned about it again.
+- **Pushes** ``hold_expiring``, ``hold_expired``, ``token_expiring`` and ``goaway`` go to the
+  ``on_push`` callback. Hold pushes reach the connection that made (or last refreshed) a hold;
+  after a reconnect, refresh a hold to be warned about it again.
+- **Tokens**: pass ``token=`` a string, or a callable (sync or async) returning a fresh token.
+  With a callable, the client renews the connection's token in band (``authenticate``) when
+  the server announces ``token_expiring``, and takes a new one for every reconnect; with a
+  string, the server closes the connection (4001) when the token expires.
 
 Example::
 
@@ -96,6 +100,7 @@ from protocol.errors import (
     TemporaryError,
 )
 from protocol.messages import (
+    Authenticated,
     AvailableSeats,
     EventPage,
     EventView,
@@ -111,11 +116,13 @@ from protocol.messages import (
     SeatChange,
     SeatSpec,
     SeatView,
+    TokenExpiring,
     Welcome,
 )
 
 __all__ = [
     "AccessError",
+    "Authenticated",
     "AvailableSeats",
     "Backoff",
     "ClientClosedError",
@@ -146,6 +153,7 @@ __all__ = [
     "SeatUpdate",
     "SeatView",
     "TemporaryError",
+    "TokenExpiring",
     "TokenSource",
     "UpdateKind",
     "Watch",

@@ -45,6 +45,8 @@ from protocol.client._transport import (
 from protocol.client._watch import Watch
 from protocol.errors import RemoteError, TemporaryError
 from protocol.messages import (
+    Authenticate,
+    Authenticated,
     AvailableSeats,
     CreateEvent,
     EventPage,
@@ -66,6 +68,7 @@ from protocol.messages import (
     Reserve,
     SeatBlock,
     SeatSpec,
+    TokenExpiring,
     Unsubscribe,
     Unsubscribed,
     Welcome,
@@ -195,6 +198,13 @@ class SeatClient:
 
     async def ping(self) -> Pong:
         return await self._request(Ping(), Pong)
+
+    async def authenticate(self, token: str | None = None) -> Authenticated:
+        """Give the connection a fresh token (same user and role) before its token expires;
+        by default one from the client's token source. Done by itself on ``token_expiring``
+        when the token source is a callable."""
+        fresh = token if token is not None else await resolve_token(self._token)
+        return await self._request(Authenticate(fresh), Authenticated)
 
     async def create_event(
         self,
@@ -507,11 +517,19 @@ class SeatClient:
             if not message.reconnect:
                 self._no_reconnect = message.reason
             self._retire(ws)
+        elif isinstance(message, TokenExpiring) and not isinstance(self._token, str):
+            self._spawn(self._refresh_token())
         if self._on_push is not None:
             try:
                 self._on_push(message)
             except Exception:
                 log.exception("on_push callback failed")
+
+    async def _refresh_token(self) -> None:
+        try:
+            await self.authenticate()
+        except Exception as error:  # the server closes with 4001; the reconnect takes a new one
+            log.warning("token refresh failed: %r", error)
 
     def _retire(self, ws: ClientConnection) -> None:
         """Stop sending on ``ws`` (the server is leaving); close it if the server does not."""

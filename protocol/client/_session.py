@@ -27,6 +27,7 @@ from protocol.codec import encode_request
 from protocol.errors import ERROR_CODES, RemoteError, TemporaryError, error_class_for
 from protocol.messages import (
     REQUEST_TYPES,
+    Authenticated,
     Availability,
     AvailableSeats,
     EventPage,
@@ -41,6 +42,7 @@ from protocol.messages import (
     ReservationView,
     Subscribe,
     Subscribed,
+    TokenExpiring,
     Unsubscribed,
     Welcome,
 )
@@ -65,10 +67,11 @@ __all__ = [
 log = logging.getLogger("seatd.client")
 R = TypeVar("R")
 # The pushes a client application sees (``welcome`` is consumed by the connection itself).
-Push = GoAway | HoldExpiring | HoldExpired
+Push = GoAway | HoldExpiring | HoldExpired | TokenExpiring
 
 RESULT_TYPES: dict[str, type[Any]] = {
     "ping": Pong,
+    "authenticate": Authenticated,
     "create_event": EventView,
     "get_event": EventView,
     "list_events": EventPage,
@@ -91,6 +94,7 @@ _PUSHES: dict[str, Callable[[object], Any]] = {
     "goaway": tolerant_decoder(GoAway, ignore=_PUSH_ENVELOPE),
     "hold_expiring": tolerant_decoder(HoldExpiring, ignore=_PUSH_ENVELOPE),
     "hold_expired": tolerant_decoder(HoldExpired, ignore=_PUSH_ENVELOPE),
+    "token_expiring": tolerant_decoder(TokenExpiring, ignore=_PUSH_ENVELOPE),
 }
 _decode_availability = tolerant_decoder(Availability, ignore=_PUSH_ENVELOPE)
 

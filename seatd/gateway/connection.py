@@ -41,12 +41,15 @@ from protocol.codec import (
 )
 from protocol.errors import CloseCode
 from seatd import core
-from seatd.auth import Identity
+from seatd.auth import Identity, TokenAuthority
 from seatd.core import Policy
 from seatd.errors import (
+    Forbidden,
+    InvalidRequest,
     SeatdError,
     ShuttingDown,
     TooManySubscriptions,
+    Unauthenticated,
 )
 from seatd.gateway import catalog
 from seatd.gateway.broadcast import Broadcaster
@@ -80,12 +83,16 @@ class GatewayContext:
     clock: Callable[[], float]
     broadcaster: Broadcaster
     router: Router
+    authority: TokenAuthority
     max_frame_bytes: int
     max_inflight: int
     send_queue: int
     max_subscriptions: int = 64
     # Seconds before a hold expires that its holder is warned (at most a quarter of its life).
     hold_warning: float = 30.0
+    max_seats_per_hold: int = wire.MAX_SEATS_PER_HOLD
+    # Seconds a connection opened without a token has to send ``authenticate``.
+    auth_timeout: float = 10.0
     draining: bool = False
 
 
@@ -102,9 +109,16 @@ class _Pending:
 
 
 class Connection:
-    def __init__(self, ws: ServerConnection, identity: Identity, ctx: GatewayContext) -> None:
+    def __init__(
+        self, ws: ServerConnection, identity: Identity | None, ctx: GatewayContext
+    ) -> None:
         self.ws = ws
-        self.identity = identity
+        # Unset until the first message authenticates a connection opened without a token.
+        self.identity: Identity
+        self._needs_auth = identity is None
+        if identity is not None:
+            self.identity = identity
+        self._token_timers: list[asyncio.TimerHandle] = []
         self.ctx = ctx
         self.session_id = f"s{next(_session_ids)}"
         self.inflight = 0
@@ -123,6 +137,8 @@ class Connection:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        if self._needs_auth and not await self._authenticate_first():
+            return
         self.send(
             encode_push(
                 "welcome",
@@ -134,10 +150,12 @@ class Connection:
                     server_time=format_time(self.ctx.clock()),
                     max_frame_bytes=self.ctx.max_frame_bytes,
                     max_inflight=self.ctx.max_inflight,
-                    max_seats_per_hold=wire.MAX_SEATS_PER_HOLD,
+                    max_seats_per_hold=self.ctx.max_seats_per_hold,
+                    token_expires_at=self._token_expiry(),
                 ),
             )
         )
+        self._watch_token()
         try:
             async for frame in self.ws:
                 self._on_frame(frame)
@@ -154,6 +172,8 @@ class Connection:
             self._forget_everything()
 
     def _forget_everything(self) -> None:
+        for timer in self._token_timers:
+            timer.cancel()
         broadcaster = self.ctx.broadcaster
         for event_id in self._subscriptions:
             broadcaster.cancel(event_id, self)
@@ -257,6 +277,8 @@ class Connection:
             self.send(
                 encode_result(request_id, request_type, wire.Pong(format_time(self.ctx.clock())))
             )
+        elif isinstance(request, wire.Authenticate):
+            self._reauthenticate(request_id, request_type, request)
         elif isinstance(request, wire.CreateEvent | wire.ListEvents):
             served = catalog.serve(self.ctx.store, self.ctx.policy, self.identity, request)
             self._track(self._spawn(served), _Pending(request_id, request_type))
@@ -269,6 +291,8 @@ class Connection:
 
     def _to_actor(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         try:
+            if isinstance(request, wire.HoldRequest):
+                self._check_hold_size(request)
             command = to_command(request, self.identity)
         except SeatdError as error:
             self.send(error_frame(request_id, request_type, error))
@@ -339,6 +363,114 @@ class Connection:
                 "unexpected server error; retry",
                 temporary=True,
             )
+        )
+
+    def _check_hold_size(self, request: wire.HoldRequest) -> None:
+        limit = self.ctx.max_seats_per_hold
+        if len(request.seat_ids) > limit:
+            raise InvalidRequest(
+                f"a hold may name at most {limit} seats",
+                details={"path": "$.seat_ids", "limit": limit},
+            )
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    async def _authenticate_first(self) -> bool:
+        """A connection opened without a token: its first message must be ``authenticate``
+        (within ``auth_timeout``); anything else is answered ``unauthenticated`` and closed."""
+        try:
+            async with asyncio.timeout(self.ctx.auth_timeout):
+                frame = await self.ws.recv()
+        except TimeoutError:
+            await self.ws.close(
+                CloseCode.UNAUTHENTICATED, f"send authenticate within {self.ctx.auth_timeout:g} s"
+            )
+            return False
+        except ConnectionClosed:
+            return False
+        request_id: RequestId | None = None
+        try:
+            if isinstance(frame, bytes):
+                raise DecodeError("invalid_json", "send requests as text frames")
+            request_id, request_type, request = decode_request(frame)
+            if not isinstance(request, wire.Authenticate):
+                raise Unauthenticated(
+                    "this connection has no token: send authenticate with one first"
+                )
+            identity = self.ctx.authority.verify(request.token)
+        except DecodeError as error:
+            self.send(
+                encode_error(
+                    error.request_id,
+                    error.request_type,
+                    error.code,
+                    error.message,
+                    temporary=False,
+                    details=error.details,
+                )
+            )
+            await self.ws.close(CloseCode.UNAUTHENTICATED, "authenticate first")
+            return False
+        except Unauthenticated as error:
+            self.send(error_frame(request_id, "authenticate", error))
+            await self.ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
+            return False
+        self.identity = identity
+        self._authenticated(request_id, request_type)
+        return True
+
+    def _reauthenticate(
+        self, request_id: RequestId, request_type: str, request: wire.Authenticate
+    ) -> None:
+        """A fresh token for the same user and role: the connection lives on until it expires."""
+        try:
+            identity = self.ctx.authority.verify(request.token)
+            if (identity.user_id, identity.role) != (self.identity.user_id, self.identity.role):
+                raise Forbidden(
+                    "a connection keeps its user and role: open a new connection for another"
+                )
+        except SeatdError as error:
+            self.send(error_frame(request_id, request_type, error))
+            return
+        self.identity = identity
+        self._authenticated(request_id, request_type)
+        self._watch_token()
+
+    def _authenticated(self, request_id: RequestId, request_type: str) -> None:
+        identity = self.identity
+        result = wire.Authenticated(identity.user_id, identity.role, self._token_expiry())
+        self.send(encode_result(request_id, request_type, result))
+
+    def _token_expiry(self) -> str | None:
+        expires_at = self.identity.expires_at
+        return None if expires_at is None else format_time(expires_at)
+
+    def _watch_token(self) -> None:
+        """Warn before the token expires (a minute, or a quarter of its life), close at expiry."""
+        for timer in self._token_timers:
+            timer.cancel()
+        self._token_timers.clear()
+        expires_at = self.identity.expires_at
+        if expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = expires_at - self.ctx.clock()
+        warning = wire.TokenExpiring(format_time(expires_at))
+        self._token_timers = [
+            loop.call_later(
+                max(left - min(60.0, left / 4), 0.0),
+                lambda: self.send(encode_push("token_expiring", warning)),
+            ),
+            loop.call_later(max(left, 0.0), self._token_expired),
+        ]
+
+    def _token_expired(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.info("token_expired", session_id=self.session_id)
+        self._spawn(
+            self.ws.close(CloseCode.TOKEN_EXPIRED, "token expired: reconnect with a fresh one")
         )
 
     # --- subscriptions ---------------------------------------------------------------------

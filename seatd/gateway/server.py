@@ -2,8 +2,10 @@
 
 Before the upgrade: ``GET /healthz`` (the process is alive) and ``GET /readyz`` (dependencies:
 503 when PostgreSQL is down or the server is draining, 200 with ``"degraded"`` when only Redis
-is down, because holds still expire on time without it). A WebSocket upgrade must carry a valid
-token (``Authorization: Bearer`` header or ``?token=`` query parameter), else HTTP 401. The
+is down, because holds still expire on time without it). A token on the upgrade
+(``Authorization: Bearer`` header or ``?token=`` query parameter) is checked before it (HTTP 401
+when invalid); an upgrade without one is accepted and must authenticate in its first message
+(browsers cannot set headers). An ``Origin`` not in SEATD_ALLOWED_ORIGINS gets HTTP 403. The
 subprotocol is ``seatd.v1``; a client offering only other versions is refused with HTTP 400, a
 client offering none gets v1.
 
@@ -52,8 +54,13 @@ class Gateway:
         ctx: GatewayContext,
         authority: TokenAuthority,
         readiness: Callable[[], Awaitable[Readiness]],
+        *,
+        allowed_origins: Sequence[str] = (),
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.ctx = ctx
+        self._allowed_origins = frozenset(allowed_origins)
+        self._handshake_timeout = handshake_timeout
         self._authority = authority
         self._readiness = readiness
         # Filled by the handshake, read by the handler; weak, so a handshake that fails after
@@ -78,7 +85,7 @@ class Gateway:
             write_limit=64 * 1024,
             ping_interval=20,
             ping_timeout=20,
-            open_timeout=10,
+            open_timeout=self._handshake_timeout,
             close_timeout=5,
             server_header=None,
         )
@@ -109,11 +116,17 @@ class Gateway:
             return _json_response(
                 ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"}
             )
+        origin = request.headers.get("Origin")
+        allowed = self._allowed_origins
+        if allowed and origin is not None and origin.rstrip("/") not in allowed:
+            return _json_response(
+                ws,
+                http.HTTPStatus.FORBIDDEN,
+                {"error": "forbidden", "message": f"origin {origin!r} is not allowed"},
+            )
         token = _token_from(request)
         if token is None:
-            return _unauthorized(
-                ws, "missing token: send 'Authorization: Bearer <token>' or ?token=<token>"
-            )
+            return None  # the first message must then be `authenticate`
         try:
             identity = self._authority.verify(token)
         except Unauthenticated as error:
@@ -124,16 +137,15 @@ class Gateway:
     # --- connections -----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        identity = self._identities.pop(ws, None)
-        if identity is None:  # cannot happen: the handshake stored it
-            await ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
-            return
+        identity = self._identities.pop(ws, None)  # None: authenticates in its first message
         connection = Connection(ws, identity, self.ctx)
         self.connections.add(connection)
         structlog.contextvars.bind_contextvars(
-            session_id=connection.session_id, user_id=identity.user_id
+            session_id=connection.session_id, user_id=identity.user_id if identity else None
         )
-        log.info("connected", role=identity.role, remote=str(ws.remote_address))
+        log.info(
+            "connected", role=identity.role if identity else None, remote=str(ws.remote_address)
+        )
         try:
             await connection.serve()
         finally:

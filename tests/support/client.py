@@ -69,10 +69,10 @@ class RawClient:
 
 @asynccontextmanager
 async def client(
-    url: str, sub: str = "alice", role: str = "user", **connect_kwargs: Any
+    url: str, sub: str = "alice", role: str = "user", ttl_s: float = 3600, **connect_kwargs: Any
 ) -> AsyncIterator[RawClient]:
     async with connect(
-        f"{url}?token={token(sub, role)}",  # type: ignore[arg-type]
+        f"{url}?token={token(sub, role, ttl_s=ttl_s)}",  # type: ignore[arg-type]
         subprotocols=["seatd.v1"],  # type: ignore[list-item]
         open_timeout=10,
         **connect_kwargs,

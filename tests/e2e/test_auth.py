@@ -1,0 +1,200 @@
+"""Authentication end to end: first-message tokens, expiry in band, refresh, origins, and the
+handshake-side limits. One server with short timeouts and strict settings for the module."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from support.client import client, create_event
+from support.server import RunningServer, base_env, in_process_server, token
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from protocol.client import SeatClient, TokenExpiring
+from protocol.errors import CloseCode
+
+ORIGIN = "https://tickets.example.com"
+
+
+@pytest.fixture(scope="module")
+async def strict(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    env = base_env(
+        service_env,
+        SEATD_AUTH_TIMEOUT="0.5",
+        SEATD_HANDSHAKE_TIMEOUT="0.5",
+        SEATD_ALLOWED_ORIGINS=f"{ORIGIN}, https://box-office.example.com",
+        SEATD_MAX_SEATS_PER_HOLD="2",
+    )
+    async with in_process_server(env) as running:
+        yield running
+
+
+async def _open(server: RunningServer, **kwargs: Any) -> ClientConnection:
+    return await connect(
+        server.url,
+        subprotocols=["seatd.v1"],  # type: ignore[list-item]
+        open_timeout=5,
+        **kwargs,
+    )
+
+
+def _text(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+async def _frame(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return frame
+
+
+async def _closed(ws: ClientConnection, timeout: float = 5) -> int | None:
+    """Read until the server closes; its close code."""
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    return ws.close_code
+
+
+# --- a token in the first message ------------------------------------------------------------
+
+
+async def test_the_first_message_can_carry_the_token(strict: RunningServer) -> None:
+    ws = await _open(strict)
+    try:
+        await ws.send(_text({"id": 1, "type": "authenticate", "token": token("ann")}))
+        reply = await _frame(ws)
+        assert reply["ok"] is True and reply["result"]["user_id"] == "ann", reply
+        assert reply["result"]["role"] == "user" and reply["result"]["token_expires_at"]
+        welcome = await _frame(ws)
+        assert (welcome["type"], welcome["user_id"]) == ("welcome", "ann")
+        await ws.send(_text({"id": 2, "type": "ping"}))
+        assert (await _frame(ws))["ok"] is True
+    finally:
+        await ws.close()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"id": 1, "type": "ping"},
+        {"id": 1, "type": "hold", "event_id": "e1", "seat_ids": ["A-1"]},
+        {"id": 1, "type": "authenticate", "token": "not-a-jwt"},
+    ],
+    ids=["ping", "hold", "bad-token"],
+)
+async def test_anything_else_first_is_refused_and_closed(
+    strict: RunningServer, first: dict[str, Any]
+) -> None:
+    ws = await _open(strict)
+    await ws.send(_text(first))
+    reply = await _frame(ws)
+    assert (reply["id"], reply["ok"], reply["error"]["code"]) == (1, False, "unauthenticated")
+    assert await _closed(ws) == CloseCode.UNAUTHENTICATED
+
+
+async def test_a_silent_connection_without_a_token_is_closed(strict: RunningServer) -> None:
+    ws = await _open(strict)
+    assert await _closed(ws, timeout=3) == CloseCode.UNAUTHENTICATED
+    assert ws.close_reason is not None and "authenticate" in ws.close_reason
+
+
+# --- expiry and refresh ----------------------------------------------------------------------
+
+
+async def test_an_expiring_token_is_announced_then_the_connection_closed_with_4001(
+    strict: RunningServer,
+) -> None:
+    ws = await _open(
+        strict, additional_headers={"Authorization": f"Bearer {token('eve', ttl_s=2)}"}
+    )
+    welcome = await _frame(ws)
+    assert welcome["token_expires_at"]
+    expiring = await _frame(ws, timeout=3)
+    assert expiring == {"type": "token_expiring", "expires_at": welcome["token_expires_at"]}
+    assert await _closed(ws, timeout=3) == CloseCode.TOKEN_EXPIRED
+
+
+async def test_a_fresh_token_in_band_keeps_the_connection(strict: RunningServer) -> None:
+    ws = await _open(
+        strict, additional_headers={"Authorization": f"Bearer {token('kim', ttl_s=2)}"}
+    )
+    try:
+        await _frame(ws)  # welcome
+        await ws.send(_text({"id": 1, "type": "authenticate", "token": token("kim")}))
+        reply = await _frame(ws)
+        assert reply["ok"] is True and reply["result"]["user_id"] == "kim", reply
+        await asyncio.sleep(2.5)  # past the first token's expiry
+        await ws.send(_text({"id": 2, "type": "ping"}))
+        assert (await _frame(ws))["id"] == 2
+    finally:
+        await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("sub", "role"), [("someone-else", "user"), ("kim", "admin")], ids=["user", "role"]
+)
+async def test_a_token_for_another_principal_is_refused_in_band(
+    strict: RunningServer, sub: str, role: Any
+) -> None:
+    async with client(strict.url, "kim") as kim:
+        refused = await kim.error("authenticate", token=token(sub, role))
+        assert refused["code"] == "forbidden"
+        held = await kim.error("create_event", name="x", event_id="nope-1")
+        assert held["code"] == "forbidden"  # still a user, not an admin
+
+
+async def test_the_sdk_renews_its_token_before_expiry(strict: RunningServer) -> None:
+    minted: list[str] = []
+    pushes: list[object] = []
+
+    def fresh() -> str:
+        minted.append(token("sdk-user", ttl_s=2 if not minted else 3600))
+        return minted[-1]
+
+    async with SeatClient(strict.url, token=fresh, on_push=pushes.append) as sdk:
+        await asyncio.sleep(3)  # the first token has expired by now
+        await sdk.ping()
+        assert sdk.connections == 1, "renewed in band, not by reconnecting"
+    assert len(minted) == 2 and any(isinstance(p, TokenExpiring) for p in pushes)
+
+
+# --- origins and handshake -------------------------------------------------------------------
+
+
+async def test_origins_outside_the_list_are_refused(strict: RunningServer) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(strict, origin="https://evil.example.com")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    for allowed in (ORIGIN, ORIGIN + "/"):
+        ws = await _open(
+            strict,
+            origin=allowed.rstrip("/"),  # type: ignore[arg-type]
+            additional_headers={"Authorization": f"Bearer {token('ann')}"},
+        )
+        assert (await _frame(ws))["type"] == "welcome"
+        await ws.close()
+
+
+async def test_a_stalled_handshake_is_cut(strict: RunningServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes the request
+    await writer.drain()
+    async with asyncio.timeout(3):
+        assert await reader.read() == b""  # closed by the server
+    writer.close()
+
+
+async def test_a_hold_may_name_only_so_many_seats(strict: RunningServer) -> None:
+    async with client(strict.url, "admin", "admin") as admin, client(strict.url, "ann") as ann:
+        event_id = (await create_event(admin, seats=5))["event_id"]
+        welcome_limit = ann.welcome["max_seats_per_hold"]
+        assert welcome_limit == 2
+        error = await ann.error("hold", event_id=event_id, seat_ids=["A-1", "A-2", "A-3"])
+        assert error["code"] == "invalid_request"
+        assert error["details"] == {"path": "$.seat_ids", "limit": 2}
+        await ann.ok("hold", event_id=event_id, seat_ids=["A-1", "A-2"])
