@@ -65,9 +65,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Every scenario's short version against a throwaway durable PostgreSQL + Redis (< 3 minutes).
+# Every scenario's short version against a throwaway durable PostgreSQL + Redis (< 3 minutes),
+# then events on 1 and 3 instances: the cost of forwarding (BENCHMARKS.md, Several instances).
 bench: deps venv
 	$(VENV)/bin/seatd bench all --quick $(BENCH_ARGS)
+	$(VENV)/bin/seatd bench events --quick --instances 1,3 --duration 4 $(BENCH_ARGS)
 
 bench-quick: bench
 

@@ -102,11 +102,21 @@ async def _main(options: Options, out: TextIO) -> int:
     from seatd.bench.report import (
         baseline_json,
         format_baseline,
+        format_forwarding,
+        format_instances,
         format_run,
+        forwarding_json,
+        instances_json,
         plot_path,
         write_plot,
     )
-    from seatd.bench.scenarios import SCENARIO_RUNNERS, Harness, RunResult, run_baseline
+    from seatd.bench.scenarios import (
+        SCENARIO_RUNNERS,
+        Harness,
+        RunResult,
+        run_baseline,
+        run_forwarding,
+    )
 
     client = _check_requirements(options)
     _check_files_limit(options)
@@ -155,7 +165,8 @@ async def _main(options: Options, out: TextIO) -> int:
             server_env=dict(options.server_env),
         )
         for scenario in options.scenarios:
-            params = scenario_params(options, scenario)
+            counts = options.instance_counts(scenario)
+            params = scenario_params(options, scenario, counts[0])
             if options.baseline:
                 on, off = await run_baseline(harness, params)
                 for result in (on, off):
@@ -164,12 +175,27 @@ async def _main(options: Options, out: TextIO) -> int:
                 print(format_baseline(on, off), file=out, flush=True)
                 document["baseline"] = baseline_json(on, off)
                 continue
-            result = await SCENARIO_RUNNERS[scenario](harness, params)
-            if options.server_env:
-                settings = " ".join(f"{k}={v}" for k, v in options.server_env)
-                result.notes.insert(0, f"server settings: {settings}")
-            results.append(result)
-            print(format_run(result), file=out, flush=True)
+            if options.via_non_owner:
+                on_owner, forwarded = await run_forwarding(harness, params)
+                for result in (on_owner, forwarded):
+                    results.append(result)
+                    print(format_run(result), file=out, flush=True)
+                print(format_forwarding(on_owner, forwarded), file=out, flush=True)
+                document["forwarding"] = forwarding_json(on_owner, forwarded)
+                continue
+            compared: list[RunResult] = []
+            for count in counts:
+                params = scenario_params(options, scenario, count)
+                result = await SCENARIO_RUNNERS[scenario](harness, params)
+                if options.server_env:
+                    settings = " ".join(f"{k}={v}" for k, v in options.server_env)
+                    result.notes.insert(0, f"server settings: {settings}")
+                results.append(result)
+                compared.append(result)
+                print(format_run(result), file=out, flush=True)
+            if len(compared) > 1:
+                print(format_instances(compared), file=out, flush=True)
+                document.setdefault("instances", {})[scenario] = instances_json(compared)
     finally:
         if services is not None and services.mode == "own":
             await asyncio.to_thread(services.stop)

@@ -52,10 +52,20 @@ AVAILABILITY = b'{"type":"availability"'
 class Conn:
     """One client connection; subclasses handle the frames after the welcome."""
 
-    __slots__ = ("close_code", "closed", "link", "next_id", "pending", "user", "welcome")
+    __slots__ = (
+        "close_code",
+        "closed",
+        "instance",
+        "link",
+        "next_id",
+        "pending",
+        "user",
+        "welcome",
+    )
 
     def __init__(self, user: str) -> None:
         self.user = user
+        self.instance = 0  # which seatd instance it is connected to (several: --instances)
         self.link: Link | None = None
         self.welcome: asyncio.Future[None] | None = None
         self.closed = False
@@ -94,6 +104,23 @@ class Conn:
         return rid
 
 
+def assign_targets(spec: WorkerSpec, conns: list[Any]) -> list[str]:
+    """The URL of each connection; sets each one's ``instance``.
+
+    ``targets`` (several instances): ``[(url, instance index), ...]``, dealt round-robin by the
+    connection's run-wide number (``conn_offset`` + its position), like a load balancer would;
+    without it every connection goes to ``spec.url``.
+    """
+    targets: list[tuple[str, int]] = spec.params.get("targets") or [(spec.url, 0)]
+    offset = int(spec.params.get("conn_offset", 0))
+    urls = []
+    for position, conn in enumerate(conns):
+        url, instance = targets[(offset + position) % len(targets)]
+        conn.instance = instance
+        urls.append(url)
+    return urls
+
+
 async def connect_all(
     spec: WorkerSpec, conns: list[Any], control: Control, concurrency: int = 48
 ) -> None:
@@ -103,8 +130,9 @@ async def connect_all(
     authority = TokenAuthority(spec.secret)
     gate = asyncio.Semaphore(concurrency)
     loop = asyncio.get_running_loop()
+    urls = assign_targets(spec, conns)
 
-    async def one(conn: Conn) -> None:
+    async def one(conn: Conn, url: str) -> None:
         token = authority.mint(conn.user, "user", ttl_s=86400)
         error: BaseException | None = None
         async with gate:
@@ -113,7 +141,7 @@ async def connect_all(
                 conn.closed = False
                 try:
                     conn.link = await connect(
-                        spec.url, token, conn.on_message, conn.on_close, client=spec.client
+                        url, token, conn.on_message, conn.on_close, client=spec.client
                     )
                     await asyncio.wait_for(asyncio.shield(conn.welcome), 15)
                 except Exception as exc:
@@ -122,9 +150,9 @@ async def connect_all(
                     continue
                 control.progress(1)
                 return
-        raise ConnectionError(f"could not connect {conn.user} to {spec.url}: {error!r}")
+        raise ConnectionError(f"could not connect {conn.user} to {url}: {error!r}")
 
-    await asyncio.gather(*(one(c) for c in conns))
+    await asyncio.gather(*(one(c, u) for c, u in zip(conns, urls, strict=True)))
 
 
 async def close_all(conns: list[Any]) -> None:
@@ -210,6 +238,12 @@ class PurchaseRun:
         self.rng = random.Random(int(p["seed"]) * 7919 + w)
         self.hold = OpRecorder()
         self.reserve = OpRecorder()
+        # Several instances: the index of each event's owner, and each hold's reply recorded
+        # again by whether its connection is on the owner or its command was forwarded.
+        owners = p.get("owners")
+        self.owners: list[int] | None = list(owners) if owners else None
+        self.hold_on_owner = OpRecorder()
+        self.hold_forwarded = OpRecorder()
         self.acks = AckLog()
         self.outstanding = 0
         self.deadline = 0.0
@@ -262,6 +296,12 @@ class PurchaseRun:
         self.last_reply = now
         self.outstanding -= 1
         if entry[0] == HOLD:
+            owners = self.owners
+            if owners is not None:
+                on_owner = conn.instance == owners[entry[2]]
+                (self.hold_on_owner if on_owner else self.hold_forwarded).record(
+                    now - entry[1], now, None if msg.get("ok") else _error_code(msg)
+                )
             if msg.get("ok"):
                 result = msg["result"]
                 self.hold.record(now - entry[1], now)
@@ -309,6 +349,8 @@ class PurchaseRun:
     async def run(self, t0: float, duration: float, bucket: float) -> None:
         self.hold.start(t0, bucket)
         self.reserve.start(t0, bucket)
+        self.hold_on_owner.start(t0, bucket)
+        self.hold_forwarded.start(t0, bucket)
         self.deadline = t0 + duration
         if self.rate is None:
             for conn in self.conns:
@@ -367,6 +409,9 @@ async def purchase_load(spec: WorkerSpec, control: Control) -> dict[str, Any]:
         "exhausted": run.exhausted,
         "unknown": run.unknown,
     }
+    if run.owners is not None:
+        result["hold_on_owner"] = run.hold_on_owner.data()
+        result["hold_forwarded"] = run.hold_forwarded.data()
     await close_all(run.conns)
     return result
 

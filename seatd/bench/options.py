@@ -13,9 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SCENARIOS", "Options", "build_parser", "parse_options", "scenario_params"]
+__all__ = [
+    "MULTI_INSTANCE_SCENARIOS",
+    "SCENARIOS",
+    "Options",
+    "build_parser",
+    "parse_options",
+    "scenario_params",
+]
 
 SCENARIOS = ("throughput", "rush", "events", "fanout", "idle")
+# Scenarios that can run on several seatd instances (--instances); idle measures one server's
+# memory per connection and per event, which several instances would only split.
+MULTI_INSTANCE_SCENARIOS = ("throughput", "rush", "events", "fanout")
 
 # scenario -> preset -> parameters. ``connections`` is per scenario what its name says:
 # purchasing connections, rush buyers, fan-out subscribers, idle connections.
@@ -77,6 +87,9 @@ class Options:
     server_env: tuple[tuple[str, str], ...]
     no_group_commit: bool
     baseline: bool
+    # Instance counts to run each scenario on, in turn (``--instances 1,3``); idle always one.
+    instances: tuple[int, ...]
+    via_non_owner: bool
     url: str | None
     secret: str | None
     server_pid: int | None
@@ -91,9 +104,13 @@ class Options:
     def scenarios(self) -> tuple[str, ...]:
         return SCENARIOS if self.scenario == "all" else (self.scenario,)
 
+    def instance_counts(self, scenario: str) -> tuple[int, ...]:
+        return self.instances if scenario in MULTI_INSTANCE_SCENARIOS else (1,)
 
-def scenario_params(options: Options, scenario: str) -> dict[str, Any]:
-    """The preset of this scenario with the explicit options laid over it."""
+
+def scenario_params(options: Options, scenario: str, instances: int = 1) -> dict[str, Any]:
+    """The preset of this scenario with the explicit options laid over it, on ``instances``
+    seatd instances."""
     params = dict(PRESETS[scenario][options.preset])
     overrides = {
         "duration": options.duration,
@@ -111,6 +128,7 @@ def scenario_params(options: Options, scenario: str) -> dict[str, Any]:
         params["rate"] = options.rate if options.rate is not None else params.get("rate")
     params["workers"] = options.workers
     params["seed"] = options.seed
+    params["instances"] = instances
     return params
 
 
@@ -126,6 +144,16 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
+
+
+def _instance_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects N or N,M,..., not {text!r}") from None
+    if not counts or min(counts) < 1 or max(counts) > 16:
+        raise argparse.ArgumentTypeError(f"instance counts are 1 to 16, not {text!r}")
+    return counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="throughput only: run with group commit, then without, and print the ratio",
     )
     server.add_argument(
+        "--instances",
+        type=_instance_counts,
+        metavar="N[,M...]",
+        help="seatd instances to start on the same PostgreSQL and Redis (default 1; 2 with "
+        "--via-non-owner); the load's connections are spread round-robin over them and its "
+        "events' owners too, so most commands reach a non-owner and are forwarded. "
+        "N,M,...: the same run on each count in turn, compared side by side "
+        f"({', '.join(MULTI_INSTANCE_SCENARIOS)}; idle always runs one)",
+    )
+    server.add_argument(
+        "--via-non-owner",
+        action="store_true",
+        help="throughput only: the cost of forwarding. Two runs on --instances (at least 2) "
+        "instances: every client on the event's owner, then every client on another instance "
+        "(each command forwarded), side by side",
+    )
+    server.add_argument(
         "--server-env",
         metavar="NAME=VALUE",
         action="append",
@@ -235,6 +280,19 @@ def parse_options(argv: Sequence[str]) -> Options:
         parser.error("--baseline applies to the throughput scenario only")
     if args.url and (args.baseline or args.no_group_commit or args.use_services):
         parser.error("--baseline, --no-group-commit and --use-services need a server started here")
+    if args.via_non_owner and args.scenario != "throughput":
+        parser.error("--via-non-owner applies to the throughput scenario only")
+    if args.via_non_owner and args.baseline:
+        parser.error("--via-non-owner and --baseline are two different comparisons: pick one")
+    instances: tuple[int, ...] = args.instances or ((2,) if args.via_non_owner else (1,))
+    if args.via_non_owner and (len(instances) != 1 or instances[0] < 2):
+        parser.error("--via-non-owner needs one instance count of 2 or more (--instances N)")
+    if args.baseline and len(instances) != 1:
+        parser.error("--baseline runs on one instance count (--instances N)")
+    if max(instances) > 1 and args.url:
+        parser.error("--instances needs servers started here, not --url")
+    if max(instances) > 1 and args.scenario == "idle":
+        parser.error("--instances does not apply to idle (memory of one server)")
     if args.url and not args.url.startswith(("ws://", "wss://")):
         parser.error("--url must be a ws:// or wss:// URL")
     server_env = []
@@ -260,6 +318,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         server_env=tuple(server_env),
         no_group_commit=args.no_group_commit,
         baseline=args.baseline,
+        instances=instances,
+        via_non_owner=args.via_non_owner,
         url=args.url,
         secret=args.secret,
         server_pid=args.server_pid,

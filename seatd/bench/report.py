@@ -12,7 +12,17 @@ from typing import Any
 
 from seatd.bench.scenarios import RunResult
 
-__all__ = ["baseline_json", "format_baseline", "format_run", "plot_path", "write_plot"]
+__all__ = [
+    "baseline_json",
+    "format_baseline",
+    "format_forwarding",
+    "format_instances",
+    "format_run",
+    "forwarding_json",
+    "instances_json",
+    "plot_path",
+    "write_plot",
+]
 
 _LABELS = {
     "throughput": "hold then reserve distinct seats of one event",
@@ -45,8 +55,9 @@ def _params(result: RunResult) -> str:
             "writers",
             "idle_timeout",
             "workers",
+            "instances",
         )
-        if p.get(k) is not None
+        if p.get(k) is not None and not (k == "instances" and p[k] == 1)
     ]
     return ", ".join(f"{k} {p[k]:g}" if isinstance(p[k], float) else f"{k} {p[k]}" for k in keys)
 
@@ -112,7 +123,16 @@ def _wrap(text: str, width: int = 96) -> str:
 def _resources(result: RunResult) -> str:
     parts = []
     server = result.resources.get("server")
-    if server:
+    instances = result.resources.get("instances")
+    if server and instances:
+        each = " / ".join(
+            f"{name} {entry['cpu_percent']:.0f}%" for name, entry in instances.items()
+        )
+        parts.append(
+            f"servers cpu {server['cpu_percent']:.0f}% in all ({each}) rss {server['rss_mb']:.0f}"
+            f" MB in all (peak {server['rss_peak_mb']:.0f} MB)"
+        )
+    elif server:
         parts.append(
             f"server cpu {server['cpu_percent']:.0f}% rss {server['rss_mb']:.0f} MB "
             f"(peak {server['rss_peak_mb']:.0f} MB)"
@@ -135,6 +155,66 @@ def _headline(result: RunResult) -> float:
     ops = {op.name: op for op in result.ops}
     op = ops.get("reserve") or result.ops[0]
     return op.ops_per_s
+
+
+def _headline_name(result: RunResult) -> str:
+    if "purchases_per_s" in result.metrics:
+        return "purchases"
+    return "reserve" if any(op.name == "reserve" for op in result.ops) else result.ops[0].name
+
+
+def instances_json(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """One scenario on several instance counts (``--instances 1,3``): a row per run."""
+    rows = []
+    base = _headline(runs[0]) if runs else 0.0
+    for run in runs:
+        first = run.ops[0]
+        rate = _headline(run)
+        row: dict[str, Any] = {
+            "instances": run.params.get("instances", 1),
+            "verified": run.verdict.ok,
+            "headline": f"{_headline_name(run)}/s",
+            "ops_per_s": round(rate, 1),
+            "ratio": round(rate / base, 3) if base else None,
+            "latency_op": first.name,
+            "p50_ms": first.latency_ms["p50"],
+            "p99_ms": first.latency_ms["p99"],
+        }
+        for name in ("server", "postgres", "redis"):
+            entry = run.resources.get(name)
+            row[f"{name}_cpu_percent"] = entry["cpu_percent"] if entry else None
+        for key in ("forwarded_share", "time_to_sell_out_s"):
+            if run.metrics.get(key) is not None:
+                row[key] = run.metrics[key]
+        rows.append(row)
+    return rows
+
+
+def format_instances(runs: Sequence[RunResult]) -> str:
+    rows = instances_json(runs)
+    first = rows[0]
+    counts = " vs ".join(str(r["instances"]) for r in rows)
+    width = max(14, len(first["headline"]) + 2)
+    lines = [
+        f"== {runs[0].scenario} on {counts} instances (latency: {first['latency_op']}, ms; "
+        "cpu: % of one core, servers summed)",
+        f"   {'instances':>9}{first['headline']:>{width}}{'ratio':>8}{'p50':>8}{'p99':>8}"
+        f"{'servers':>9}{'postgres':>10}{'redis':>7}{'forwarded':>11}",
+    ]
+    for row in rows:
+        cpu = [row[f"{n}_cpu_percent"] for n in ("server", "postgres", "redis")]
+        share = row.get("forwarded_share")
+        lines.append(
+            f"   {row['instances']:>9}{row['ops_per_s']:>{width}.1f}"
+            f"{(row['ratio'] or 0):>7.2f}x{_ms(row['p50_ms']):>8}{_ms(row['p99_ms']):>8}"
+            + "".join(
+                f"{(f'{c:.0f}%' if c is not None else '-'):>{w}}"
+                for c, w in zip(cpu, (9, 10, 7), strict=True)
+            )
+            + f"{(f'{100 * share:.0f}%' if share is not None else '-'):>11}"
+            + ("" if row["verified"] else "  VERIFICATION FAILED")
+        )
+    return "\n".join(lines)
 
 
 def format_baseline(on: RunResult, off: RunResult) -> str:
@@ -163,12 +243,72 @@ def baseline_json(on: RunResult, off: RunResult) -> dict[str, Any]:
     }
 
 
+def _latency(result: RunResult, name: str) -> dict[str, float] | None:
+    for op in result.ops:
+        if op.name == name:
+            return op.latency_ms
+    return None
+
+
+def _cpu_s(result: RunResult, name: str) -> float:
+    entry = result.resources.get(name)
+    return float(entry["cpu_s"]) if entry else 0.0
+
+
+def forwarding_json(on_owner: RunResult, forwarded: RunResult) -> dict[str, Any]:
+    """The two runs of ``--via-non-owner`` in figures: throughput, latency, CPU per purchase."""
+    document: dict[str, Any] = {"instances": on_owner.params.get("instances")}
+    for key, run in (("on_owner", on_owner), ("forwarded", forwarded)):
+        purchases = int(run.metrics.get("purchases") or 0)
+        entry: dict[str, Any] = {"purchases_per_s": round(_headline(run), 1)}
+        for op in ("hold", "reserve"):
+            latency = _latency(run, op)
+            if latency is not None:
+                entry[f"{op}_p50_ms"] = latency["p50"]
+                entry[f"{op}_p99_ms"] = latency["p99"]
+        for name in ("server", "redis", "postgres"):
+            entry[f"{name}_cpu_ms_per_purchase"] = (
+                round(1000.0 * _cpu_s(run, name) / purchases, 3) if purchases else None
+            )
+        document[key] = entry
+    a, b = _headline(on_owner), _headline(forwarded)
+    document["throughput_ratio"] = round(b / a, 3) if a else None
+    return document
+
+
+def format_forwarding(on_owner: RunResult, forwarded: RunResult) -> str:
+    doc = forwarding_json(on_owner, forwarded)
+    a, b = doc["on_owner"], doc["forwarded"]
+    ratio = doc["throughput_ratio"]
+    lines = [
+        f"== forwarding: every client on the event's owner vs on another instance "
+        f"({doc['instances']} instances)",
+        f"   purchases/s: {a['purchases_per_s']:.1f} on the owner, {b['purchases_per_s']:.1f} "
+        f"forwarded" + (f": {ratio:.2f}x" if ratio is not None else ""),
+    ]
+    for op in ("hold", "reserve"):
+        if f"{op}_p50_ms" in a and f"{op}_p50_ms" in b:
+            lines.append(
+                f"   {op} p50 / p99: {_ms(a[f'{op}_p50_ms'])} / {_ms(a[f'{op}_p99_ms'])} ms on "
+                f"the owner, {_ms(b[f'{op}_p50_ms'])} / {_ms(b[f'{op}_p99_ms'])} ms forwarded "
+                f"(p50 +{_ms(b[f'{op}_p50_ms'] - a[f'{op}_p50_ms'])} ms)"
+            )
+    cpu = []
+    for name in ("server", "redis", "postgres"):
+        x, y = a[f"{name}_cpu_ms_per_purchase"], b[f"{name}_cpu_ms_per_purchase"]
+        if x is not None and y is not None and (x or y):
+            cpu.append(f"{name} {x:.3f} -> {y:.3f}")
+    if cpu:
+        lines.append("   cpu ms per purchase, owner -> forwarded: " + ", ".join(cpu))
+    return "\n".join(lines)
+
+
 def plot_path(base: str, result: RunResult, several: bool) -> Path:
     """FILE.png for a single run; FILE-<scenario>[-<label>].png when there are several."""
     path = Path(base)
     if not several:
         return path
-    label = result.label.replace(" ", "-")
+    label = result.label.replace(", ", "-").replace(" ", "-")
     return path.with_name(f"{path.stem}-{result.scenario}-{label}{path.suffix or '.png'}")
 
 

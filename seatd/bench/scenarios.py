@@ -23,12 +23,19 @@ from urllib.parse import urlsplit
 from seatd.bench.acks import AckLog
 from seatd.bench.admin import AdminClient
 from seatd.bench.layout import EventLayout
-from seatd.bench.stack import BenchError, ProcessMeter, SeatdProcess, Services, listener_pid
+from seatd.bench.stack import (
+    BenchError,
+    ProcessMeter,
+    SeatdProcess,
+    Services,
+    listener_pid,
+    summarize_log,
+)
 from seatd.bench.stats import OpAggregate, OpData, OpSummary
 from seatd.bench.verify import Verdict, seat_counts, verify_run
 from seatd.bench.workers import WorkerPool, WorkerSpec
 
-__all__ = ["SCENARIO_RUNNERS", "Harness", "RunResult", "run_baseline"]
+__all__ = ["SCENARIO_RUNNERS", "Cluster", "Harness", "RunResult", "run_baseline", "run_forwarding"]
 
 # Hold requests with these outcomes may or may not have created a hold.
 _UNKNOWN_OUTCOME = ("no_reply", "connection_closed", "unavailable", "internal_error")
@@ -115,16 +122,34 @@ class Window:
             meter.stop()
 
     def resources(self) -> dict[str, Any]:
+        """Per meter: CPU (and for servers memory). Several instances (meters named
+        ``server:<instance id>``): ``server`` is their sum and ``instances`` each one."""
         result: dict[str, Any] = {}
+        instances: dict[str, Any] = {}
         for name, meter in self.meters.items():
             entry: dict[str, Any] = {
                 "cpu_percent": round(meter.cpu_percent, 1),
                 "cpu_s": round(meter.cpu_s, 2),
             }
-            if name == "server":
+            if name == "server" or name.startswith("server:"):
                 entry["rss_mb"] = round(meter.rss_end / MB, 1)
                 entry["rss_peak_mb"] = round(meter.rss_peak / MB, 1)
-            result[name] = entry
+            if name.startswith("server:"):
+                instances[name.removeprefix("server:")] = entry
+            else:
+                result[name] = entry
+        if instances:
+            servers = [m for n, m in self.meters.items() if n.startswith("server:")]
+            cpu_s = sum(m.cpu_s for m in servers)
+            wall_s = max(m.wall_s for m in servers)
+            total = {
+                "cpu_percent": round(100.0 * cpu_s / wall_s, 1) if wall_s > 0 else 0.0,
+                "cpu_s": round(cpu_s, 2),
+                "rss_mb": round(sum(m.rss_end for m in servers) / MB, 1),
+                "rss_peak_mb": round(sum(m.rss_peak for m in servers) / MB, 1),
+                "instances": len(servers),
+            }
+            result = {"server": total, "instances": instances, **result}
         return result
 
 
@@ -133,6 +158,36 @@ class Server:
     url: str
     pid: int | None
     process: SeatdProcess | None = None
+    instance_id: str | None = None
+
+
+@dataclass
+class Cluster:
+    """The seatd instances of one run, all on the same PostgreSQL and Redis (one unless
+    ``--instances``); the first is where the coordinator creates events."""
+
+    servers: list[Server]
+    # instance id -> what its log said at warning level and above (``summarize_log``), filled
+    # in when the instances have stopped.
+    logs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.servers)
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def targets(self, indices: Sequence[int] | None = None) -> list[tuple[str, int]]:
+        """(url, instance index) for the load's connections, dealt round-robin."""
+        chosen = range(len(self.servers)) if indices is None else indices
+        return [(self.servers[i].url, i) for i in chosen]
+
+    def index_of(self, instance_id: str | None) -> int:
+        for i, server in enumerate(self.servers):
+            if server.instance_id == instance_id:
+                return i
+        return -1
 
 
 class Harness:
@@ -191,13 +246,7 @@ class Harness:
                 pid = listener_pid(parts.port)
             yield Server(self.url, pid)
             return
-        env = {**self.services.postgres_env, **self.services.redis_env}
-        env["SEATD_JWT_SECRET"] = self.secret
-        if not self.group_commit:
-            env["SEATD_MAX_BATCH"] = "1"
-        env.update(overrides)
-        env.update(self.server_env)  # the user's --server-env has the last word
-        process = SeatdProcess(env)
+        process = SeatdProcess(self._server_env(overrides))
         await asyncio.to_thread(process.start)
         try:
             yield Server(process.url, process.pid, process)
@@ -212,9 +261,70 @@ class Harness:
             if code not in (0, None):
                 print(f"seatd exited with code {code}", file=sys.stderr)
 
-    def window(self, server: Server) -> Window:
+    def _server_env(self, overrides: dict[str, str]) -> dict[str, str]:
+        assert self.services is not None
+        env = {**self.services.postgres_env, **self.services.redis_env}
+        env["SEATD_JWT_SECRET"] = self.secret
+        if not self.group_commit:
+            env["SEATD_MAX_BATCH"] = "1"
+        env.update(overrides)
+        env.update(self.server_env)  # the user's --server-env has the last word
+        return env
+
+    @contextlib.asynccontextmanager
+    async def cluster(
+        self, overrides: dict[str, str], instances: int = 1
+    ) -> AsyncIterator[Cluster]:
+        """``instances`` seatd processes on the same services, each with its own port and
+        SEATD_INSTANCE_ID (``bench-<port>``); one instance is exactly ``server()``."""
+        if instances == 1:
+            async with self.server(overrides) as server:
+                yield Cluster([server])
+            return
+        if self.services is None:
+            raise BenchError("--instances needs servers started here, not --url")
+        env = self._server_env(overrides)
+        processes = [SeatdProcess(env) for _ in range(instances)]
+        cluster = Cluster(
+            [Server(p.url, None, p, p.instance_id) for p in processes]  # pids set once started
+        )
+        try:
+            # Every start finishes (or fails) before any stop: a stop racing a start would not
+            # see the process it started.
+            started = await asyncio.gather(
+                *(asyncio.to_thread(p.start) for p in processes), return_exceptions=True
+            )
+            for outcome in started:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            for server, process in zip(cluster.servers, processes, strict=True):
+                server.pid = process.pid
+            yield cluster
+        finally:
+            codes = await asyncio.gather(
+                *(asyncio.to_thread(p.stop) for p in processes), return_exceptions=True
+            )
+            for process, code in zip(processes, codes, strict=True):
+                summary = summarize_log(process.final_log)
+                cluster.logs[process.instance_id] = summary
+                errors = [k for k in summary["counts"] if not k.startswith("warning:")]
+                if errors:
+                    print(
+                        f"seatd {process.instance_id} logged {errors}, e.g.: "
+                        f"{summary['examples'].get(errors[0], '')[:500]}",
+                        file=sys.stderr,
+                    )
+                if isinstance(code, BaseException) or code not in (0, None):
+                    print(f"seatd {process.instance_id} exited with {code!r}", file=sys.stderr)
+
+    def window(self, server: Server | Cluster) -> Window:
         meters: dict[str, ProcessMeter] = {}
-        candidates: list[tuple[str, int | None, bool]] = [("server", server.pid, False)]
+        candidates: list[tuple[str, int | None, bool]]
+        if isinstance(server, Cluster) and len(server) > 1:
+            candidates = [(f"server:{s.instance_id}", s.pid, False) for s in server.servers]
+        else:
+            first = server.servers[0] if isinstance(server, Cluster) else server
+            candidates = [("server", first.pid, False)]
         if self.services is not None:
             for name, port, children in (
                 ("postgres", self.services.postgres_port, True),
@@ -286,7 +396,7 @@ class Harness:
 
     async def drive(
         self,
-        server: Server,
+        server: Server | Cluster,
         load: str,
         shared: dict[str, Any],
         connections: int,
@@ -299,9 +409,17 @@ class Harness:
         timeout: float,
         total: int | None = None,
         bucket: float | None = None,
+        targets: list[tuple[str, int]] | None = None,
     ) -> tuple[Window, float, list[dict[str, Any]]]:
         """Split the connections over worker processes, connect them, start the load at one
-        instant and collect every worker's result: the window, the start time, the results."""
+        instant and collect every worker's result: the window, the start time, the results.
+
+        Several instances: the connections are dealt round-robin over ``targets`` (default:
+        every instance), like a load balancer would."""
+        if targets is None and isinstance(server, Cluster) and len(server) > 1:
+            targets = server.targets()
+        if targets is not None:
+            shared = {**shared, "targets": targets}
         specs = [
             self.spec(i, load, server.url, {**shared, "connections": count, "conn_offset": offset})
             for i, (offset, count) in enumerate(_split(connections, workers))
@@ -361,9 +479,13 @@ def _unknown_holds(hold: OpAggregate) -> int:
 # --- throughput and events --------------------------------------------------------------------
 
 
-async def run_throughput(h: Harness, p: dict[str, Any], label: str = "") -> RunResult:
+async def run_throughput(
+    h: Harness, p: dict[str, Any], label: str = "", clients_on: int | None = None
+) -> RunResult:
+    """``clients_on``: every connection on this instance (several instances; the event is
+    owned by instance 0), instead of round-robin over all of them."""
     layouts = [EventLayout(f"{h.prefix('throughput')}-0", int(p["seats"]), 1000)]
-    return await _purchase(h, "throughput", label, p, layouts)
+    return await _purchase(h, "throughput", label, p, layouts, clients_on)
 
 
 async def run_events(h: Harness, p: dict[str, Any]) -> RunResult:
@@ -376,23 +498,43 @@ async def run_events(h: Harness, p: dict[str, Any]) -> RunResult:
 
 
 async def _purchase(
-    h: Harness, scenario: str, label: str, p: dict[str, Any], layouts: list[EventLayout]
+    h: Harness,
+    scenario: str,
+    label: str,
+    p: dict[str, Any],
+    layouts: list[EventLayout],
+    clients_on: int | None = None,
 ) -> RunResult:
     started = time.monotonic()
     workers, connections = int(p["workers"]), int(p["connections"])
     duration = float(p["duration"])
+    instances = int(p.get("instances", 1))
+    event_ids = [lay.event_id for lay in layouts]
+    owners: list[int] = []
+    owners_after: list[int] = []
     # Open loop may queue many requests on one connection: let the server read them all.
-    async with h.server({"SEATD_MAX_INFLIGHT": "100000"}) as server:
-        admin = await AdminClient.open(server.url, h.secret)
+    async with h.cluster({"SEATD_MAX_INFLIGHT": "100000"}, instances) as cluster:
+        admin = await AdminClient.open(cluster.url, h.secret)
         try:
             await admin.call_many("create_event", [lay.create_request() for lay in layouts])
-            # Load every event now, so the window measures steady state, not activation.
-            await admin.call_many("get_event", [{"event_id": lay.event_id} for lay in layouts])
+            if instances == 1:
+                # Load every event now, so the window measures steady state, not activation.
+                await admin.call_many("get_event", [{"event_id": e} for e in event_ids])
         finally:
             await admin.close()
+        shared: dict[str, Any] = {}
+        targets = None
+        if instances > 1:
+            # Event i is first used, so owned, by instance i mod N: the owners are spread
+            # like first uses behind a load balancer would spread them.
+            await _activate_spread(h, cluster, event_ids)
+            owners = await _owners(h, cluster, event_ids)
+            shared["owners"] = owners
+            if clients_on is not None:
+                targets = cluster.targets([clients_on])
         rate = p.get("rate")
         window, t0, results = await h.drive(
-            server,
+            cluster,
             "purchase",
             {
                 "events": [(lay.event_id, lay.seats, lay.per_row) for lay in layouts],
@@ -402,6 +544,7 @@ async def _purchase(
                 "max_per_user": 10_000,
                 "user_prefix": h.run_id,
                 "seed": int(p["seed"]),
+                **shared,
             },
             connections,
             workers,
@@ -410,13 +553,16 @@ async def _purchase(
             unit="purchase",
             duration=duration,
             timeout=duration + 120,
+            targets=targets,
         )
+        if instances > 1:
+            owners_after = await _owners(h, cluster, event_ids)
     window_s = max(max(float(r["t_last"]) for r in results) - t0, 1e-3)
     hold, reserve = _merge(results, "hold"), _merge(results, "reserve")
     logs: list[AckLog] = [r["acks"] for r in results]
     ops = [hold.summary("hold", window_s), reserve.summary("reserve", window_s)]
     exhausted = sum(int(r["exhausted"]) for r in results)
-    metrics = {
+    metrics: dict[str, Any] = {
         "events": len(layouts),
         "seats_per_event": layouts[0].seats,
         "purchases": reserve.ok,
@@ -433,10 +579,26 @@ async def _purchase(
             f"{exhausted} holds not sent: seats (or the per-user limit) ran out; "
             "use --seats or a shorter --duration"
         )
+    if instances > 1:
+        on_owner, forwarded = _merge(results, "hold_on_owner"), _merge(results, "hold_forwarded")
+        ops += [
+            split.summary(name, window_s)
+            for name, split in (("hold on owner", on_owner), ("hold forwarded", forwarded))
+            if split.count
+        ]
+        split_total = on_owner.count + forwarded.count
+        metrics.update(
+            instances=instances,
+            clients_on="every instance" if clients_on is None else f"instance {clients_on}",
+            forwarded_share=round(forwarded.count / split_total, 3) if split_total else None,
+            server_cpu_ms_per_purchase=_cpu_ms_per(window.resources(), "server", reserve.ok),
+        )
+        metrics.update(_ownership(cluster, owners, owners_after))
+        notes += _cluster_notes(cluster, owners, owners_after)
     verdict = await verify_run(h.postgres_env, layouts, logs, unknown_holds=_unknown_holds(hold))
     return RunResult(
         scenario=scenario,
-        label=label or ("group commit" if h.group_commit else "no group commit"),
+        label=label or _label(h, instances),
         params={k: v for k, v in p.items()},
         window_s=window_s,
         ops=ops,
@@ -461,6 +623,112 @@ async def run_baseline(h: Harness, p: dict[str, Any]) -> tuple[RunResult, RunRes
     return on, off
 
 
+async def run_forwarding(h: Harness, p: dict[str, Any]) -> tuple[RunResult, RunResult]:
+    """The cost of forwarding: throughput on ``instances`` instances, the event owned by the
+    first; every client on the owner, then every client on the second instance (each command
+    forwarded to the owner through Redis and its reply routed back), same load."""
+    if int(p.get("instances", 1)) < 2:
+        raise BenchError("--via-non-owner needs --instances 2 or more")
+    on_owner = await run_throughput(h, p, "clients on the owner", clients_on=0)
+    forwarded = await run_throughput(h, p, "clients on a non-owner", clients_on=1)
+    return on_owner, forwarded
+
+
+# --- several instances ------------------------------------------------------------------------
+
+
+async def _activate_spread(h: Harness, cluster: Cluster, event_ids: Sequence[str]) -> None:
+    """Load every event now (the window measures steady state, not activation), event i on
+    instance i mod N: the first instance to use an event takes its lease, so owns it."""
+    n = len(cluster)
+    admins = [await AdminClient.open(server.url, h.secret) for server in cluster.servers]
+    try:
+        await asyncio.gather(
+            *(
+                admin.call_many("get_event", [{"event_id": e} for e in event_ids[i::n]])
+                for i, admin in enumerate(admins)
+                if event_ids[i::n]
+            )
+        )
+    finally:
+        for admin in admins:
+            await admin.close()
+
+
+def _redis_client(h: Harness) -> Any:
+    """A Redis client on the run's Redis, or None when it is not known."""
+    env = h.redis_env
+    if env is None:
+        return None
+    from redis.asyncio import Redis
+
+    return Redis(
+        host=env.get("REDIS_HOST", "127.0.0.1"),
+        port=int(env["REDIS_PORT"]),
+        db=int(env.get("REDIS_DB", "0")),
+        password=env.get("REDIS_PASSWORD") or None,
+    )
+
+
+async def _owners(h: Harness, cluster: Cluster, event_ids: Sequence[str]) -> list[int]:
+    """The index of the instance holding each event's lease (-1: none, or not an instance of
+    this run), read from Redis."""
+    from seatd.adapters.redis import lease_key
+
+    client = _redis_client(h)
+    if client is None:
+        return [-1] * len(event_ids)
+    values: list[Any] = []
+    try:
+        for lo in range(0, len(event_ids), 1000):
+            values += await client.mget([lease_key(e) for e in event_ids[lo : lo + 1000]])
+    except Exception:
+        return [-1] * len(event_ids)
+    finally:
+        await client.aclose()
+    return [cluster.index_of(v.decode() if isinstance(v, bytes) else v) for v in values]
+
+
+def _ownership(cluster: Cluster, before: list[int], after: list[int]) -> dict[str, Any]:
+    owned = {s.instance_id or str(i): before.count(i) for i, s in enumerate(cluster.servers)}
+    moved = sum(1 for a, b in zip(before, after, strict=False) if a != b)
+    return {"owned_events": owned, "owner_changes": moved}
+
+
+def _label(h: Harness, instances: int) -> str:
+    if instances == 1:
+        return "group commit" if h.group_commit else "no group commit"
+    return f"{instances} instances" + ("" if h.group_commit else ", no group commit")
+
+
+def _cpu_ms_per(resources: dict[str, Any], name: str, count: int) -> float | None:
+    entry = resources.get(name)
+    if not entry or not count:
+        return None
+    return round(1000.0 * float(entry["cpu_s"]) / count, 3)
+
+
+def _cluster_notes(cluster: Cluster, before: list[int], after: list[int]) -> list[str]:
+    """What the instances logged (warnings and errors), and ownership surprises."""
+    notes = []
+    unowned = before.count(-1)
+    if unowned:
+        notes.append(f"{unowned} events had no lease of this run's instances after loading")
+    moved = sum(1 for a, b in zip(before, after, strict=False) if a != b)
+    if moved:
+        notes.append(f"{moved} events changed owner during the run")
+    logged = False
+    for instance_id, summary in cluster.logs.items():
+        counts = summary["counts"]
+        if counts:
+            logged = True
+            listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+            notes.append(f"{instance_id} logged: {listed}")
+    if not logged and cluster.logs:
+        notes.append("no instance logged a warning or an error")
+    return notes
+
+
 # --- rush -------------------------------------------------------------------------------------
 
 
@@ -469,7 +737,8 @@ async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
     seats, connections, workers = int(p["seats"]), int(p["connections"]), int(p["workers"])
     duration = float(p["duration"])
     layout = EventLayout(f"{h.prefix('rush')}-0", seats, min(50, seats))
-    async with h.server({}) as server:
+    instances = int(p.get("instances", 1))
+    async with h.cluster({}, instances) as server:
         admin = await AdminClient.open(server.url, h.secret)
         try:
             await admin.call("create_event", **layout.create_request(max_seats_per_user=8))
@@ -497,6 +766,7 @@ async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
             total=connections,
             bucket=0.05,  # a sale is over in seconds: a fine timeline
         )
+        owners = await _owners(h, server, [layout.event_id]) if instances > 1 else []
     hold, reserve = _merge(results, "hold"), _merge(results, "reserve")
     logs: list[AckLog] = [r["acks"] for r in results]
     seats_bought = sum(int(r["seats_bought"]) for r in results)
@@ -536,9 +806,12 @@ async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
         h.postgres_env, [layout], logs, unknown_holds=_unknown_holds(hold), verdict=verdict
     )
     notes = [] if sold_out else [f"not sold out: {seats_bought} of {seats} seats sold"]
+    if instances > 1:
+        metrics["instances"] = instances
+        notes += _cluster_notes(server, [0], owners)
     return RunResult(
         scenario="rush",
-        label="group commit" if h.group_commit else "no group commit",
+        label=_label(h, instances),
         params=dict(p),
         window_s=window_s,
         ops=[hold_summary, reserve.summary("reserve", window_s)],
@@ -569,11 +842,12 @@ async def run_fanout(h: Harness, p: dict[str, Any]) -> RunResult:
     subscribers, workers = int(p["connections"]), int(p["workers"])
     writers, duration = int(p["writers"]), float(p["duration"])
     rate = float(p.get("rate") or 500.0)
+    instances = int(p.get("instances", 1))
     seats = min(100_000, max(writers * 100, int(rate * duration * 1.1) + writers * 10))
     layout = EventLayout(f"{h.prefix('fanout')}-0", seats, min(1000, seats))
     slots = int(rate * duration * 1.5) + 10_000
     with _time_table(slots) as table:
-        async with h.server({}) as server:
+        async with h.cluster({}, instances) as server:
             admin = await AdminClient.open(server.url, h.secret)
             try:
                 await admin.call("create_event", **layout.create_request())
@@ -584,6 +858,8 @@ async def run_fanout(h: Harness, p: dict[str, Any]) -> RunResult:
                     "slots": slots,
                     "user_prefix": h.run_id,
                 }
+                if instances > 1:  # subscribers and writers round-robin over the instances
+                    common["targets"] = server.targets()
                 specs = [
                     h.spec(
                         i,
@@ -632,6 +908,7 @@ async def run_fanout(h: Harness, p: dict[str, Any]) -> RunResult:
                         "result", indices=subs, timeout=90, tick=window.sample
                     )
                     window.stop()
+                    owners = await _owners(h, server, [layout.event_id]) if instances > 1 else []
                 finally:
                     await pool.close()
             finally:
@@ -699,6 +976,9 @@ async def run_fanout(h: Harness, p: dict[str, Any]) -> RunResult:
     )
     early = sum(int(r["early"]) for r in results)
     notes = []
+    if instances > 1:
+        metrics["instances"] = instances
+        notes += _cluster_notes(server, [0], owners)
     if early:
         notes.append(
             f"reply->push counts from the writer's own reply and is clipped at 0: {early} of "
@@ -706,7 +986,7 @@ async def run_fanout(h: Harness, p: dict[str, Any]) -> RunResult:
         )
     return RunResult(
         scenario="fanout",
-        label="group commit" if h.group_commit else "no group commit",
+        label=_label(h, instances),
         params=dict(p),
         window_s=window_s,
         ops=[
@@ -757,17 +1037,9 @@ async def _create_idle_events(h: Harness, prefix: str, count: int, seats: int) -
 
 async def _count_leases(h: Harness, prefix: str) -> int | None:
     """Events of this run loaded in the server right now (their Redis leases), if visible."""
-    env = h.redis_env
-    if env is None:
+    client = _redis_client(h)
+    if client is None:
         return None
-    from redis.asyncio import Redis
-
-    client = Redis(
-        host=env.get("REDIS_HOST", "127.0.0.1"),
-        port=int(env["REDIS_PORT"]),
-        db=int(env.get("REDIS_DB", "0")),
-        password=env.get("REDIS_PASSWORD") or None,
-    )
     try:
         count = 0
         async for _ in client.scan_iter(match=f"seatd:{{{prefix}*}}:owner", count=10_000):

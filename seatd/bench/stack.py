@@ -32,6 +32,7 @@ __all__ = [
     "find_init_sql",
     "listener_pid",
     "new_secret",
+    "summarize_log",
 ]
 
 # Settings the bench decides; inherited values would make runs irreproducible.
@@ -142,6 +143,11 @@ class SeatdProcess:
             prefix="seatd-bench-server-", suffix=".log", delete=False
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.final_log = ""  # the whole log, kept by stop() before the file is deleted
+
+    @property
+    def instance_id(self) -> str:
+        return self.env["SEATD_INSTANCE_ID"]
 
     @property
     def url(self) -> str:
@@ -201,6 +207,8 @@ class SeatdProcess:
             code = self.proc.returncode
             self.proc = None
         self._log.close()
+        with contextlib.suppress(OSError):
+            self.final_log = Path(self._log.name).read_text(errors="replace")
         with contextlib.suppress(OSError):
             os.unlink(self._log.name)
         return code
@@ -280,3 +288,30 @@ class ProcessMeter:
     @property
     def cpu_percent(self) -> float:
         return 100.0 * self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def summarize_log(text: str, examples: int = 10) -> dict[str, Any]:
+    """What a seatd log says at warning level and above: ``counts`` of ``level:event`` (JSON
+    lines) and of ``unstructured`` lines (libraries, tracebacks), and the first line of each
+    (``examples``, for the first few kinds)."""
+    import json
+
+    counts: dict[str, int] = {}
+    shown: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key = "unstructured"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            level = str(record.get("level", "?"))
+            if level not in ("warning", "error", "critical"):
+                continue
+            key = f"{level}:{record.get('event', '?')}"
+        if key not in counts and len(shown) < examples:
+            shown[key] = line[:400]
+        counts[key] = counts.get(key, 0) + 1
+    return {"counts": counts, "examples": shown}

@@ -256,7 +256,67 @@ def test_usage_errors_exit_2() -> None:
     )
     assert proc.returncode == 2
     assert "--baseline applies to the throughput scenario only" in proc.stderr
+    idle = subprocess.run(
+        [sys.executable, "-m", "seatd", "bench", "idle", "--instances", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert idle.returncode == 2
+    assert "--instances does not apply to idle" in idle.stderr
     listed = subprocess.run(
         [sys.executable, "-m", "seatd", "--help"], capture_output=True, text=True, check=False
     )
     assert "bench" in listed.stdout
+
+
+def test_events_on_two_instances_forward_and_verify(service_env: dict[str, str]) -> None:
+    """Two seatd instances on the same services: connections round-robin, events owned by
+    both, so about half the holds are forwarded; the database must still agree."""
+    args = ["events", "--smoke", "--instances", "2", "--duration", "1"]
+    code, document, stderr = bench(args, service_env)
+    assert code == 0, stderr[-4000:]
+    run = run_of(document, "events")
+    check_run_shape(run)
+    assert run["params"]["instances"] == 2
+    assert run["label"] == "2 instances"
+    servers = run["resources"]["instances"]
+    assert len(servers) == 2
+    assert run["resources"]["server"]["instances"] == 2
+    metrics = run["metrics"]
+    assert metrics["instances"] == 2
+    assert sorted(metrics["owned_events"].values()) == [5, 5]  # 10 events, i mod 2
+    assert metrics["owner_changes"] == 0
+    ops = run["ops"]
+    assert ops["hold"]["errors"] == {} and ops["reserve"]["errors"] == {}
+    assert ops["reserve"]["ok"] == ops["hold"]["ok"] == metrics["purchases"] > 0
+    # Every hold reply is counted once more, by where it was served.
+    assert ops["hold on owner"]["count"] + ops["hold forwarded"]["count"] == ops["hold"]["count"]
+    assert ops["hold forwarded"]["ok"] > 0 and ops["hold on owner"]["ok"] > 0
+
+
+def test_via_non_owner_forwards_every_command(service_env: dict[str, str]) -> None:
+    """--via-non-owner: the same load with every client on the owner, then on the other
+    instance; both verified, and the second forwarded everything."""
+    args = ["throughput", "--smoke", "--via-non-owner", "--duration", "1"]
+    code, document, stderr = bench(args, service_env)
+    assert code == 0, stderr[-4000:]
+    on_owner, forwarded = document["runs"]
+    assert (on_owner["label"], forwarded["label"]) == (
+        "clients on the owner",
+        "clients on a non-owner",
+    )
+    for run in (on_owner, forwarded):
+        check_run_shape(run)
+        assert run["params"]["instances"] == 2
+        assert run["ops"]["hold"]["errors"] == {} and run["ops"]["reserve"]["errors"] == {}
+    assert on_owner["metrics"]["forwarded_share"] == 0
+    assert forwarded["metrics"]["forwarded_share"] == 1
+    assert "hold forwarded" not in on_owner["ops"] and "hold on owner" not in forwarded["ops"]
+    summary = document["forwarding"]
+    assert summary["instances"] == 2
+    assert (
+        summary["on_owner"]["purchases_per_s"] > 0 and summary["forwarded"]["purchases_per_s"] > 0
+    )
+    assert "== forwarding" in stderr
