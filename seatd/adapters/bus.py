@@ -57,6 +57,11 @@ def _event_of(channel: str) -> str | None:
     return None
 
 
+def _give_up(answer: asyncio.Future[tuple[Header, bytes]], why: str) -> None:
+    if not answer.done():
+        answer.set_exception(PeerTimeout(why))
+
+
 def _pack(header: Header, body: bytes) -> bytes:
     return orjson.dumps(header) + b"\n" + body
 
@@ -130,11 +135,14 @@ class RedisBus:
             receivers = await self._publish(inbox_channel(instance_id), message)
             if receivers == 0:
                 raise PeerGone(f"instance {instance_id} is not listening")
+            # A bare timer, cheaper than asyncio.timeout() on this per-command path.
+            timer = asyncio.get_running_loop().call_later(
+                timeout, _give_up, answer, f"instance {instance_id} did not answer in {timeout} s"
+            )
             try:
-                async with asyncio.timeout(timeout):
-                    return await answer
-            except TimeoutError:
-                raise PeerTimeout(f"instance {instance_id} did not answer in {timeout} s") from None
+                return await answer
+            finally:
+                timer.cancel()
         finally:
             self._waiting.pop(correlation, None)
 
