@@ -26,6 +26,7 @@ from seatd.errors import StoreUnavailable
 from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.connection import GatewayContext
 from seatd.gateway.forward import Router
+from seatd.gateway.limits import ConnectionCounter, InflightGauge, RateLimiter
 from seatd.gateway.server import Gateway, Readiness
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import Clock, SystemClock
@@ -120,6 +121,13 @@ class App:
             broadcaster=broadcaster,
             router=router,
             authority=authority,
+            rates=RateLimiter(
+                (s.rate_per_connection, s.burst_per_connection), (s.rate_per_user, s.burst_per_user)
+            ),
+            connections=ConnectionCounter(
+                s.max_connections_per_address, s.max_connections_per_user, s.max_connections
+            ),
+            pending=InflightGauge(s.max_pending),
             auth_timeout=s.auth_timeout,
             max_seats_per_hold=s.max_seats_per_hold,
             max_subscriptions=s.max_subscriptions,
@@ -149,6 +157,7 @@ class App:
             readiness,
             allowed_origins=s.allowed_origins,
             handshake_timeout=s.handshake_timeout,
+            address_header=s.client_address_header,
         )
         await gateway.start(s.host, s.port)
         self.gateway = gateway

@@ -136,6 +136,12 @@ class SeatdProcess:
             "SEATD_HOST": "127.0.0.1",
             "SEATD_SHUTDOWN_TIMEOUT": "5",
             "SEATD_INSTANCE_ID": f"bench-{self.port}",
+            # The load generator is one address opening up to 10,000 connections and pipelining
+            # as fast as the server answers: the per-client limits would only measure themselves.
+            "SEATD_MAX_CONNECTIONS_PER_ADDRESS": "0",
+            "SEATD_MAX_CONNECTIONS": "0",
+            "SEATD_RATE_PER_CONNECTION": "0",
+            "SEATD_RATE_PER_USER": "0",
             **env,
             "PORT": str(self.port),
         }

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +48,11 @@ from seatd.core import Policy
 from seatd.errors import (
     Forbidden,
     InvalidRequest,
+    Overloaded,
+    RateLimited,
     SeatdError,
     ShuttingDown,
+    TooManyConnections,
     TooManySubscriptions,
     Unauthenticated,
 )
@@ -55,6 +60,7 @@ from seatd.gateway import catalog
 from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.forward import Router
 from seatd.gateway.holds import HoldFollower
+from seatd.gateway.limits import ConnectionCounter, InflightGauge, RateLimiter
 from seatd.gateway.translate import (
     error_frame,
     idempotency_key,
@@ -84,6 +90,9 @@ class GatewayContext:
     broadcaster: Broadcaster
     router: Router
     authority: TokenAuthority
+    rates: RateLimiter
+    connections: ConnectionCounter
+    pending: InflightGauge
     max_frame_bytes: int
     max_inflight: int
     send_queue: int
@@ -119,6 +128,10 @@ class Connection:
         if identity is not None:
             self.identity = identity
         self._token_timers: list[asyncio.TimerHandle] = []
+        self._bucket = ctx.rates.connection_bucket()
+        self._started = 0  # requests whose work started (each ends in ``_done``)
+        # The user counted in the per-user connection limit (None until admitted).
+        self.counted_user: str | None = None
         self.ctx = ctx
         self.session_id = f"s{next(_session_ids)}"
         self.inflight = 0
@@ -243,6 +256,9 @@ class Connection:
     # --- inbound ---------------------------------------------------------------------------
 
     def _on_frame(self, frame: str | bytes) -> None:
+        # Every frame spends a token, well-formed or not; a refused one is not looked at
+        # beyond its id (so the client can match the refusal).
+        wait = self.ctx.rates.check(self.identity.user_id, self._bucket, time.monotonic())
         if isinstance(frame, bytes):
             self.send(
                 encode_error(
@@ -253,6 +269,9 @@ class Connection:
         try:
             request_id, request_type, request = decode_request(frame)
         except DecodeError as error:
+            if wait > 0:
+                self.send(error_frame(error.request_id, error.request_type, _rate_limited(wait)))
+                return
             self.send(
                 encode_error(
                     error.request_id,
@@ -263,6 +282,9 @@ class Connection:
                     details=error.details,
                 )
             )
+            return
+        if wait > 0:
+            self.send(error_frame(request_id, request_type, _rate_limited(wait)))
             return
         if self.ctx.draining:
             self.send(
@@ -279,13 +301,26 @@ class Connection:
             )
         elif isinstance(request, wire.Authenticate):
             self._reauthenticate(request_id, request_type, request)
-        elif isinstance(request, wire.CreateEvent | wire.ListEvents):
+        elif isinstance(request, wire.Unsubscribe):
+            self._unsubscribe(request_id, request_type, request)
+        elif not self.ctx.pending.enter():  # the rest takes work: shed it when at the limit
+            overloaded = Overloaded("the server has too many requests in progress; retry")
+            self.send(error_frame(request_id, request_type, overloaded))
+        else:
+            started = self._started
+            try:
+                self._dispatch(request_id, request_type, request, frame)
+            finally:
+                if self._started == started:  # answered at once: no work is in progress
+                    self.ctx.pending.leave()
+
+    def _dispatch(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
+        """Start the work of a request; its answer comes when the work is done (``_done``)."""
+        if isinstance(request, wire.CreateEvent | wire.ListEvents):
             served = catalog.serve(self.ctx.store, self.ctx.policy, self.identity, request)
             self._track(self._spawn(served), _Pending(request_id, request_type))
         elif isinstance(request, wire.Subscribe):
             self._subscribe(request_id, request_type, request)
-        elif isinstance(request, wire.Unsubscribe):
-            self._unsubscribe(request_id, request_type, request)
         else:
             self._to_actor(request_id, request_type, request, frame)
 
@@ -315,11 +350,13 @@ class Connection:
         self._track(future, pending)
 
     def _track(self, future: asyncio.Future[Any], pending: _Pending) -> None:
+        self._started += 1
         self.inflight += 1
         self.idle.clear()
         future.add_done_callback(partial(self._done, pending))
 
     def _done(self, pending: _Pending, future: asyncio.Future[Any]) -> None:
+        self.ctx.pending.leave()
         self.inflight -= 1
         if self.inflight < self.ctx.max_inflight:
             self._capacity.set()
@@ -415,6 +452,12 @@ class Connection:
             self.send(error_frame(request_id, "authenticate", error))
             await self.ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
             return False
+        if not self.ctx.connections.admit_user(identity.user_id):
+            refusal = TooManyConnections("this user has too many connections open")
+            self.send(error_frame(request_id, "authenticate", refusal))
+            await self.ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections for this user")
+            return False
+        self.counted_user = identity.user_id
         self.identity = identity
         self._authenticated(request_id, request_type)
         return True
@@ -540,3 +583,9 @@ class Connection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _rate_limited(wait: float) -> RateLimited:
+    return RateLimited(
+        "too many requests: slow down", retry_after_ms=max(1, math.ceil(min(wait, 60.0) * 1000))
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,10 +58,12 @@ class Gateway:
         *,
         allowed_origins: Sequence[str] = (),
         handshake_timeout: float = 10.0,
+        address_header: str = "",
     ) -> None:
         self.ctx = ctx
         self._allowed_origins = frozenset(allowed_origins)
         self._handshake_timeout = handshake_timeout
+        self._address_header = address_header
         self._authority = authority
         self._readiness = readiness
         # Filled by the handshake, read by the handler; weak, so a handshake that fails after
@@ -124,21 +127,43 @@ class Gateway:
                 http.HTTPStatus.FORBIDDEN,
                 {"error": "forbidden", "message": f"origin {origin!r} is not allowed"},
             )
+        identity = None
         token = _token_from(request)
-        if token is None:
-            return None  # the first message must then be `authenticate`
-        try:
-            identity = self._authority.verify(token)
-        except Unauthenticated as error:
-            return _unauthorized(ws, error.message)
-        self._identities[ws] = identity
+        if token is not None:  # else the first message must be `authenticate`
+            try:
+                identity = self._authority.verify(token)
+            except Unauthenticated as error:
+                return _unauthorized(ws, error.message)
+        # Only a check: the connection is counted once it is open (see _handle).
+        counter = self.ctx.connections
+        address = _client_address(ws, request, self._address_header)
+        refusal = counter.admit_address(address)
+        if refusal is not None:
+            return _too_many(ws, refusal)
+        user_ok = identity is None or counter.admit_user(identity.user_id)
+        counter.leave(address, identity.user_id if identity is not None and user_ok else None)
+        if not user_ok:
+            return _too_many(ws, "user")
+        if identity is not None:
+            self._identities[ws] = identity
         return None
 
     # --- connections -----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         identity = self._identities.pop(ws, None)  # None: authenticates in its first message
+        counter = self.ctx.connections
+        address = _client_address(ws, ws.request, self._address_header)
+        if counter.admit_address(address) is not None:  # filled up since the handshake's check
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+            return
         connection = Connection(ws, identity, self.ctx)
+        if identity is not None:
+            if not counter.admit_user(identity.user_id):
+                counter.leave(address)
+                await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections for this user")
+                return
+            connection.counted_user = identity.user_id
         self.connections.add(connection)
         structlog.contextvars.bind_contextvars(
             session_id=connection.session_id, user_id=identity.user_id if identity else None
@@ -150,6 +175,9 @@ class Gateway:
             await connection.serve()
         finally:
             self.connections.discard(connection)
+            counter.leave(address, connection.counted_user)
+            if connection.counted_user is not None:
+                self.ctx.rates.release(connection.counted_user, time.monotonic())
             log.info("disconnected", code=ws.close_code)
 
     async def drain(self, timeout: float) -> None:
@@ -210,6 +238,34 @@ def _json_response(
         ]
     )
     return Response(response.status_code, response.reason_phrase, headers, payload)
+
+
+def _client_address(ws: ServerConnection, request: Request | None, header: str) -> str:
+    """The client's address: from the trusted proxy's header when configured (the last entry
+    of X-Forwarded-For is the one the proxy itself added), else the socket's peer."""
+    if header and request is not None:
+        value = request.headers.get(header)
+        if value:
+            return value.rsplit(",", 1)[-1].strip()
+    peer = ws.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+def _too_many(ws: ServerConnection, refusal: str) -> Response:
+    body: dict[str, object]
+    if refusal == "total":
+        status, body = (
+            http.HTTPStatus.SERVICE_UNAVAILABLE,
+            {"error": "overloaded", "message": "the server has too many connections"},
+        )
+    else:
+        status, body = (
+            http.HTTPStatus.TOO_MANY_REQUESTS,
+            {"error": "too_many_connections", "message": f"too many connections per {refusal}"},
+        )
+    response = _json_response(ws, status, body)
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 def _unauthorized(ws: ServerConnection, message: str) -> Response:
