@@ -88,6 +88,7 @@ class _Topic:
     last_push: float = float("-inf")
     timer: asyncio.TimerHandle | None = None
     last_version: int = 0  # of the last push sent, whether made here or relayed
+    watched: bool = False  # has had a subscriber here: keep history for resuming clients
 
 
 def seat_changes(effects: Sequence[Effect]) -> tuple[wire.SeatChange, ...]:
@@ -198,9 +199,12 @@ class Broadcaster:
 
     def _deliver(self, topic: _Topic, delta: _Delta) -> None:
         topic.last_version = delta.version
-        topic.history.append(delta)
-        if len(topic.history) > self._history:
-            topic.history.popleft()
+        # History serves resuming subscribers: kept from an event's first subscriber on, not
+        # for every event this instance merely publishes (that would be memory for nobody).
+        if topic.watched:
+            topic.history.append(delta)
+            if len(topic.history) > self._history:
+                topic.history.popleft()
         for subscriber, pending in topic.subscribers.items():
             if pending is None:
                 subscriber.send(delta.frame)
@@ -250,6 +254,7 @@ class Broadcaster:
         """Register before asking for the snapshot; deltas are buffered until ``complete``."""
         topic = self._topics.setdefault(event_id, _Topic())
         topic.subscribers[subscriber] = []
+        topic.watched = True
 
     def complete(
         self, event_id: str, subscriber: Subscriber, version: int, since: int | None

@@ -1,0 +1,90 @@
+"""The broadcaster between instances: what it publishes, relays, deduplicates and keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from seatd.core import Hold, HoldCreated, HoldEnded, HoldEndReason
+from seatd.gateway.broadcast import Broadcaster
+
+
+@dataclass(eq=False)
+class Sink:
+    frames: list[bytes] = field(default_factory=list)
+    ended: list[tuple[str, HoldEndReason | None]] = field(default_factory=list)
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def hold_changed(self, event_id: str, hold: Hold, ended: HoldEndReason | None) -> None:
+        self.ended.append((hold.hold_id, ended))
+
+
+def _hold(hold_id: str, seat: str) -> Hold:
+    return Hold(hold_id, "u1", (seat,), 0.0, 100.0, 200.0)
+
+
+def _push(from_version: int, version: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "availability",
+            "event_id": "e1",
+            "from_version": from_version,
+            "version": version,
+            "changes": [{"seat_id": "A-1", "state": "available"}],
+        }
+    )
+
+
+async def test_an_owner_publishes_every_push_but_keeps_history_only_when_watched() -> None:
+    published: list[tuple[str, bytes]] = []
+    broadcaster = Broadcaster(interval=0, publish=lambda e, f: published.append((e, f)))
+    for version in range(1, 40):
+        broadcaster.committed("e1", version, [HoldCreated(_hold(f"h{version}", "A-1"))], None)
+    pushes = [orjson.loads(f) for e, f in published if orjson.loads(f)["type"] == "availability"]
+    assert [p["version"] for p in pushes] == list(range(1, 40))
+    topic = broadcaster._topics["e1"]
+    assert not topic.history  # nobody watches: nothing kept for resuming
+
+
+async def test_relayed_pushes_are_sent_once_in_version_order() -> None:
+    broadcaster = Broadcaster(interval=0)
+    watcher = Sink()
+    broadcaster.begin("e1", watcher)
+    broadcaster.complete("e1", watcher, 0, None)
+    for frame in (_push(1, 1), _push(1, 1), _push(2, 3), _push(2, 2), _push(6, 6)):
+        broadcaster.relayed("e1", frame)
+    versions = [
+        (orjson.loads(f)["from_version"], orjson.loads(f)["version"]) for f in watcher.frames
+    ]
+    # The duplicate and the stale push are dropped; the gap (4-5 missing) is passed on for the
+    # client to notice and resubscribe.
+    assert versions == [(1, 1), (2, 3), (6, 6)]
+
+
+async def test_hold_news_reaches_followers_here_but_not_from_ourselves() -> None:
+    broadcaster = Broadcaster(instance_id="me", publish=lambda e, f: None)
+    follower = Sink()
+    broadcaster.watch_hold("e1", "h1", follower)
+    news = [["h1", "u1", ["A-1"], 100.0, 200.0, "expired"]]
+    broadcaster.relayed("e1", orjson.dumps({"type": "holds", "from": "me", "holds": news}))
+    assert follower.ended == []  # our own news echoed back: told at commit already
+    broadcaster.relayed("e1", orjson.dumps({"type": "holds", "from": "other", "holds": news}))
+    assert follower.ended == [("h1", HoldEndReason.EXPIRED)]
+    # The hold ended: nobody here follows it any more.
+    broadcaster.relayed("e1", orjson.dumps({"type": "holds", "from": "other", "holds": news}))
+    assert follower.ended == [("h1", HoldEndReason.EXPIRED)]
+
+
+async def test_an_owner_publishes_hold_news_with_the_batch() -> None:
+    published: list[bytes] = []
+    broadcaster = Broadcaster(
+        interval=0, instance_id="me", publish=lambda e, f: published.append(f)
+    )
+    broadcaster.committed("e1", 1, [HoldEnded(_hold("h9", "B-2"), HoldEndReason.RELEASED)], None)
+    news = [orjson.loads(f) for f in published if orjson.loads(f)["type"] == "holds"]
+    assert news == [
+        {"type": "holds", "from": "me", "holds": [["h9", "u1", ["B-2"], 100.0, 200.0, "released"]]}
+    ]
