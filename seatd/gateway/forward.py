@@ -35,6 +35,7 @@ from seatd.errors import (
     InvalidRequest,
     OwnedElsewhere,
     SeatdError,
+    ShuttingDown,
 )
 from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.translate import (
@@ -192,6 +193,11 @@ class Router:
             if error.owner is not None:
                 return {"m": error.owner}, b""
             return {}, response_body(to_wire, error)
+        except ShuttingDown:
+            # This instance is stopping, not the asker's: the client must not take it as its
+            # own server going away; its retry finds the event's next owner.
+            moving = OwnedElsewhere("the instance serving the event is restarting; retry")
+            return {}, response_body(to_wire, moving)
         except SeatdError as error:
             return {}, response_body(to_wire, error)
         except Exception:
