@@ -84,7 +84,9 @@ def decode_request(frame: str | bytes) -> tuple[RequestId, str, Request]:
         raise DecodeError(
             "invalid_request",
             f"$.id {problem}",
-            request_type=raw_type if raw_type in REQUEST_TYPES else None,
+            request_type=raw_type
+            if isinstance(raw_type, str) and raw_type in REQUEST_TYPES
+            else None,
             details={"path": "$.id"},
         )
     if not isinstance(raw_type, str):

@@ -131,7 +131,7 @@ class CreateEvent:
     max_seats_per_user: int | None = spec(default=None, ge=1, le=10000)
     seats: tuple[SeatSpec, ...] = spec(default=(), max_items=MAX_SEATS_PER_EVENT)
     blocks: tuple[SeatBlock, ...] = spec(default=(), max_items=200)
-    idempotency_key: str | None = spec(default=None, min_len=1, max_len=128)
+    idempotency_key: str | None = spec(default=None, min_len=1, max_len=128, pattern=_LABEL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,7 @@ class HoldRequest:
         min_items=1, max_items=MAX_SEATS_PER_HOLD, unique=True, item=_ID
     )
     on_behalf_of: str | None = spec(default=None, min_len=1, max_len=128, pattern=_LABEL)
-    idempotency_key: str | None = spec(default=None, min_len=1, max_len=128)
+    idempotency_key: str | None = spec(default=None, min_len=1, max_len=128, pattern=_LABEL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,7 @@ class _HoldCommand:
     event_id: str = spec(pattern=EVENT_ID_PATTERN)
     hold_id: str = spec(min_len=1, max_len=64)
     on_behalf_of: str | None = spec(default=None, min_len=1, max_len=128, pattern=_LABEL)
-    idempotency_key: str | None = spec(default=None, min_len=1, max_len=128)
+    idempotency_key: str | None = spec(default=None, min_len=1, max_len=128, pattern=_LABEL)
 
 
 @dataclass(frozen=True, slots=True)

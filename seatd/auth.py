@@ -8,6 +8,7 @@ checks (expiry, required claims) so we do not hand-roll cryptography.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +23,7 @@ Role = Literal["admin", "agent", "user"]
 ROLES: tuple[Role, ...] = ("admin", "agent", "user")
 _ALGORITHM = "HS256"
 _LEEWAY_S = 5
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +77,10 @@ class TokenAuthority:
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(f"invalid token: {error}") from None
         subject, role = claims.get("sub"), claims.get("role", "user")
-        if not isinstance(subject, str) or not 0 < len(subject) <= 128:
-            raise Unauthenticated("invalid token: sub must be a string of 1 to 128 characters")
+        if not isinstance(subject, str) or not 0 < len(subject) <= 128 or _CONTROL.search(subject):
+            raise Unauthenticated(
+                "invalid token: sub must be 1 to 128 printable characters (no control characters)"
+            )
         if role not in ROLES:
             raise Unauthenticated(f"invalid token: role must be one of {', '.join(ROLES)}")
         return Identity(subject, role, float(claims["exp"]))

@@ -271,17 +271,8 @@ class Connection:
         except DecodeError as error:
             if wait > 0:
                 self.send(error_frame(error.request_id, error.request_type, _rate_limited(wait)))
-                return
-            self.send(
-                encode_error(
-                    error.request_id,
-                    error.request_type,
-                    error.code,
-                    error.message,
-                    temporary=False,
-                    details=error.details,
-                )
-            )
+            else:
+                self._refuse_frame(error)
             return
         if wait > 0:
             self.send(error_frame(request_id, request_type, _rate_limited(wait)))
@@ -313,6 +304,19 @@ class Connection:
             finally:
                 if self._started == started:  # answered at once: no work is in progress
                     self.ctx.pending.leave()
+
+    def _refuse_frame(self, error: DecodeError) -> None:
+        """The error reply to a frame that is not a valid request (PROTOCOL.md, frame checks)."""
+        self.send(
+            encode_error(
+                error.request_id,
+                error.request_type,
+                error.code,
+                error.message,
+                temporary=False,
+                details=error.details,
+            )
+        )
 
     def _dispatch(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         """Start the work of a request; its answer comes when the work is done (``_done``)."""
@@ -426,6 +430,7 @@ class Connection:
         except ConnectionClosed:
             return False
         request_id: RequestId | None = None
+        request_type = "authenticate"
         try:
             if isinstance(frame, bytes):
                 raise DecodeError("invalid_json", "send requests as text frames")
@@ -436,20 +441,11 @@ class Connection:
                 )
             identity = self.ctx.authority.verify(request.token)
         except DecodeError as error:
-            self.send(
-                encode_error(
-                    error.request_id,
-                    error.request_type,
-                    error.code,
-                    error.message,
-                    temporary=False,
-                    details=error.details,
-                )
-            )
+            self._refuse_frame(error)
             await self.ws.close(CloseCode.UNAUTHENTICATED, "authenticate first")
             return False
         except Unauthenticated as error:
-            self.send(error_frame(request_id, "authenticate", error))
+            self.send(error_frame(request_id, request_type, error))
             await self.ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
             return False
         if not self.ctx.connections.admit_user(identity.user_id):

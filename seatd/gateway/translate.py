@@ -190,7 +190,8 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
     if request.starts_at is not None:
         try:
             starts_at = parse_time(request.starts_at)
-        except ValueError as error:
+            format_time(starts_at)  # must also be a time in UTC years 1-9999, as it is sent back
+        except (ValueError, OverflowError) as error:
             raise InvalidRequest(f"$.starts_at: {error}", details={"path": "$.starts_at"}) from None
     # Count before building anything: a few bytes of blocks can describe millions of seats.
     total = len(request.seats) + sum(len(b.rows) * b.seats_per_row for b in request.blocks)

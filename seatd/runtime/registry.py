@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import structlog
@@ -62,7 +63,7 @@ class Registry:
         self.observers: list[CommitObserver] = list(observers)
         self._actors: dict[str, EventActor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._loading: dict[str, asyncio.Future[EventActor]] = {}
+        self._loading: dict[str, asyncio.Task[EventActor]] = {}
         self._dormant: list[tuple[float, str]] = []
         self._dormant_events: set[str] = set()
         self._dormant_wake = asyncio.Event()
@@ -140,19 +141,20 @@ class Registry:
             raise ShuttingDown("the server is shutting down; reconnect and retry")
         loading = self._loading.get(event_id)
         if loading is None:
-            loading = asyncio.get_running_loop().create_future()
+            # Its own task, shared by every caller: one caller going away (its connection
+            # closed, its task cancelled) must not cancel the load the others wait for.
+            loading = asyncio.get_running_loop().create_task(
+                self._load(event_id), name=f"load:{event_id}"
+            )
             self._loading[event_id] = loading
-            try:
-                actor = await self._load(event_id)
-            except BaseException as error:
-                loading.set_exception(error)
-                loading.exception()  # mark retrieved: waiters (if any) re-raise it
-                raise
-            finally:
-                del self._loading[event_id]
-            loading.set_result(actor)
-            return actor
+            loading.add_done_callback(partial(self._loaded, event_id))
         return await asyncio.shield(loading)
+
+    def _loaded(self, event_id: str, loading: asyncio.Task[EventActor]) -> None:
+        if self._loading.get(event_id) is loading:
+            del self._loading[event_id]
+        if not loading.cancelled():
+            loading.exception()  # retrieved here: whoever still waits re-raises it
 
     async def _load(self, event_id: str) -> EventActor:
         await self._claim(event_id)

@@ -94,7 +94,31 @@ async def test_anything_else_first_is_refused_and_closed(
     await ws.send(_text(first))
     reply = await _frame(ws)
     assert (reply["id"], reply["ok"], reply["error"]["code"]) == (1, False, "unauthenticated")
+    assert reply["type"] == first["type"]
     assert await _closed(ws) == CloseCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [("{not json", "invalid_json"), ('{"id": 1, "type": {}}', "invalid_request")],
+    ids=["garbage", "bad-type"],
+)
+async def test_an_undecodable_first_frame_gets_its_error_and_a_close(
+    strict: RunningServer, first: str, code: str
+) -> None:
+    ws = await _open(strict)
+    await ws.send(first)
+    assert (await _frame(ws))["error"]["code"] == code
+    assert await _closed(ws) == CloseCode.UNAUTHENTICATED
+
+
+async def test_a_token_naming_a_user_with_control_characters_is_refused(
+    strict: RunningServer,
+) -> None:
+    bad = token("a\x00b")
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(strict, additional_headers={"Authorization": f"Bearer {bad}"})
+    assert refused.value.response.status_code == 401
 
 
 async def test_a_silent_connection_without_a_token_is_closed(strict: RunningServer) -> None:

@@ -568,3 +568,42 @@ async def test_readyz(server: RunningServer) -> None:
         "status": "ready",
         "checks": {"postgres": "ok", "redis": "ok", "accepting": "yes"},
     }
+
+
+# --- found by the fuzzer (tests/fuzz): each once broke a connection, a batch or a request ---
+
+
+@pytest.mark.parametrize("frame", ['{"type": []}', '{"id": null, "type": {}}', '{"type": {}}'])
+async def test_an_unhashable_type_without_an_id_is_an_error_not_a_crash(
+    alice: RawClient, frame: str
+) -> None:
+    await alice.send(frame)
+    reply = await alice.recv()
+    assert (reply["id"], reply["error"]["code"]) == (None, "invalid_request")
+    assert "type" not in reply
+    assert (await alice.request("ping"))["ok"] is True  # the connection lives on
+
+
+async def test_control_characters_in_a_retry_key_are_refused_before_the_database(
+    admin: RawClient, alice: RawClient, bob: RawClient
+) -> None:
+    """A NUL reached PostgreSQL, which refused the whole batch: every request of the event
+    (other users' too) failed with a temporary error."""
+    event_id = (await create_event(admin, seats=4))["event_id"]
+    bad = await alice.error("hold", event_id=event_id, seat_ids=["A-1"], idempotency_key="k\x00")
+    assert bad["code"] == "invalid_request" and bad["details"]["path"] == "$.idempotency_key"
+    created = await admin.error(
+        "create_event", name="N", seats=[{"seat_id": "s"}], idempotency_key="\x00"
+    )
+    assert created["code"] == "invalid_request"
+    assert (await bob.ok("hold", event_id=event_id, seat_ids=["A-2"]))["seat_ids"] == ["A-2"]
+
+
+@pytest.mark.parametrize("starts_at", ["9999-12-31T23:59:59-00:01", "0001-01-01T00:30:00+01:00"])
+async def test_a_start_time_outside_utc_years_1_to_9999_is_invalid(
+    admin: RawClient, starts_at: str
+) -> None:
+    error = await admin.error(
+        "create_event", name="Edge", starts_at=starts_at, seats=[{"seat_id": "s"}]
+    )
+    assert error["code"] == "invalid_request" and error["details"]["path"] == "$.starts_at"

@@ -147,3 +147,29 @@ async def test_a_watched_idle_event_neither_passivates_nor_spins(store: Postgres
         assert registry.active(event_id) is None, "an unwatched idle event stayed loaded"
     finally:
         await registry.close()
+
+
+async def test_a_caller_leaving_does_not_cancel_the_load_others_wait_for(
+    store: PostgresStore,
+) -> None:
+    """Found by the fuzzer: a client that disconnected while its event loaded made every other
+    request waiting for that load fail."""
+    import asyncio
+
+    from seatd.core import Policy
+    from seatd.runtime.actor import ActorSettings
+    from seatd.runtime.ports import SystemClock
+    from seatd.runtime.registry import Registry
+
+    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    try:
+        event_id = await _event(store)
+        leaving = asyncio.create_task(registry.activate(event_id))
+        staying = asyncio.create_task(registry.activate(event_id))
+        await asyncio.sleep(0)  # both wait for the one load
+        leaving.cancel()
+        actor = await staying
+        assert registry.active(event_id) is actor
+        assert leaving.cancelled()
+    finally:
+        await registry.close()
