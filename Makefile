@@ -17,9 +17,10 @@ PORT ?= 8080
 SUB ?= alice
 ROLE ?= user
 PYTEST_ARGS ?=
+FUZZ_FRAMES ?= 2000000
 BENCH_ARGS ?=
 
-.PHONY: help venv deps services run stop token test lint clean bench bench-quick
+.PHONY: help venv deps services run stop token test lint clean bench bench-quick fuzz
 
 help:
 	@echo "make run      start PostgreSQL + Redis (private ports), init the db, serve on PORT=$(PORT)"
@@ -28,6 +29,7 @@ help:
 	@echo "make test     run the test suite (PYTEST_ARGS=...)"
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make bench    every benchmark scenario, short version (seatd bench all --quick)"
+	@echo "make fuzz     the protocol fuzzer, long (FUZZ_FRAMES=$(FUZZ_FRAMES); SEATD_FUZZ_SEED=n replays)"
 	@echo "make clean    stop the dev services, delete their data and the caches"
 
 venv: $(STAMP)
@@ -77,3 +79,11 @@ clean:
 	@if [[ -x $(PY) ]]; then $(DEVSTACK) purge; fi
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+# The protocol fuzzer, long: FUZZ_FRAMES hostile frames (a fresh Hypothesis corpus every tenth),
+# then a minute of abuse under the history checker. SEATD_FUZZ_SEED=<n> replays a run.
+# (make test runs the same tests with 100,000 frames and 8 s of abuse.)
+fuzz: deps venv
+	SEATD_FUZZ_FRAMES=$(FUZZ_FRAMES) SEATD_FUZZ_ROUNDS=10 SEATD_FUZZ_CORPUS=3000 \
+	SEATD_FUZZ_SECONDS=3600 SEATD_FUZZ_ABUSE_SECONDS=60 \
+	$(PY) -m pytest -p no:cacheprovider tests/fuzz $(PYTEST_ARGS)

@@ -1,0 +1,81 @@
+"""Fixtures of the protocol fuzz tests: settings from the environment, seatd child processes,
+and a summary of each fuzz run in a "fuzz" section at the end of the pytest output.
+
+Settings (``make test`` uses the defaults; ``make fuzz`` raises them):
+
+- ``SEATD_FUZZ_FRAMES``: frames the protocol fuzz run sends (default 100,000);
+- ``SEATD_FUZZ_SECONDS``: the most seconds it may take to send them (default 60; stopped
+  earlier, the run fails);
+- ``SEATD_FUZZ_SEED``: replays a run (each result prints its seed);
+- ``SEATD_FUZZ_CORPUS``: templates Hypothesis draws per round (default 1,200);
+- ``SEATD_FUZZ_ROUNDS``: rounds, each with a corpus of its own (default 1);
+- ``SEATD_FUZZ_CONNECTIONS``: fuzzing connections (default 6);
+- ``SEATD_FUZZ_ABUSE_SECONDS``: how long the history test abuses its event (default 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fuzz.harness import FuzzSettings, ServerUnderFuzz, fuzz_env
+from support.server import ServerProcess
+
+_REPORTS = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_settings() -> FuzzSettings:
+    return FuzzSettings.from_env()
+
+
+@pytest.fixture
+def fuzz_server(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
+    """``seatd serve`` as a child process (a crash is an exit code, and it runs on its own
+    core), logging JSON at warning level to a file the test reads."""
+    log_path = tmp_path / "seatd.log"
+    process = ServerProcess(fuzz_env(service_env), log_path)
+    process.start()
+    try:
+        yield ServerUnderFuzz(process, log_path)
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            try:
+                process.terminate(timeout=15)
+            except Exception:
+                process.kill()
+
+
+@pytest.fixture
+def abuse_server(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
+    """Like ``fuzz_server``, with a per-user limit of 4 seats per event (the history test)."""
+    log_path = tmp_path / "seatd.log"
+    process = ServerProcess(fuzz_env(service_env, MAX_SEATS_PER_USER="4"), log_path)
+    process.start()
+    try:
+        yield ServerUnderFuzz(process, log_path)
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            try:
+                process.terminate(timeout=15)
+            except Exception:
+                process.kill()
+
+
+@pytest.fixture
+def fuzz_report(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Lines to show in the "fuzz" section at the end of the run (whatever the outcome)."""
+    lines: list[str] = []
+    yield lines
+    if lines:
+        reports = request.config.stash.setdefault(_REPORTS, [])
+        reports.append(f"{request.node.nodeid}\n" + "\n".join(lines))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reports = terminalreporter.config.stash.get(_REPORTS, [])
+    if reports:
+        terminalreporter.section("fuzz")
+        for report in reports:
+            terminalreporter.write_line(report)
