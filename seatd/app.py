@@ -116,6 +116,7 @@ class App:
         registry.observers.append(broadcaster)
         registry.keep_alive = broadcaster.has_subscribers
         registry.stop_listeners.append(broadcaster.forget)
+        registry.stop_listeners.append(router.actor_stopped)
         authority = TokenAuthority(s.jwt_secret)
         ctx = GatewayContext(
             broadcaster=broadcaster,

@@ -317,6 +317,9 @@ class Broadcaster:
 
     # --- holders ---------------------------------------------------------------------------
 
+    def follows_holds(self, event_id: str) -> bool:
+        return bool(self._event_holds.get(event_id))
+
     def watch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
         self._hold_watchers.setdefault(hold_id, set()).add(subscriber)
         if hold_id not in self._hold_event:

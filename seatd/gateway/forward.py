@@ -158,7 +158,17 @@ class Router:
         self._registry.lease_expired(event_id)
 
     def watched(self, event_id: str) -> None:
-        """A connection here follows a hold of this event: hear its owner's hold news."""
+        """A connection here follows a hold of this event: hear its owner's hold news, unless
+        the owner is this instance (its own news reaches the followers at commit)."""
+        if self._registry.active(event_id) is None:
+            self._follow(event_id)
+
+    def actor_stopped(self, event_id: str) -> None:
+        """The event left this instance: its hold news now comes from its next owner."""
+        if self._broadcaster.follows_holds(event_id):
+            self._follow(event_id)
+
+    def _follow(self, event_id: str) -> None:
         if self._bus is not None:
             task = asyncio.get_running_loop().create_task(self._bus.follow(event_id))
             self._following.add(task)

@@ -221,3 +221,26 @@ async def test_a_refusal_stored_for_retries_leaves_the_version_alone(
         (delta,) = await _pushes_until(watcher, owner_version + 1)
         assert delta["from_version"] == owner_version + 1
         assert [c["seat_id"] for c in delta["changes"]] == ["A-2"]
+
+
+async def test_a_hold_is_still_followed_after_its_event_moved_away(
+    server: RunningServer, second: RunningServer, admin: RawClient, service_env: dict[str, str]
+) -> None:
+    assert server.app is not None
+    event_id = (await create_event(admin, seats=4, hold_duration_s=3))["event_id"]
+    async with client(server.url, "alice") as alice, client(second.url, "bob") as bob:
+        hold = await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])  # owned here
+        actor = server.app.registry.active(event_id)
+        assert actor is not None
+        actor.request_stop("lease_lost")
+        for _ in range(100):
+            if server.app.registry.active(event_id) is None:
+                break
+            await asyncio.sleep(0.02)
+        redis = make_client("127.0.0.1", int(service_env["REDIS_PORT"]), 0, None)
+        await redis.delete(lease_key(event_id))
+        await redis.aclose()
+        await bob.ok("hold", event_id=event_id, seat_ids=["A-2"])  # the second takes it
+        assert _owner(second, event_id) and not _owner(server, event_id)
+        expired = await _push(alice, "hold_expired", timeout=6)
+        assert expired["hold_id"] == hold["hold_id"]
