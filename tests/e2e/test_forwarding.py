@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from support.client import RawClient, client, create_event
 from support.server import RunningServer, base_env, in_process_server
+from support.waiting import until
 
 from seatd.adapters.redis import lease_key, make_client
 
@@ -44,6 +45,20 @@ def _chained(deltas: list[dict[str, Any]], since: int) -> bool:
             return False
         reached = max(reached, delta["version"])
     return True
+
+
+async def _lose_event(server: RunningServer, event_id: str, env: dict[str, str]) -> None:
+    """The instance loses the event as when its lease is lost for good (not released): the
+    next command anywhere may take it."""
+    assert server.app is not None
+    registry = server.app.registry
+    actor = registry.active(event_id)
+    assert actor is not None
+    actor.request_stop("lease_lost")
+    await until(lambda: registry.active(event_id) is None, 2, "the actor to stop")
+    redis = make_client("127.0.0.1", int(env["REDIS_PORT"]), 0, None)
+    await redis.delete(lease_key(event_id))
+    await redis.aclose()
 
 
 def _owner(server: RunningServer, event_id: str) -> bool:
@@ -143,16 +158,7 @@ async def test_deltas_keep_coming_when_the_event_changes_hands(
         snap = await watcher.ok("subscribe", event_id=event_id)
         # The first instance lets the event go (as when its lease is lost); the next command
         # lands on the second instance, which takes the event over.
-        actor = server.app.registry.active(event_id)
-        assert actor is not None
-        actor.request_stop("lease_lost")
-        for _ in range(100):
-            if server.app.registry.active(event_id) is None:
-                break
-            await asyncio.sleep(0.02)
-        redis = make_client("127.0.0.1", int(service_env["REDIS_PORT"]), 0, None)
-        await redis.delete(lease_key(event_id))  # lost for good: not released by its owner
-        await redis.aclose()
+        await _lose_event(server, event_id, service_env)
         await bob.ok("hold", event_id=event_id, seat_ids=["A-2"])
         assert _owner(second, event_id)
         await alice.ok("hold", event_id=event_id, seat_ids=["A-3"])  # forwarded the other way
@@ -230,16 +236,7 @@ async def test_a_hold_is_still_followed_after_its_event_moved_away(
     event_id = (await create_event(admin, seats=4, hold_duration_s=3))["event_id"]
     async with client(server.url, "alice") as alice, client(second.url, "bob") as bob:
         hold = await alice.ok("hold", event_id=event_id, seat_ids=["A-1"])  # owned here
-        actor = server.app.registry.active(event_id)
-        assert actor is not None
-        actor.request_stop("lease_lost")
-        for _ in range(100):
-            if server.app.registry.active(event_id) is None:
-                break
-            await asyncio.sleep(0.02)
-        redis = make_client("127.0.0.1", int(service_env["REDIS_PORT"]), 0, None)
-        await redis.delete(lease_key(event_id))
-        await redis.aclose()
+        await _lose_event(server, event_id, service_env)
         await bob.ok("hold", event_id=event_id, seat_ids=["A-2"])  # the second takes it
         assert _owner(second, event_id) and not _owner(server, event_id)
         expired = await _push(alice, "hold_expired", timeout=6)

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from seatd.adapters.postgres import PostgresStore
-from seatd.devstack import PostgresServer
+from seatd.adapters.redis import make_client
+from seatd.devstack import PostgresServer, RedisServer
 
 
 @pytest.fixture
@@ -25,3 +27,13 @@ async def pool(postgres: PostgresServer) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def store(pool: asyncpg.Pool) -> PostgresStore:
     return PostgresStore(pool)
+
+
+@pytest.fixture
+async def redis(private_redis: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's own Redis (tests that stop it, or must not share its notices)."""
+    client = make_client("127.0.0.1", private_redis.port, 0, None)
+    try:
+        yield client
+    finally:
+        await client.aclose()

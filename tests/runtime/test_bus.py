@@ -11,18 +11,8 @@ from redis.asyncio import Redis
 from support.waiting import until
 
 from seatd.adapters.bus import RedisBus
-from seatd.adapters.redis import make_client
 from seatd.devstack import RedisServer
 from seatd.runtime.ports import PeerGone, PeerTimeout
-
-
-@pytest.fixture
-async def redis(private_redis: RedisServer) -> AsyncIterator[Redis]:
-    client = make_client("127.0.0.1", private_redis.port, 0, None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

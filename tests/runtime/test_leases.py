@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from seatd.adapters.postgres import PostgresStore
-from seatd.adapters.redis import RedisLeases, lease_key, make_client
+from seatd.adapters.redis import RedisLeases, lease_key
 from seatd.core import EventInfo, GetEvent, Policy, Seat
-from seatd.devstack import RedisServer
 from seatd.errors import OwnedElsewhere
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import NewEvent, SystemClock
 from seatd.runtime.registry import Registry
 
 POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
-
-
-@pytest.fixture
-async def redis(private_redis: RedisServer) -> AsyncIterator[Redis]:
-    client = make_client("127.0.0.1", private_redis.port, 0, None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _event(store: PostgresStore) -> str:
