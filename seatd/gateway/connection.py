@@ -118,6 +118,28 @@ class _Pending:
 
 
 class Connection:
+    # Thousands of idle connections per instance: no per-instance __dict__.
+    __slots__ = (
+        "_bucket",
+        "_capacity",
+        "_closing",
+        "_holds",
+        "_needs_auth",
+        "_outbound",
+        "_started",
+        "_subscriptions",
+        "_tasks",
+        "_token_timer",
+        "_writer",
+        "counted_user",
+        "ctx",
+        "identity",
+        "idle",
+        "inflight",
+        "session_id",
+        "ws",
+    )
+
     def __init__(
         self, ws: ServerConnection, identity: Identity | None, ctx: GatewayContext
     ) -> None:
@@ -127,7 +149,7 @@ class Connection:
         self._needs_auth = identity is None
         if identity is not None:
             self.identity = identity
-        self._token_timers: list[asyncio.TimerHandle] = []
+        self._token_timer: asyncio.TimerHandle | None = None
         self._bucket = ctx.rates.connection_bucket()
         self._started = 0  # requests whose work started (each ends in ``_done``)
         # The user counted in the per-user connection limit (None until admitted).
@@ -136,11 +158,12 @@ class Connection:
         self.session_id = f"s{next(_session_ids)}"
         self.inflight = 0
         self._capacity = asyncio.Event()
-        self._outbound: deque[bytes] = deque()
+        # Created when first needed: most connections never queue a frame or spawn a task.
+        self._outbound: deque[bytes] | None = None
         # Runs only while frames are queued (the socket was full): most connections, idle or
         # busy, never need one, which saves a task per connection.
         self._writer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] | None = None
         self._closing = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -178,15 +201,15 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            for task in self._tasks:
+            for task in self._tasks or ():
                 task.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             self._forget_everything()
 
     def _forget_everything(self) -> None:
-        for timer in self._token_timers:
-            timer.cancel()
+        if self._token_timer is not None:
+            self._token_timer.cancel()
         broadcaster = self.ctx.broadcaster
         for event_id in self._subscriptions:
             broadcaster.cancel(event_id, self)
@@ -209,15 +232,18 @@ class Connection:
             return
         if self._writer is None and self._write_now(frame):
             return
-        if len(self._outbound) >= self.ctx.send_queue:
+        outbound = self._outbound
+        if outbound is None:
+            outbound = self._outbound = deque()
+        if len(outbound) >= self.ctx.send_queue:
             self._closing = True
-            log.warning("slow_consumer", session_id=self.session_id, queued=len(self._outbound))
-            self._outbound.clear()
+            log.warning("slow_consumer", session_id=self.session_id, queued=len(outbound))
+            outbound.clear()
             self._spawn(
                 self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resume")
             )
             return
-        self._outbound.append(frame)
+        outbound.append(frame)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
@@ -240,6 +266,7 @@ class Connection:
     async def _write_loop(self) -> None:
         """Send what queued up, waiting for the socket to drain between frames; then end."""
         outbound, ws = self._outbound, self.ws
+        assert outbound is not None  # the writer starts only once a frame was queued
         try:
             while outbound:
                 await ws.send(outbound.popleft(), text=True)
@@ -485,23 +512,24 @@ class Connection:
         return None if expires_at is None else format_time(expires_at)
 
     def _watch_token(self) -> None:
-        """Warn before the token expires (a minute, or a quarter of its life), close at expiry."""
-        for timer in self._token_timers:
-            timer.cancel()
-        self._token_timers.clear()
+        """Warn before the token expires (a minute, or a quarter of its life), close at expiry.
+        One timer at a time: the warning's schedules the close."""
+        if self._token_timer is not None:
+            self._token_timer.cancel()
+            self._token_timer = None
         expires_at = self.identity.expires_at
         if expires_at is None:
             return
-        loop = asyncio.get_running_loop()
         left = expires_at - self.ctx.clock()
-        warning = wire.TokenExpiring(format_time(expires_at))
-        self._token_timers = [
-            loop.call_later(
-                max(left - min(60.0, left / 4), 0.0),
-                lambda: self.send(encode_push("token_expiring", warning)),
-            ),
-            loop.call_later(max(left, 0.0), self._token_expired),
-        ]
+        self._token_timer = asyncio.get_running_loop().call_later(
+            max(left - min(60.0, left / 4), 0.0), self._token_expiring, expires_at
+        )
+
+    def _token_expiring(self, expires_at: float) -> None:
+        self.send(encode_push("token_expiring", wire.TokenExpiring(format_time(expires_at))))
+        self._token_timer = asyncio.get_running_loop().call_later(
+            max(expires_at - self.ctx.clock(), 0.0), self._token_expired
+        )
 
     def _token_expired(self) -> None:
         if self._closing:
@@ -576,6 +604,8 @@ class Connection:
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -28,6 +28,8 @@ class _Sink(Subscriber, Protocol):
 
 
 class HoldFollower:
+    __slots__ = ("_broadcaster", "_clock", "_connection", "_timers", "_warning")
+
     def __init__(
         self,
         connection: _Sink,

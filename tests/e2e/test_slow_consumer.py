@@ -105,7 +105,9 @@ async def test_a_subscriber_that_never_reads_is_closed_and_nobody_else_notices(
 
         def sample() -> None:
             for c in app.gateway.connections:
-                peak[c.identity.user_id] = max(peak.get(c.identity.user_id, 0), len(c._outbound))
+                peak[c.identity.user_id] = max(
+                    peak.get(c.identity.user_id, 0), len(c._outbound or ())
+                )
 
         async def cycle() -> None:
             hold = await writer.ok("hold", event_id=event_id, seat_ids=seat_ids)
