@@ -287,17 +287,20 @@ class Registry:
     async def _renew_leases(self) -> None:
         while not self._closing:
             await asyncio.sleep(self._lease_ttl / 3)
-            actors = self.actors()
-            if not actors:
+            # Ids, not actors: a list of actors held across the awaits kept every actor of the
+            # last round alive, passivated or not, until the next round.
+            event_ids = [a.event_id for a in self.actors()]
+            if not event_ids:
                 continue
             try:
-                lost = await self._coordinator.claim([a.event_id for a in actors])
+                lost = await self._coordinator.claim(event_ids)
             except Exception as error:
                 log.warning("lease_renewal_failed", error=repr(error))
                 continue
-            for actor in actors:
-                if actor.event_id in lost:
-                    log.warning("lease_lost", event_id=actor.event_id)
+            for event_id in lost:
+                actor = self.active(event_id)
+                if actor is not None:
+                    log.warning("lease_lost", event_id=event_id)
                     actor.request_stop("lease_lost")
 
     def _spawn(self, coro: Any) -> None:
