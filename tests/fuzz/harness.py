@@ -5,8 +5,10 @@ a well-behaved SDK client running alongside, and the checks made after a run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import time
@@ -218,8 +220,15 @@ async def fuzz(
 async def draw_corpus(
     world: World, settings: FuzzSettings, round_no: int = 0, size: int | None = None
 ) -> list[Template]:
-    """The templates of one round (drawn in a thread: the event loop keeps serving)."""
-    return await asyncio.to_thread(corpus, world, size or settings.corpus, settings.seed + round_no)
+    """The templates of one round, drawn in a child process so the event loop keeps serving.
+
+    Not a thread: Hypothesis refuses a draw during which the global ``random`` state changed,
+    and the event loop changes it meanwhile (websockets draws its ping payloads from it)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, corpus, world, size or settings.corpus, settings.seed + round_no
+        )
 
 
 # --- a well-behaved client alongside ----------------------------------------------------------
