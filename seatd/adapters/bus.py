@@ -92,7 +92,8 @@ class RedisBus:
         # Requests awaiting an answer: correlation id -> (the instance asked, the answer).
         self._waiting: dict[int, tuple[str, asyncio.Future[tuple[Header, bytes]]]] = {}
         self._followed: set[str] = set()
-        self._acks: dict[str, list[asyncio.Future[None]]] = {}
+        # Subscriptions sent but not yet confirmed by Redis, by channel.
+        self._acks: dict[str, asyncio.Future[None]] = {}
         self._outbox: deque[tuple[str, bytes, asyncio.Future[int] | None]] = deque()
         self._outbox_ready = asyncio.Event()
         self._pubsub: Any = None
@@ -191,20 +192,28 @@ class RedisBus:
         """Receive the event's pushes; returns once Redis confirmed the subscription (or at
         once when Redis is unavailable: the subscription is made when it is back)."""
         channel = availability_channel(event_id)
-        if channel in self._followed:
-            return
-        self._followed.add(channel)
-        pubsub = self._pubsub
-        if pubsub is None or not self.healthy:
-            return
-        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._acks.setdefault(channel, []).append(confirmed)
-        try:
-            await pubsub.subscribe(channel)
+        confirmed = self._acks.get(channel)
+        if channel in self._followed and confirmed is None:
+            return  # confirmed earlier
+        if confirmed is None:
+            self._followed.add(channel)
+            pubsub = self._pubsub
+            if pubsub is None or not self.healthy:
+                return
+            confirmed = self._acks[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await pubsub.subscribe(channel)
+            except (RedisError, OSError) as error:
+                log.warning("bus_follow_unconfirmed", event_id=event_id, error=repr(error))
+                return
+        try:  # a second caller for the same channel waits for the same confirmation
             async with asyncio.timeout(2.0):
-                await confirmed
-        except (RedisError, OSError, TimeoutError) as error:
-            log.warning("bus_follow_unconfirmed", event_id=event_id, error=repr(error))
+                await asyncio.shield(confirmed)
+        except TimeoutError:
+            log.warning("bus_follow_unconfirmed", event_id=event_id, error="timeout")
+        finally:
+            if self._acks.get(channel) is confirmed:  # given up on: later callers do not wait
+                del self._acks[channel]
 
     def unfollow(self, event_id: str) -> None:
         channel = availability_channel(event_id)
@@ -284,9 +293,9 @@ class RedisBus:
         raw_channel = message.get("channel")
         channel = raw_channel.decode() if isinstance(raw_channel, bytes) else str(raw_channel)
         if kind == "subscribe":
-            for confirmed in self._acks.pop(channel, ()):
-                if not confirmed.done():
-                    confirmed.set_result(None)
+            confirmed = self._acks.pop(channel, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
             return
         if kind != "message":
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -103,3 +104,18 @@ async def test_after_a_redis_restart_inbox_and_follows_come_back(
     assert (await first.request("second", {}, b"ping", 2.0))[1] == b"pong"
     second.publish("ev-9", b"after")
     await until(lambda: received == [b"after"])
+
+
+async def test_a_second_follower_also_waits_for_the_subscription(
+    buses: tuple[RedisBus, RedisBus], redis: Redis
+) -> None:
+    """Both callers rely on 'no later push can be missed' before reading a snapshot, so a
+    caller that finds the subscription on its way waits for Redis to confirm it too."""
+    _, second = buses
+    await redis.execute_command("CLIENT", "PAUSE", "400", "ALL")  # confirmations held back
+    pending = asyncio.create_task(second.follow("ev-2"))
+    await asyncio.sleep(0.05)  # the first caller has sent SUBSCRIBE
+    started = time.monotonic()
+    await second.follow("ev-2")
+    assert time.monotonic() - started > 0.2, "returned before Redis confirmed"
+    await pending
