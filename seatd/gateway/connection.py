@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -286,15 +286,8 @@ class Connection:
         # Every frame spends a token, well-formed or not; a refused one is not looked at
         # beyond its id (so the client can match the refusal).
         wait = self.ctx.rates.check(self.identity.user_id, self._bucket, time.monotonic())
-        if isinstance(frame, bytes):
-            self.send(
-                encode_error(
-                    None, None, "invalid_json", "send requests as text frames", temporary=False
-                )
-            )
-            return
         try:
-            request_id, request_type, request = decode_request(frame)
+            request_id, request_type, request = _decode(frame)
         except DecodeError as error:
             if wait > 0:
                 self.send(error_frame(error.request_id, error.request_type, _rate_limited(wait)))
@@ -327,7 +320,7 @@ class Connection:
         else:
             started = self._started
             try:
-                self._dispatch(request_id, request_type, request, frame)
+                self._dispatch(request_id, request_type, request, cast(str, frame))  # decoded
             finally:
                 if self._started == started:  # answered at once: no work is in progress
                     self.ctx.pending.leave()
@@ -459,9 +452,7 @@ class Connection:
         request_id: RequestId | None = None
         request_type = "authenticate"
         try:
-            if isinstance(frame, bytes):
-                raise DecodeError("invalid_json", "send requests as text frames")
-            request_id, request_type, request = decode_request(frame)
+            request_id, request_type, request = _decode(frame)
             if not isinstance(request, wire.Authenticate):
                 raise Unauthenticated(
                     "this connection has no token: send authenticate with one first"
@@ -615,3 +606,10 @@ def _rate_limited(wait: float) -> RateLimited:
     return RateLimited(
         "too many requests: slow down", retry_after_ms=max(1, math.ceil(min(wait, 60.0) * 1000))
     )
+
+
+def _decode(frame: str | bytes) -> tuple[RequestId, str, Any]:
+    """A request from a text frame; binary frames are refused like malformed JSON."""
+    if isinstance(frame, bytes):
+        raise DecodeError("invalid_json", "send requests as text frames")
+    return decode_request(frame)
