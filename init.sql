@@ -94,11 +94,18 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (created_at);
 
--- One actor batch, written in one round trip (a single statement is its own transaction).
--- Fenced: nothing is written and -1 is returned unless p_epoch is still the event's owner epoch.
--- Deletes come first: the batch's final state is consistent, so no inserted seat can collide.
+-- The signature before batches named the version they were applied on (p_previous).
+DROP FUNCTION IF EXISTS seatd_persist_batch(
+    text, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[], float8[],
+    text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
+
+-- One batch of one event in one call (one round trip: a single statement is its own
+-- transaction). Returns 0 when written; -1 when p_epoch is no longer the owner's epoch (fenced);
+-- -2 when the stored version is not p_previous, the version the owner applied the batch on
+-- (its memory and the database disagree). Nothing is written in either case. Deletes come
+-- first: the batch's final state is consistent, so no inserted seat can collide.
 CREATE OR REPLACE FUNCTION seatd_persist_batch(
-    p_event text, p_epoch bigint, p_version bigint,
+    p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
     p_deleted uuid[],
     p_extended uuid[], p_extended_until float8[],
     p_holds uuid[], p_users text[], p_created float8[], p_expires float8[], p_max_expires float8[],
@@ -108,11 +115,18 @@ CREATE OR REPLACE FUNCTION seatd_persist_batch(
 ) RETURNS integer LANGUAGE plpgsql AS $fn$
 DECLARE
     touched integer;
+    current_epoch bigint;
+    current_version bigint;
 BEGIN
-    UPDATE events SET version = p_version WHERE id = p_event AND owner_epoch = p_epoch;
-    IF NOT FOUND THEN
+    SELECT owner_epoch, version INTO current_epoch, current_version
+    FROM events WHERE id = p_event FOR NO KEY UPDATE;
+    IF NOT FOUND OR current_epoch <> p_epoch THEN
         RETURN -1;
     END IF;
+    IF current_version <> p_previous THEN
+        RETURN -2;
+    END IF;
+    UPDATE events SET version = p_version WHERE id = p_event;
     IF cardinality(p_deleted) > 0 THEN
         DELETE FROM holds WHERE event_id = p_event AND hold_id = ANY (p_deleted);
     END IF;

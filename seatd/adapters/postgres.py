@@ -1,9 +1,11 @@
 """PostgreSQL storage: the durable truth, written one transaction per actor batch.
 
-``persist`` first bumps the event's version *fenced by the owner epoch*: if another instance has
-claimed the event since this actor loaded it, zero rows match, nothing is written and
-``FencedOut`` is raised, so a paused or partitioned former owner can never write. The row lock
-that UPDATE takes also orders competing writers of one event.
+``persist`` first locks the event's row and checks it *fenced by the owner epoch*: if another
+instance has claimed the event since this actor loaded it, nothing is written and ``FencedOut``
+is raised, so a paused or partitioned former owner can never write. The row lock also orders
+competing writers of one event. It then checks that the stored version is the one the batch was
+applied on (``previous``), else ``StaleVersion``: the actor's memory and the database disagree,
+and the event must reload rather than write on top of a state it has not seen.
 
 A batch's effects are netted first (a hold created and released in the same batch never touches
 the database) and then written by one call of ``seatd_persist_batch`` (init.sql) with arrays:
@@ -35,7 +37,14 @@ from seatd.core import (
     SeatSnapshot,
 )
 from seatd.errors import EventExists, StoreUnavailable
-from seatd.runtime.ports import EventPage, FencedOut, IdempotencyRecord, LoadedEvent, NewEvent
+from seatd.runtime.ports import (
+    EventPage,
+    FencedOut,
+    IdempotencyRecord,
+    LoadedEvent,
+    NewEvent,
+    StaleVersion,
+)
 
 __all__ = ["PostgresStore", "connect_pool"]
 
@@ -95,7 +104,7 @@ SELECT e.version,
 """
 _PERSIST = (
     "SELECT seatd_persist_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-    " $15, $16, $17, $18, $19, $20, $21)"
+    " $15, $16, $17, $18, $19, $20, $21, $22)"
 )
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
@@ -331,16 +340,19 @@ class PostgresStore:
         version: int,
         effects: Sequence[Effect],
         idempotency: Sequence[IdempotencyRecord] = (),
+        *,
+        previous: int,
     ) -> None:
         net = _NetEffects(effects)
         holds = list(net.created.values())
         reservations = net.reservations
         try:
             async with self._connection() as conn:
-                fenced = await conn.fetchval(
+                outcome = await conn.fetchval(
                     _PERSIST,
                     event_id,
                     epoch,
+                    previous,
                     version,
                     net.deleted,
                     [h.hold_id for h in net.extended.values()],
@@ -363,8 +375,10 @@ class PostgresStore:
                 )
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
-        if fenced == -1:
+        if outcome == -1:
             raise FencedOut(f"event {event_id}: owner epoch {epoch} is no longer current")
+        if outcome == -2:
+            raise StaleVersion(f"event {event_id}: the stored version is not {previous}")
 
 
 class StoreConflict(Exception):

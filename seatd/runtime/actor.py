@@ -282,7 +282,9 @@ class EventActor:
         # availability stream's clock, stays; PostgreSQL's must always name the same state.
         version = state.version + 1 if state.effects else state.version
         try:
-            await self._store.persist(self.event_id, self.epoch, version, state.effects, records)
+            await self._store.persist(
+                self.event_id, self.epoch, version, state.effects, records, previous=state.version
+            )
         except FencedOut:
             self.stop_reason = "fenced"
             log.warning("actor_fenced", event_id=self.event_id, epoch=self.epoch)

@@ -27,6 +27,7 @@ __all__ = [
     "PeerTimeout",
     "SeatStore",
     "SoleInstance",
+    "StaleVersion",
     "StoredReply",
     "SystemClock",
 ]
@@ -34,6 +35,11 @@ __all__ = [
 
 class FencedOut(Exception):
     """A write was refused because another instance took the event over (newer owner epoch)."""
+
+
+class StaleVersion(Exception):
+    """The stored version is not the one the batch was applied on: the database no longer holds
+    the state the actor has in memory, so nothing was written and the event must reload."""
 
 
 class BusError(Exception):
@@ -138,8 +144,12 @@ class SeatStore(Protocol):
         version: int,
         effects: Sequence[Effect],
         idempotency: Sequence[IdempotencyRecord] = (),
+        *,
+        previous: int,
     ) -> None:
-        """Write a batch's effects in one transaction, or raise (FencedOut when not the owner)."""
+        """Write a batch's effects in one transaction, taking the stored version from
+        ``previous`` to ``version``; or raise (nothing written): FencedOut when no longer the
+        owner, StaleVersion when the stored version is not ``previous``."""
         ...
 
     async def earliest_expiries(self) -> list[tuple[str, float]]:

@@ -20,7 +20,7 @@ from seatd.core import (
     ReservationCreated,
     Seat,
 )
-from seatd.runtime.ports import FencedOut, IdempotencyRecord, NewEvent
+from seatd.runtime.ports import FencedOut, IdempotencyRecord, NewEvent, StaleVersion
 
 
 async def _event(store: PostgresStore) -> str:
@@ -46,7 +46,9 @@ async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
         HoldEnded(gone, HoldEndReason.RELEASED), HoldExtended(replace(kept, expires_at=2500.0)),
         HoldEnded(sold, HoldEndReason.RESERVED), ReservationCreated(reservation),
     ]  # fmt: skip
-    await store.persist(event_id, loaded.epoch, loaded.version + 1, effects, [key])
+    await store.persist(
+        event_id, loaded.epoch, loaded.version + 1, effects, [key], previous=loaded.version
+    )
     again = await store.load_event(event_id)
     assert again is not None and again.version == loaded.version + 1
     assert [(h.hold_id, h.seat_ids, h.expires_at) for h in again.holds] == [
@@ -65,9 +67,31 @@ async def test_a_stale_owner_writes_nothing(store: PostgresStore, pool: asyncpg.
     new = await store.load_event(event_id)  # another owner claimed the event since
     assert old is not None and new is not None and new.epoch == old.epoch + 1
     with pytest.raises(FencedOut):
-        await store.persist(event_id, old.epoch, old.version + 1, [HoldCreated(_hold("u1", "S0"))])
+        await store.persist(
+            event_id, old.epoch, old.version + 1, [HoldCreated(_hold("u1", "S0"))],
+            previous=old.version,
+        )  # fmt: skip
     assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 0
     assert await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id) == old.version
+
+
+async def test_a_batch_applied_on_another_version_writes_nothing(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """The actor's memory must be the stored state: a batch that names another version as the
+    one it was applied on is refused, so a drifted owner reloads instead of writing over it."""
+    event_id = await _event(store)
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    with pytest.raises(StaleVersion):
+        await store.persist(
+            event_id, loaded.epoch, loaded.version + 2, [HoldCreated(_hold("u1", "S0"))],
+            previous=loaded.version + 1,
+        )  # fmt: skip
+    assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 0
+    assert await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id) == (
+        loaded.version
+    )
 
 
 async def test_refreshing_a_hold_the_database_lost_fails_the_whole_batch(
@@ -80,8 +104,9 @@ async def test_refreshing_a_hold_the_database_lost_fails_the_whole_batch(
     other = _hold("u2", "S1")
     with pytest.raises(StoreConflict):
         await store.persist(
-            event_id, loaded.epoch, loaded.version + 1, [HoldCreated(other), HoldExtended(lost)]
-        )
+            event_id, loaded.epoch, loaded.version + 1, [HoldCreated(other), HoldExtended(lost)],
+            previous=loaded.version,
+        )  # fmt: skip
     assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 0
 
 
