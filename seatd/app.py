@@ -105,6 +105,7 @@ class App:
             history=s.delta_history,
             interval=s.delta_interval,
             publish=bus.publish,
+            publishing=lambda: bus.publishes,
             watched=lambda event_id: router.watched(event_id),
             unwatched=lambda event_id: router.unwatched(event_id),
             instance_id=self.instance_id,

@@ -13,6 +13,13 @@ a request nobody receives fails at once (``PeerGone``), one not answered in time
 ``PeerTimeout`` (the caller's idempotency key makes its retry safe), and a lost push shows up as
 a version gap the client repairs by resubscribing (PROTOCOL.md).
 
+- ``seatd:instances``: every instance listens. On each (re)connection an instance says hello
+  there; every instance that hears it answers in the newcomer's inbox. An instance that has
+  never heard of another (``has_peers`` is False) publishes no pushes at all: nobody could relay
+  them, and building and sending them cost a lone instance about a tenth of its throughput.
+  A newcomer's ``follow`` waits for the answers of every instance that heard its hello, so an
+  owner publishes before anyone there reads a snapshot.
+
 Publishes are queued and sent by one task in pipelines, so a burst of forwarded commands costs
 one round trip per burst, not one per command.
 """
@@ -33,13 +40,16 @@ from redis.exceptions import RedisError
 
 from seatd.runtime.ports import BusError, PeerGone, PeerTimeout
 
-__all__ = ["RedisBus", "availability_channel", "inbox_channel"]
+__all__ = ["PEERS_CHANNEL", "RedisBus", "availability_channel", "inbox_channel"]
 
 log = structlog.get_logger("seatd.bus")
 
 Header = dict[str, Any]
 RequestHandler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
 _AVAILABILITY = ("seatd:{", "}:availability")
+PEERS_CHANNEL = "seatd:instances"
+# How long a newcomer waits for the instances that heard its hello (one may be stalled).
+_INTRODUCTION_TIMEOUT = 1.0
 
 
 def inbox_channel(instance_id: str) -> str:
@@ -102,6 +112,10 @@ class RedisBus:
         self.on_request: RequestHandler | None = None
         self.on_push: Callable[[str, bytes], None] | None = None
         self.healthy = False
+        self.has_peers = False  # another instance was heard from: publish pushes (never reset)
+        self._introduced = asyncio.Event()  # the first hello was answered (or timed out)
+        self._welcomes = 0
+        self._welcomed = asyncio.Event()  # set by each answer to our hello
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,14 +197,22 @@ class RedisBus:
 
     # --- availability pushes ---------------------------------------------------------------
 
+    @property
+    def publishes(self) -> bool:
+        """Whether pushes go out: once another instance was heard from, and until our first
+        hello was answered (an instance starting beside others must not miss their follows)."""
+        return self.has_peers or not self._introduced.is_set()
+
     def publish(self, event_id: str, frame: bytes) -> None:
         """Fire and forget: instances relaying the event receive the push."""
-        if self.healthy:
+        if self.healthy and self.publishes:
             self._send(availability_channel(event_id), frame)
 
     async def follow(self, event_id: str) -> None:
         """Receive the event's pushes; returns once Redis confirmed the subscription (or at
         once when Redis is unavailable: the subscription is made when it is back)."""
+        if self.healthy and not self._introduced.is_set():
+            await self._introduced.wait()  # until then the owner may not publish for us
         channel = availability_channel(event_id)
         confirmed = self._acks.get(channel)
         if channel in self._followed and confirmed is None:
@@ -273,11 +295,14 @@ class RedisBus:
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()
+        introduction: asyncio.Task[None] | None = None
         try:
-            await pubsub.subscribe(self._inbox, *self._followed)
+            heard = self._acks[PEERS_CHANNEL] = asyncio.get_running_loop().create_future()
+            await pubsub.subscribe(self._inbox, PEERS_CHANNEL, *self._followed)
             self._pubsub = pubsub
             self.healthy = True
             log.info("bus_listening", inbox=self._inbox, followed=len(self._followed))
+            introduction = asyncio.get_running_loop().create_task(self._introduce(heard))
             while True:
                 message = await pubsub.get_message(timeout=5.0)
                 if message is None:
@@ -285,8 +310,28 @@ class RedisBus:
                     continue
                 self._dispatch(message)
         finally:
+            self._acks.pop(PEERS_CHANNEL, None)
+            if introduction is not None:
+                introduction.cancel()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _introduce(self, heard: asyncio.Future[None]) -> None:
+        """Say hello once our own subscription to the peers channel is confirmed, then wait
+        (briefly) for an answer from every other instance that heard it."""
+        try:
+            await asyncio.wait_for(heard, _INTRODUCTION_TIMEOUT)
+            self._welcomes = 0
+            hello = _pack({"t": "hello", "from": self.instance_id}, b"")
+            others = await self._publish(PEERS_CHANNEL, hello) - 1  # we hear it too
+            async with asyncio.timeout(_INTRODUCTION_TIMEOUT):
+                while self._welcomes < others:
+                    self._welcomed.clear()
+                    await self._welcomed.wait()
+        except (TimeoutError, BusError) as error:
+            log.info("bus_introduction_incomplete", error=repr(error))
+        finally:
+            self._introduced.set()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -300,11 +345,19 @@ class RedisBus:
         if kind != "message":
             return
         data = message["data"]
+        if channel == PEERS_CHANNEL:
+            self._hello(data)
+            return
         if channel == self._inbox:
             try:
                 header, body = _unpack(data)
             except ValueError:
                 log.warning("bus_bad_message", size=len(data))
+                return
+            if header.get("t") == "w":
+                self.has_peers = True
+                self._welcomes += 1
+                self._welcomed.set()
                 return
             if header.get("t") == "a":
                 waiting = self._waiting.get(header.get("c", -1))
@@ -319,3 +372,18 @@ class RedisBus:
                 self.on_push(event_id, data)
             except Exception:
                 log.exception("bus_push_failed", event_id=event_id)
+
+    def _hello(self, data: bytes) -> None:
+        """Another instance (re)connected: from now on publish for it, and answer it."""
+        try:
+            header, _ = _unpack(data)
+        except ValueError:
+            return
+        sender = header.get("from")
+        if header.get("t") != "hello" or not isinstance(sender, str) or not sender:
+            return
+        if sender != self.instance_id:
+            if not self.has_peers:
+                log.info("bus_peer_joined", peer=sender)
+            self.has_peers = True
+            self._send(inbox_channel(sender), _pack({"t": "w", "from": self.instance_id}, b""))

@@ -118,6 +118,7 @@ class Broadcaster:
         interval: float = 0.02,
         *,
         publish: Callable[[str, bytes], None] | None = None,
+        publishing: Callable[[], bool] = lambda: True,
         watched: Callable[[str], None] | None = None,
         unwatched: Callable[[str], None] | None = None,
         instance_id: str = "",
@@ -125,6 +126,8 @@ class Broadcaster:
         self._history = history
         self._interval = interval
         self._publish = publish  # every push of an event owned here, for other instances
+        # False while no other instance exists: then nothing is built or sent for them.
+        self._publishing = publishing
         self._watched = watched  # an event gained its first subscriber or followed hold here
         self._unwatched = unwatched  # ... and lost its last one
         self._instance_id = instance_id  # to ignore our own hold news echoed back
@@ -138,8 +141,9 @@ class Broadcaster:
     def committed(
         self, event_id: str, version: int, effects: Sequence[Effect], state: object
     ) -> None:
+        publish = self._publish if self._publish is not None and self._publishing() else None
         topic = self._topics.get(event_id)
-        if topic is None and self._publish is not None:
+        if topic is None and publish is not None:
             topic = self._topics[event_id] = _Topic()
         if topic is not None:
             if not topic.unsent:
@@ -156,10 +160,10 @@ class Broadcaster:
                     topic.timer = loop.call_at(due, self._push, event_id, topic)
         if self._hold_watchers:
             self._notify_holders(event_id, effects)
-        if self._publish is not None:
+        if publish is not None:
             news = _hold_news(effects)
             if news:
-                self._publish(
+                publish(
                     event_id,
                     orjson.dumps({"type": _NEWS, "from": self._instance_id, "holds": news}),
                 )
@@ -178,7 +182,7 @@ class Broadcaster:
         topic.last_push = asyncio.get_running_loop().time()
         frame = encode_push("availability", message)
         self._deliver(topic, _Delta(message.from_version, message.version, frame, message))
-        if self._publish is not None:
+        if self._publish is not None and self._publishing():
             self._publish(event_id, frame)
 
     def relayed(self, event_id: str, frame: bytes) -> None:

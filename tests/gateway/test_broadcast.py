@@ -88,3 +88,27 @@ async def test_an_owner_publishes_hold_news_with_the_batch() -> None:
     assert news == [
         {"type": "holds", "from": "me", "holds": [["h9", "u1", ["B-2"], 100.0, 200.0, "released"]]}
     ]
+
+
+async def test_while_no_other_instance_exists_nothing_is_built_or_published() -> None:
+    published: list[tuple[str, bytes]] = []
+    peers = {"exist": False}
+    broadcaster = Broadcaster(
+        interval=0,
+        publish=lambda e, f: published.append((e, f)),
+        publishing=lambda: peers["exist"],
+    )
+    local = Sink()
+    broadcaster.begin("e2", local)
+    broadcaster.complete("e2", local, 0, None)
+    broadcaster.committed("e1", 1, [HoldCreated(_hold("h1", "A-1"))], None)
+    broadcaster.committed("e2", 1, [HoldCreated(_hold("h2", "A-1"))], None)
+    assert published == []
+    assert "e1" not in broadcaster._topics  # nothing kept for an event nobody watches
+    assert [orjson.loads(f)["version"] for f in local.frames] == [1]  # watchers here still told
+    peers["exist"] = True
+    broadcaster.committed("e1", 2, [HoldEnded(_hold("h1", "A-1"), HoldEndReason.RELEASED)], None)
+    assert sorted(orjson.loads(f)["type"] for e, f in published if e == "e1") == [
+        "availability",
+        "holds",
+    ]

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from support.waiting import until
 
-from seatd.adapters.bus import RedisBus
+from seatd.adapters.bus import PEERS_CHANNEL, RedisBus, availability_channel
 from seatd.devstack import RedisServer
 from seatd.runtime.ports import PeerGone, PeerTimeout
 
@@ -119,3 +119,46 @@ async def test_a_second_follower_also_waits_for_the_subscription(
     await second.follow("ev-2")
     assert time.monotonic() - started > 0.2, "returned before Redis confirmed"
     await pending
+
+
+async def test_a_lone_instance_publishes_nothing_until_another_says_hello(redis: Redis) -> None:
+    """Nobody could relay a lone instance's pushes, so it sends none; once another instance
+    starts, its follow returns only when the owner publishes again."""
+    lone, newcomer = RedisBus(redis, "lone"), RedisBus(redis, "newcomer")
+    outsider = redis.pubsub()  # sees whatever is published on the event's channel
+    await outsider.subscribe(availability_channel("ev-1"))
+    assert (await outsider.get_message(timeout=1.0) or {}).get("type") == "subscribe"
+    lone.start()
+    try:
+        await until(lambda: lone.healthy and not lone.publishes)
+        lone.publish("ev-1", b"alone")
+        assert await outsider.get_message(timeout=0.3) is None
+        received: list[bytes] = []
+        newcomer.on_push = lambda _, frame: received.append(frame)
+        newcomer.start()
+        await until(lambda: newcomer.healthy)
+        await newcomer.follow("ev-1")
+        assert lone.has_peers and newcomer.has_peers
+        lone.publish("ev-1", b"together")
+        await until(lambda: received == [b"together"])
+    finally:
+        await lone.close()
+        await newcomer.close()
+        await outsider.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_a_peer_that_never_answers_delays_follow_only_briefly(redis: Redis) -> None:
+    """An instance that heard the hello but is stalled (SIGSTOP) must not block the newcomer."""
+    stalled = redis.pubsub()
+    await stalled.subscribe(PEERS_CHANNEL)  # counted as a listener, never answers
+    newcomer = RedisBus(redis, "newcomer")
+    newcomer.start()
+    try:
+        await until(lambda: newcomer.healthy)
+        started = time.monotonic()
+        await asyncio.wait_for(newcomer.follow("ev-3"), 3.0)
+        assert time.monotonic() - started < 2.0
+        assert not newcomer.has_peers  # nobody answered: still publishes nothing
+    finally:
+        await newcomer.close()
+        await stalled.aclose()  # type: ignore[no-untyped-call]
