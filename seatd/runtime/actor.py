@@ -15,8 +15,8 @@ pending caller; nobody waits forever.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from seatd.runtime.ports import (
     SeatStore,
     StoredReply,
 )
+from seatd.runtime.signal import Signal
 
 __all__ = ["ActorSettings", "Envelope", "EventActor"]
 
@@ -94,14 +95,15 @@ class EventActor:
         self._observers = observers
         self._settings = settings
         self._on_stop = on_stop
-        self._mailbox: deque[Envelope] = deque()
-        self._wake = asyncio.Event()
+        self._mailbox: list[Envelope] = []  # a list: a deque allocates 0.6 KiB up front
+        self._wake = Signal()
         self._stopping = False  # drain the mailbox, then stop
         self._stop_request = "shutdown"
         self.stopped = False  # accepts nothing more
         self.stop_reason = ""
         self._last_active = clock.now()
-        self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()
+        # Made on first use: most events never see a retry key.
+        self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] | None = None
         self._keep_alive = keep_alive  # e.g. "someone watches this event": do not passivate
 
     # --- the public face -------------------------------------------------------------------
@@ -182,7 +184,8 @@ class EventActor:
         """Apply, persist and answer one batch. False when the actor must stop."""
         mailbox = self._mailbox
         size = min(len(mailbox), self._settings.max_batch)
-        batch = [mailbox.popleft() for _ in range(size)]
+        batch = mailbox[:size]
+        del mailbox[:size]
         known = await self._recall_keys(batch)
         if known is None:
             error = StoreUnavailable("could not check the idempotency keys; nothing was changed")
@@ -253,10 +256,11 @@ class EventActor:
         """Earlier outcomes of the batch's keys: from memory, else one query for the rest."""
         known: dict[tuple[str, str], IdempotencyRecord] = {}
         missing: list[tuple[str, str]] = []
+        remembered: Mapping[tuple[str, str], IdempotencyRecord] = self._keys or {}
         for envelope in batch:
             key = envelope.idempotency
             if key is not None:
-                record = self._keys.get(key.scope)
+                record = remembered.get(key.scope)
                 if record is not None:
                     known[key.scope] = record
                 else:
@@ -270,7 +274,11 @@ class EventActor:
         return known
 
     def _remember(self, records: dict[tuple[str, str], IdempotencyRecord]) -> None:
+        if not records:
+            return
         keys = self._keys
+        if keys is None:
+            keys = self._keys = OrderedDict()
         keys.update(records)
         while len(keys) > self._settings.remembered_keys:
             keys.popitem(last=False)
@@ -307,8 +315,9 @@ class EventActor:
                 if reason == "fenced"
                 else ShuttingDown("the event was stopped before this command ran; retry")
             )
-            while self._mailbox:
-                _answer(self._mailbox.popleft(), error)
+            queued, self._mailbox = self._mailbox, []
+            for envelope in queued:
+                _answer(envelope, error)
         self._on_stop(self)
 
 

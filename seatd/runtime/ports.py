@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ __all__ = [
     "StaleVersion",
     "StoredReply",
     "SystemClock",
+    "Wakeable",
 ]
 
 
@@ -226,12 +227,22 @@ class CommitObserver(Protocol):
     ) -> None: ...
 
 
+class Wakeable(Protocol):
+    """What a clock waits on: ``asyncio.Event`` or the lighter ``Signal``."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """POSIX seconds."""
         ...
 
-    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+    async def wait(self, event: Wakeable, deadline: float | None) -> None:
         """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
         ...
 
@@ -242,7 +253,7 @@ class SystemClock:
     def now(self) -> float:
         return time.time()
 
-    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+    async def wait(self, event: Wakeable, deadline: float | None) -> None:
         if deadline is None:
             await event.wait()
             return

@@ -67,6 +67,8 @@ class Registry:
         self._dormant: list[tuple[float, str]] = []
         self._dormant_events: set[str] = set()
         self._dormant_wake = asyncio.Event()
+        # One callable for every actor (``keep_alive`` may be replaced after they start).
+        self._keep_alive_of: Callable[[str], bool] = lambda event_id: self.keep_alive(event_id)
         self._timer_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -186,7 +188,7 @@ class Registry:
             self.observers,
             self._settings,
             self._on_actor_stop,
-            lambda event_id: self.keep_alive(event_id),
+            self._keep_alive_of,
         )
         self._actors[event_id] = actor
         self._dormant_events.discard(event_id)
