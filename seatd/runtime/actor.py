@@ -211,7 +211,9 @@ class EventActor:
             try:
                 reply = state.handle(envelope.command, now)
             except RequestError as error:
-                reply = error
+                # Without its traceback: that refers to this frame, which refers to the error
+                # (a cycle holding the whole batch until the cyclic collector runs).
+                reply = error.with_traceback(None)
             except Exception:  # a bug: undo the batch, answer everyone, reload from PostgreSQL
                 log.exception("command_failed", event_id=self.event_id)
                 state.rollback()
