@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -31,12 +30,13 @@ def _settings_or_exit(*, need_secret: bool = True) -> object:
 def _serve(args: argparse.Namespace) -> int:
     from seatd.app import run
     from seatd.config import Settings
+    from seatd.gctune import tune_garbage_collector
     from seatd.logging import configure_logging
 
     settings = _settings_or_exit()
     assert isinstance(settings, Settings)
     configure_logging(settings.log_level, settings.log_format)
-    _tune_garbage_collector()
+    tune_garbage_collector()
     try:
         import uvloop
     except ImportError:  # optional: plain asyncio works, only slower
@@ -44,18 +44,6 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvloop.run(run(settings))
     return 0
-
-
-def _tune_garbage_collector() -> None:
-    """The server's objects either live long (connections, loaded events) or die by reference
-    counting; the cyclic collector's defaults (a young pass every 700 allocations, and full
-    passes over every live object) took ~40% of the server's CPU in a 5,000-buyer on-sale and
-    stalled replies for whole passes (BENCHMARKS.md). What start-up made (modules, classes) is
-    never garbage: freeze it out of every pass, and collect young objects every 50,000
-    allocations; objects that survive reach the old generation, which is rarely scanned."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _init_db(args: argparse.Namespace) -> int:

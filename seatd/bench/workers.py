@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from seatd.gctune import tune_garbage_collector
+
 __all__ = [
     "Control",
     "WorkerError",
@@ -146,6 +148,7 @@ def worker_main(spec: WorkerSpec, pipe: Connection, progress: Any) -> None:
     # The coordinator handles Ctrl-C and ends the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile_limit()
+    tune_garbage_collector()  # thousands of long-lived connections: as in the server
     control = Control(pipe, progress, spec.index)
     try:
         try:
