@@ -102,8 +102,10 @@ DROP FUNCTION IF EXISTS seatd_persist_batch(
 -- One batch of one event in one call (one round trip: a single statement is its own
 -- transaction). Returns 0 when written; -1 when p_epoch is no longer the owner's epoch (fenced);
 -- -2 when the stored version is not p_previous, the version the owner applied the batch on
--- (its memory and the database disagree). Nothing is written in either case. Deletes come
--- first: the batch's final state is consistent, so no inserted seat can collide.
+-- (its memory and the database disagree); -3 when a retry key of the batch is already stored
+-- (the owner did not remember it: it runs the batch again with the stored outcome). Nothing is
+-- written in those cases. Deletes come first: the batch's final state is consistent, so no
+-- inserted seat can collide.
 CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
     p_deleted uuid[],
@@ -125,6 +127,17 @@ BEGIN
     END IF;
     IF current_version <> p_previous THEN
         RETURN -2;
+    END IF;
+    -- One index probe per key (LATERAL ... LIMIT 1): a join could scan every key of the event.
+    IF cardinality(p_keys) > 0 AND EXISTS (
+        SELECT 1 FROM unnest(p_key_users, p_keys) AS u(user_id, key)
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM idempotency_keys k
+            WHERE k.event_id = p_event AND k.user_id = u.user_id AND k.key = u.key
+            LIMIT 1
+        ) AS stored
+    ) THEN
+        RETURN -3;
     END IF;
     UPDATE events SET version = p_version WHERE id = p_event;
     IF cardinality(p_deleted) > 0 THEN

@@ -41,6 +41,7 @@ from seatd.runtime.ports import (
     EventPage,
     FencedOut,
     IdempotencyRecord,
+    KeysAlreadyUsed,
     LoadedEvent,
     NewEvent,
     StaleVersion,
@@ -106,11 +107,14 @@ _PERSIST = (
     "SELECT seatd_persist_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
     " $15, $16, $17, $18, $19, $20, $21, $22)"
 )
+# One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
-FROM idempotency_keys k
-JOIN unnest($2::text[], $3::text[]) AS u(user_id, key) ON k.user_id = u.user_id AND k.key = u.key
-WHERE k.event_id = $1
+FROM unnest($2::text[], $3::text[]) AS u(user_id, key)
+CROSS JOIN LATERAL (
+    SELECT * FROM idempotency_keys i
+    WHERE i.event_id = $1 AND i.user_id = u.user_id AND i.key = u.key
+) AS k
 """
 # create_event keys are not tied to an event yet: they live under the empty event id.
 _CLAIM_CREATE_KEY = """
@@ -379,6 +383,8 @@ class PostgresStore:
             raise FencedOut(f"event {event_id}: owner epoch {epoch} is no longer current")
         if outcome == -2:
             raise StaleVersion(f"event {event_id}: the stored version is not {previous}")
+        if outcome == -3:
+            raise KeysAlreadyUsed(f"event {event_id}: a retry key of the batch is already stored")
 
 
 class StoreConflict(Exception):

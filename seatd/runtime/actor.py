@@ -39,6 +39,7 @@ from seatd.runtime.ports import (
     FencedOut,
     IdempotencyKey,
     IdempotencyRecord,
+    KeysAlreadyUsed,
     SeatStore,
     StoredReply,
 )
@@ -186,20 +187,74 @@ class EventActor:
         size = min(len(mailbox), self._settings.max_batch)
         batch = mailbox[:size]
         del mailbox[:size]
-        known = await self._recall_keys(batch)
-        if known is None:
-            error = StoreUnavailable("could not check the idempotency keys; nothing was changed")
-            for envelope in batch:
-                _answer(envelope, error)
-            return True
-        state = self.state
-        now = self._clock.now()
-        self._last_active = now
-        replies: list[Any] = []
-        records: dict[tuple[str, str], IdempotencyRecord] = {}
         if any(type(e.command) is GetSnapshot for e in batch):
             # Snapshots describe the state after the whole batch, which is what commits.
             batch.sort(key=lambda e: type(e.command) is GetSnapshot)
+        state = self.state
+        now = self._clock.now()
+        self._last_active = now
+        # Retry keys are checked in memory only. A key this instance does not remember may
+        # still be stored (its first attempt reached an earlier owner, or was forgotten here):
+        # the write refuses the whole batch then (KeysAlreadyUsed), and the batch runs again
+        # with the stored outcomes. New keys, nearly all of them, cost no extra round trip.
+        known = self._remembered(batch)
+        looked_up = False
+        while True:
+            applied = self._apply(batch, known, now)
+            if applied is None:
+                return False
+            replies, records = applied
+            if not (state.effects or records):
+                break
+            try:
+                failure = await self._persist(list(records.values()))
+            except KeysAlreadyUsed:
+                state.rollback()
+                stored = None if looked_up else await self._stored_keys(batch, known)
+                if stored is None:
+                    error = StoreUnavailable(
+                        "could not check the idempotency keys; nothing was changed"
+                    )
+                    for envelope in batch:
+                        _answer(envelope, error)
+                    return True
+                known.update(stored)
+                looked_up = True
+                continue
+            except asyncio.CancelledError:
+                state.rollback()
+                for envelope in batch:
+                    _answer(envelope, ShuttingDown("stopped before the change was committed"))
+                raise
+            if failure is not None:
+                state.rollback()
+                for envelope in batch:
+                    _answer(envelope, failure)
+                return False
+            self._remember(records)
+            effects = state.commit()
+            if effects:
+                for observer in self._observers:
+                    try:
+                        observer.committed(self.event_id, state.version, effects, state)
+                    except Exception:  # an observer must never break the owner of the seats
+                        log.exception("observer_failed", event_id=self.event_id)
+            break
+        for envelope, reply in zip(batch, replies, strict=True):
+            _answer(envelope, reply)
+        return True
+
+    def _apply(
+        self,
+        batch: list[Envelope],
+        known: Mapping[tuple[str, str], IdempotencyRecord],
+        now: float,
+    ) -> tuple[list[Any], dict[tuple[str, str], IdempotencyRecord]] | None:
+        """Run the batch on the state: each command's reply, and the retry records to store.
+        None after a bug in the rules (the batch is undone and answered; the actor stops)."""
+        state = self.state
+        replies: list[Any] = []
+        records: dict[tuple[str, str], IdempotencyRecord] = {}
         for envelope in batch:
             key = envelope.idempotency
             if key is not None:
@@ -221,59 +276,43 @@ class EventActor:
                 for waiting in batch:
                     _answer(waiting, fault)
                 self.stop_reason = "fault"
-                return False
+                return None
             if key is not None:
                 record = key.record(reply)
                 records[key.scope] = record
                 reply = StoredReply(record.response, reply)
             replies.append(reply)
-        if state.effects or records:
-            try:
-                failure = await self._persist(list(records.values()))
-            except asyncio.CancelledError:
-                state.rollback()
-                for envelope in batch:
-                    _answer(envelope, ShuttingDown("stopped before the change was committed"))
-                raise
-            if failure is not None:
-                state.rollback()
-                for envelope in batch:
-                    _answer(envelope, failure)
-                return False
-            self._remember(records)
-            effects = state.commit()
-            if effects:
-                for observer in self._observers:
-                    try:
-                        observer.committed(self.event_id, state.version, effects, state)
-                    except Exception:  # an observer must never break the owner of the seats
-                        log.exception("observer_failed", event_id=self.event_id)
-        for envelope, reply in zip(batch, replies, strict=True):
-            _answer(envelope, reply)
-        return True
+        return replies, records
 
-    async def _recall_keys(
-        self, batch: list[Envelope]
-    ) -> dict[tuple[str, str], IdempotencyRecord] | None:
-        """Earlier outcomes of the batch's keys: from memory, else one query for the rest."""
+    def _remembered(self, batch: list[Envelope]) -> dict[tuple[str, str], IdempotencyRecord]:
+        """The outcomes this instance remembers for the batch's retry keys."""
         known: dict[tuple[str, str], IdempotencyRecord] = {}
-        missing: list[tuple[str, str]] = []
-        remembered: Mapping[tuple[str, str], IdempotencyRecord] = self._keys or {}
-        for envelope in batch:
-            key = envelope.idempotency
-            if key is not None:
-                record = remembered.get(key.scope)
-                if record is not None:
-                    known[key.scope] = record
-                else:
-                    missing.append(key.scope)
-        if missing:
-            try:
-                known.update(await self._store.find_idempotency(self.event_id, missing))
-            except Exception as error:
-                log.warning("idempotency_lookup_failed", event_id=self.event_id, error=repr(error))
-                return None
+        remembered = self._keys
+        if remembered:
+            for envelope in batch:
+                key = envelope.idempotency
+                if key is not None:
+                    record = remembered.get(key.scope)
+                    if record is not None:
+                        known[key.scope] = record
         return known
+
+    async def _stored_keys(
+        self, batch: list[Envelope], known: Mapping[tuple[str, str], IdempotencyRecord]
+    ) -> dict[tuple[str, str], IdempotencyRecord] | None:
+        """The stored outcomes of the batch's other keys (None if they cannot be read)."""
+        missing = list(
+            {
+                e.idempotency.scope
+                for e in batch
+                if e.idempotency is not None and e.idempotency.scope not in known
+            }
+        )
+        try:
+            return await self._store.find_idempotency(self.event_id, missing)
+        except Exception as error:
+            log.warning("idempotency_lookup_failed", event_id=self.event_id, error=repr(error))
+            return None
 
     def _remember(self, records: dict[tuple[str, str], IdempotencyRecord]) -> None:
         if not records:
@@ -295,6 +334,8 @@ class EventActor:
             await self._store.persist(
                 self.event_id, self.epoch, version, state.effects, records, previous=state.version
             )
+        except KeysAlreadyUsed:
+            raise  # not a failure: the batch runs again with the stored outcomes
         except FencedOut:
             self.stop_reason = "fenced"
             log.warning("actor_fenced", event_id=self.event_id, epoch=self.epoch)

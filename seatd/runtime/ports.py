@@ -20,6 +20,7 @@ __all__ = [
     "FencedOut",
     "IdempotencyKey",
     "IdempotencyRecord",
+    "KeysAlreadyUsed",
     "LoadedEvent",
     "MessageBus",
     "NewEvent",
@@ -36,6 +37,11 @@ __all__ = [
 
 class FencedOut(Exception):
     """A write was refused because another instance took the event over (newer owner epoch)."""
+
+
+class KeysAlreadyUsed(Exception):
+    """Some of a batch's new retry keys are already stored: nothing was written. The batch must
+    run again with those keys' stored outcomes."""
 
 
 class StaleVersion(Exception):
@@ -148,9 +154,10 @@ class SeatStore(Protocol):
         *,
         previous: int,
     ) -> None:
-        """Write a batch's effects in one transaction, taking the stored version from
-        ``previous`` to ``version``; or raise (nothing written): FencedOut when no longer the
-        owner, StaleVersion when the stored version is not ``previous``."""
+        """Write a batch's effects and retry records in one transaction, taking the stored
+        version from ``previous`` to ``version``; or raise (nothing written): FencedOut when no
+        longer the owner, StaleVersion when the stored version is not ``previous``,
+        KeysAlreadyUsed when a record's key is already stored."""
         ...
 
     async def earliest_expiries(self) -> list[tuple[str, float]]:

@@ -1,0 +1,82 @@
+"""Retry keys the owner does not remember: stored by an earlier owner, found by the write.
+
+The actor checks keys in memory only; the batch write refuses a batch whose new keys are
+already stored, and the batch runs again with the stored outcomes. These tests make an
+owner forget (a new registry, as after a restart or a takeover) and retry."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+
+from seatd.adapters.postgres import PostgresStore
+from seatd.core import EventInfo, PlaceHold, Policy, Seat
+from seatd.errors import IdempotencyMismatch
+from seatd.runtime.actor import ActorSettings, Envelope
+from seatd.runtime.ports import IdempotencyKey, NewEvent, StoredReply, SystemClock
+from seatd.runtime.registry import Registry
+
+
+def _registry(store: PostgresStore) -> Registry:
+    return Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+
+
+def _keyed(user: str, key: str, seat: str) -> Envelope:
+    """A hold with a retry key whose request hash names the seat (another seat: mismatch)."""
+
+    def encode(outcome: object) -> bytes:
+        hold_id = getattr(outcome, "hold_id", None)
+        return orjson.dumps({"ok": hold_id is not None, "hold_id": hold_id})
+
+    command = PlaceHold(user, (seat,), str(uuid.uuid4()))
+    return Envelope(command, idempotency=IdempotencyKey(user, key, f"seat={seat}", encode))
+
+
+async def _ask(registry: Registry, event_id: str, *envelopes: Envelope) -> list[Any]:
+    """Submit together (one batch) and collect every outcome, errors included."""
+    actor = await registry.activate(event_id)
+    futures = [actor.submit(e.command, e) for e in envelopes]
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
+async def test_a_retry_the_owner_forgot_gets_the_stored_reply_and_changes_nothing(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    event_id = f"keys-{uuid.uuid4().hex[:10]}"
+    seats = tuple(Seat(f"S{i}") for i in range(4))
+    await store.create_event(NewEvent(EventInfo(event_id, "Retry keys"), seats))
+    first = _registry(store)
+    try:
+        [original] = await _ask(first, event_id, _keyed("u1", "k1", "S0"))
+    finally:
+        await first.close()
+    assert isinstance(original, StoredReply)
+    version = await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id)
+
+    second = _registry(store)  # remembers no key
+    try:
+        replay, fresh, mismatch = await _ask(
+            second,
+            event_id,
+            _keyed("u1", "k1", "S0"),  # the same request again
+            _keyed("u2", "k2", "S1"),  # a new one in the same batch
+            _keyed("u1", "k1", "S2"),  # the same key for another request
+        )
+    finally:
+        await second.close()
+    assert isinstance(replay, StoredReply)
+    assert orjson.loads(replay.response) == orjson.loads(original.response)
+    assert replay.outcome is None  # replayed, not run again
+    assert isinstance(fresh, StoredReply) and fresh.outcome is not None
+    assert isinstance(mismatch, IdempotencyMismatch)
+    holds = await pool.fetch(
+        "SELECT user_id, count(*) AS n FROM holds WHERE event_id = $1 GROUP BY user_id ORDER BY 1",
+        event_id,
+    )
+    assert [(r["user_id"], r["n"]) for r in holds] == [("u1", 1), ("u2", 1)]
+    stored_version = await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id)
+    assert stored_version == version + 1  # one batch wrote, once
