@@ -26,6 +26,7 @@ __all__ = [
     "encode_result",
     "encode_stored_reply",
     "error_object",
+    "exact_bytes",
     "format_time",
     "parse_time",
 ]
@@ -178,6 +179,13 @@ def encode_stored_reply(request_id: RequestId, request_type: str, response: byte
             response[1:],
         )
     )
+
+
+def exact_bytes(data: bytes) -> bytes:
+    """A copy of ``data`` that occupies its length, for output that is kept (stored replies,
+    push history). orjson's output keeps the buffer it was written into: ~4 KiB however short,
+    so 20,000 remembered replies took 80 MB instead of 4."""
+    return bytes(memoryview(data))
 
 
 def encode_push(push_type: str, message: object) -> bytes:

@@ -37,7 +37,7 @@ import orjson
 
 from protocol import messages as wire
 from protocol._validate import decoder
-from protocol.codec import encode_push, format_time
+from protocol.codec import encode_push, exact_bytes, format_time
 from seatd.core import (
     Effect,
     Hold,
@@ -206,6 +206,8 @@ class Broadcaster:
         # History serves resuming subscribers: kept from an event's first subscriber on, not
         # for every event this instance merely publishes (that would be memory for nobody).
         if topic.watched:
+            if delta.message is not None:  # made here by orjson: kept, so made compact
+                delta.frame = exact_bytes(delta.frame)
             topic.history.append(delta)
             if len(topic.history) > self._history:
                 topic.history.popleft()

@@ -17,7 +17,7 @@ import orjson
 
 from protocol import messages as wire
 from protocol._validate import to_plain
-from protocol.codec import RequestId, error_object, format_time, parse_time
+from protocol.codec import RequestId, error_object, exact_bytes, format_time, parse_time
 from protocol.errors import ERROR_CODES
 from seatd import core
 from seatd.auth import Identity
@@ -291,7 +291,8 @@ def idempotency_key(
 
 def response_body(to_wire: Callable[[Any], object], outcome: object) -> bytes:
     """A reply without its ``id`` and ``type``: ``{"ok": true, "result": ...}`` or
-    ``{"ok": false, "error": ...}``; stored for retries and carried back by forwarding."""
+    ``{"ok": false, "error": ...}``; stored for retries and carried back by forwarding.
+    Compact (``exact_bytes``): an owner remembers thousands of them."""
     if isinstance(outcome, SeatdError):
-        return orjson.dumps({"ok": False, "error": _error_object(outcome)})
-    return orjson.dumps({"ok": True, "result": to_plain(to_wire(outcome))})
+        return exact_bytes(orjson.dumps({"ok": False, "error": _error_object(outcome)}))
+    return exact_bytes(orjson.dumps({"ok": True, "result": to_plain(to_wire(outcome))}))
