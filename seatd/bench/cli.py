@@ -162,6 +162,7 @@ async def _main(options: Options, out: TextIO) -> int:
             server_pid=options.server_pid,
             progress=progress,
             group_commit=not options.no_group_commit,
+            retry_keys=options.retry_keys,
             server_env=dict(options.server_env),
         )
         for scenario in options.scenarios:

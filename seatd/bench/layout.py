@@ -8,10 +8,24 @@ without shipping seat lists between processes.
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["EventLayout", "Frames", "event_blocks"]
+
+# Retry keys: a counter behind a prefix drawn once per process (workers may be forked).
+_KEYS = itertools.count(1)
+_key_prefix: tuple[int, bytes] = (0, b"")
+
+
+def _next_key() -> bytes:
+    global _key_prefix
+    pid, prefix = _key_prefix
+    if pid != os.getpid():
+        _key_prefix = pid, prefix = os.getpid(), os.urandom(6).hex().encode() + b"-"
+    return b"%s%d" % (prefix, next(_KEYS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +83,13 @@ def event_blocks(seats: int, per_row: int) -> list[dict[str, Any]]:
 class Frames:
     """Pre-encoded pieces of the requests the load generator sends about one event."""
 
-    __slots__ = ("_get", "_hold", "_release", "_reserve", "_subscribe", "event_id")
+    __slots__ = ("_get", "_hold", "_keyed", "_release", "_reserve", "_subscribe", "event_id")
 
-    def __init__(self, event_id: str) -> None:
+    def __init__(self, event_id: str, keyed: bool = True) -> None:
+        """``keyed``: holds, reserves and releases carry a fresh idempotency_key, as the SDK's
+        calls do (the server then stores each outcome for retries)."""
         self.event_id = event_id
+        self._keyed = keyed
         ev = event_id.encode()
         self._hold = b',"type":"hold","event_id":"' + ev + b'","seat_ids":['
         self._reserve = b',"type":"reserve","event_id":"' + ev + b'","hold_id":"'
@@ -82,13 +99,16 @@ class Frames:
 
     def hold(self, request_id: int, quoted_seats: bytes) -> bytes:
         """``quoted_seats``: the JSON strings of the seat ids, comma separated."""
-        return b'{"id":%d%s%s]}' % (request_id, self._hold, quoted_seats)
+        return b'{"id":%d%s%s%s]}' % (request_id, self._key(), self._hold, quoted_seats)
 
     def reserve(self, request_id: int, hold_id: bytes) -> bytes:
-        return b'{"id":%d%s%s"}' % (request_id, self._reserve, hold_id)
+        return b'{"id":%d%s%s%s"}' % (request_id, self._key(), self._reserve, hold_id)
 
     def release(self, request_id: int, hold_id: bytes) -> bytes:
-        return b'{"id":%d%s%s"}' % (request_id, self._release, hold_id)
+        return b'{"id":%d%s%s%s"}' % (request_id, self._key(), self._release, hold_id)
+
+    def _key(self) -> bytes:
+        return b',"idempotency_key":"%s"' % _next_key() if self._keyed else b""
 
     def subscribe(self, request_id: int) -> bytes:
         return b'{"id":%d%s' % (request_id, self._subscribe)

@@ -104,6 +104,11 @@ class Conn:
         return rid
 
 
+def _keyed(params: dict[str, Any]) -> bool:
+    """Whether mutations carry an idempotency_key (``--no-retry-keys`` turns it off)."""
+    return bool(params.get("retry_keys", True))
+
+
 def assign_targets(spec: WorkerSpec, conns: list[Any]) -> list[str]:
     """The URL of each connection; sets each one's ``instance``.
 
@@ -227,7 +232,7 @@ class PurchaseRun:
         p = spec.params
         self.control = control
         self.layouts = [EventLayout(*e) for e in p["events"]]
-        self.frames = [Frames(layout.event_id) for layout in self.layouts]
+        self.frames = [Frames(layout.event_id, _keyed(p)) for layout in self.layouts]
         workers, w = int(p["workers"]), spec.index
         self.cursor = [layout.seats * w // workers for layout in self.layouts]
         self.limit = [layout.seats * (w + 1) // workers for layout in self.layouts]
@@ -452,7 +457,7 @@ class RushRun:
         p = spec.params
         self.control = control
         self.layout = EventLayout(*p["event"])
-        self.frames = Frames(self.layout.event_id)
+        self.frames = Frames(self.layout.event_id, _keyed(p))
         self.n = self.layout.seats
         self.taken = bytearray(self.n)
         self.taken_count = 0
@@ -694,7 +699,7 @@ class WriterRun:
         p = spec.params
         self.control = control
         self.layout = EventLayout(*p["event"])
-        self.frames = Frames(self.layout.event_id)
+        self.frames = Frames(self.layout.event_id, _keyed(p))
         self.rate = float(p["rate"])
         self.cap = int(p["live_cap"])
         self.table = TimeTable(p["table"], int(p["slots"]))
@@ -934,7 +939,7 @@ class SubscriberRun:
         p = spec.params
         self.control = control
         self.layout = EventLayout(*p["event"])
-        self.frames = Frames(self.layout.event_id)
+        self.frames = Frames(self.layout.event_id, _keyed(p))
         self.table = TimeTable(p["table"], int(p["slots"]))
         self.versions = array("q")
         self.times = array("d")

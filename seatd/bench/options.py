@@ -86,6 +86,8 @@ class Options:
     idle_timeout: float | None
     server_env: tuple[tuple[str, str], ...]
     no_group_commit: bool
+    # Mutations carry an idempotency_key, as the bundled SDK sends one on every call.
+    retry_keys: bool
     baseline: bool
     # Instance counts to run each scenario on, in turn (``--instances 1,3``); idle always one.
     instances: tuple[int, ...]
@@ -210,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start seatd with SEATD_MAX_BATCH=1 (one transaction per command)",
     )
     server.add_argument(
+        "--no-retry-keys",
+        dest="retry_keys",
+        action="store_false",
+        help="send holds, reserves and releases without an idempotency_key (the SDK sends "
+        "one with every call, and so does the load by default)",
+    )
+    server.add_argument(
         "--baseline",
         action="store_true",
         help="throughput only: run with group commit, then without, and print the ratio",
@@ -317,6 +326,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         idle_timeout=args.idle_timeout,
         server_env=tuple(server_env),
         no_group_commit=args.no_group_commit,
+        retry_keys=args.retry_keys,
         baseline=args.baseline,
         instances=instances,
         via_non_owner=args.via_non_owner,

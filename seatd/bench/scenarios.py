@@ -203,6 +203,7 @@ class Harness:
         server_pid: int | None,
         progress: bool,
         group_commit: bool = True,
+        retry_keys: bool = True,
         server_env: dict[str, str] | None = None,
     ) -> None:
         self.secret = secret
@@ -212,6 +213,7 @@ class Harness:
         self.server_pid = server_pid
         self.show_progress = progress
         self.group_commit = group_commit
+        self.retry_keys = retry_keys
         self.server_env = dict(server_env or {})
         self.run_id = f"bench-{time.strftime('%H%M%S')}-{secrets.token_hex(3)}"
         self._counter = 0
@@ -343,6 +345,7 @@ class Harness:
         return Progress(self.show_progress, desc, total, unit)
 
     def spec(self, index: int, load: str, url: str, params: dict[str, Any]) -> WorkerSpec:
+        params = {**params, "retry_keys": self.retry_keys}
         return WorkerSpec(index, load, url, self.secret, self.client, params)
 
     async def connect_workers(self, pool: WorkerPool, total: int, what: str) -> None:
