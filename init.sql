@@ -180,6 +180,67 @@ BEGIN
 END
 $fn$;
 
+-- Several events' batches in one call and one transaction (one commit for all: group commit
+-- across events). p_n_* give each event's number of rows in each row array, in p_events order.
+-- Each event's batch runs as seatd_persist_batch in its own subtransaction, so one event's
+-- failure (-4: an error, e.g. a refreshed hold that no longer exists) or refusal (-1, -2, -3)
+-- writes nothing for that event and leaves the others alone. Returns one outcome per event.
+-- The service sends at most 60 events per call: past 64 subtransactions PostgreSQL's snapshots
+-- overflow and get slower for every session.
+CREATE OR REPLACE FUNCTION seatd_persist_batches(
+    p_events text[], p_epochs bigint[], p_previous bigint[], p_versions bigint[],
+    p_n_deleted int[], p_deleted uuid[],
+    p_n_extended int[], p_extended uuid[], p_extended_until float8[],
+    p_n_holds int[], p_holds uuid[], p_users text[], p_created float8[], p_expires float8[],
+    p_max_expires float8[],
+    p_n_hold_seats int[], p_hold_seats text[], p_hold_seat_holds uuid[],
+    p_n_reserved int[], p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[],
+    p_reserved_at float8[],
+    p_n_keys int[], p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+) RETURNS integer[] LANGUAGE plpgsql AS $fn$
+DECLARE
+    outcomes integer[] := '{}';
+    i integer;
+    d integer := 0;
+    x integer := 0;
+    h integer := 0;
+    hs integer := 0;
+    r integer := 0;
+    k integer := 0;
+BEGIN
+    FOR i IN 1 .. cardinality(p_events) LOOP
+        BEGIN
+            outcomes := outcomes || seatd_persist_batch(
+                p_events[i], p_epochs[i], p_previous[i], p_versions[i],
+                p_deleted[d + 1 : d + p_n_deleted[i]],
+                p_extended[x + 1 : x + p_n_extended[i]],
+                p_extended_until[x + 1 : x + p_n_extended[i]],
+                p_holds[h + 1 : h + p_n_holds[i]], p_users[h + 1 : h + p_n_holds[i]],
+                p_created[h + 1 : h + p_n_holds[i]], p_expires[h + 1 : h + p_n_holds[i]],
+                p_max_expires[h + 1 : h + p_n_holds[i]],
+                p_hold_seats[hs + 1 : hs + p_n_hold_seats[i]],
+                p_hold_seat_holds[hs + 1 : hs + p_n_hold_seats[i]],
+                p_reserved_seats[r + 1 : r + p_n_reserved[i]],
+                p_reservations[r + 1 : r + p_n_reserved[i]],
+                p_reserved_users[r + 1 : r + p_n_reserved[i]],
+                p_reserved_at[r + 1 : r + p_n_reserved[i]],
+                p_key_users[k + 1 : k + p_n_keys[i]], p_keys[k + 1 : k + p_n_keys[i]],
+                p_key_hashes[k + 1 : k + p_n_keys[i]], p_key_responses[k + 1 : k + p_n_keys[i]]
+            );
+        EXCEPTION WHEN OTHERS THEN
+            outcomes := outcomes || -4;
+        END;
+        d := d + p_n_deleted[i];
+        x := x + p_n_extended[i];
+        h := h + p_n_holds[i];
+        hs := hs + p_n_hold_seats[i];
+        r := r + p_n_reserved[i];
+        k := k + p_n_keys[i];
+    END LOOP;
+    RETURN outcomes;
+END
+$fn$;
+
 -- Hourly safety net: the service expires holds itself (actor timer, Redis expiry notices), but
 -- holds of an event whose owner crashed stay behind until the event is loaded again. This job
 -- deletes exactly those rows; their hold_seats rows go with them (ON DELETE CASCADE).

@@ -31,6 +31,7 @@ from seatd.gateway.server import Gateway, Readiness
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import Clock, SystemClock
 from seatd.runtime.registry import Registry
+from seatd.runtime.writer import BatchWriter
 
 __all__ = ["App", "run"]
 
@@ -88,6 +89,8 @@ class App:
             ),
             coordinator=RedisLeases(redis, self.instance_id, s.lease_ttl),
             lease_ttl=s.lease_ttl,
+            # Half the pool for batch writes: loads, snapshots and lookups keep the rest.
+            writer=BatchWriter(store, concurrency=max(1, s.pg_pool_size // 2)),
         )
         structlog.contextvars.bind_contextvars(instance=self.instance_id)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])

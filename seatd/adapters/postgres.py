@@ -38,6 +38,7 @@ from seatd.core import (
 )
 from seatd.errors import EventExists, StoreUnavailable
 from seatd.runtime.ports import (
+    BatchWrite,
     EventPage,
     FencedOut,
     IdempotencyRecord,
@@ -108,6 +109,7 @@ _PERSIST = (
     " $15, $16, $17, $18, $19, $20, $21, $22)"
 )
 # One index probe per key (LATERAL): a plain join may scan every key stored for the event.
+_PERSIST_MANY = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 29)) + ")"
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
 FROM unnest($2::text[], $3::text[]) AS u(user_id, key)
@@ -347,44 +349,100 @@ class PostgresStore:
         *,
         previous: int,
     ) -> None:
-        net = _NetEffects(effects)
-        holds = list(net.created.values())
-        reservations = net.reservations
+        rows = _rows(effects, idempotency)
         try:
             async with self._connection() as conn:
                 outcome = await conn.fetchval(
-                    _PERSIST,
-                    event_id,
-                    epoch,
-                    previous,
-                    version,
-                    net.deleted,
-                    [h.hold_id for h in net.extended.values()],
-                    [h.expires_at for h in net.extended.values()],
-                    [h.hold_id for h in holds],
-                    [h.user_id for h in holds],
-                    [h.created_at for h in holds],
-                    [h.expires_at for h in holds],
-                    [h.max_expires_at for h in holds],
-                    [sid for h in holds for sid in h.seat_ids],
-                    [h.hold_id for h in holds for _ in h.seat_ids],
-                    [sid for r in reservations for sid in r.seat_ids],
-                    [r.reservation_id for r in reservations for _ in r.seat_ids],
-                    [r.user_id for r in reservations for _ in r.seat_ids],
-                    [r.reserved_at for r in reservations for _ in r.seat_ids],
-                    [r.user_id for r in idempotency],
-                    [r.key for r in idempotency],
-                    [r.request_hash for r in idempotency],
-                    [r.response.decode() for r in idempotency],
+                    _PERSIST, event_id, epoch, previous, version, *(group for _, group in rows)
                 )
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
-        if outcome == -1:
-            raise FencedOut(f"event {event_id}: owner epoch {epoch} is no longer current")
-        if outcome == -2:
-            raise StaleVersion(f"event {event_id}: the stored version is not {previous}")
-        if outcome == -3:
-            raise KeysAlreadyUsed(f"event {event_id}: a retry key of the batch is already stored")
+        refusal = _refusal(BatchWrite(event_id, epoch, previous, version, effects), outcome)
+        if refusal is not None:
+            raise refusal
+
+    async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
+        """Several events' batches in one transaction (``seatd_persist_batches``); each gets
+        its own outcome: None when written, else the exception ``persist`` would raise."""
+        columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
+        counts: dict[int, list[int]] = {index: [] for index in _FIRST_OF_GROUP}
+        for write in writes:
+            for index, (_, values) in enumerate(_rows(write.effects, write.records)):
+                columns[index].extend(values)
+                if index in counts:
+                    counts[index].append(len(values))
+        arguments: list[Any] = [
+            [w.event_id for w in writes],
+            [w.epoch for w in writes],
+            [w.previous for w in writes],
+            [w.version for w in writes],
+        ]
+        for index, column in enumerate(columns):
+            if index in counts:
+                arguments.append(counts[index])
+            arguments.append(column)
+        async with self._connection() as conn:
+            outcomes = await conn.fetchval(_PERSIST_MANY, *arguments)
+        return [_refusal(w, o) for w, o in zip(writes, outcomes, strict=True)]
+
+
+# The row arrays of seatd_persist_batch, in its argument order, each named by its group: the
+# arrays of one group are parallel (one entry per row), and seatd_persist_batches takes each
+# group's per-event row count before the group's first array.
+_ROW_GROUPS = (
+    "deleted",
+    "extended", "extended",
+    "holds", "holds", "holds", "holds", "holds",
+    "hold_seats", "hold_seats",
+    "reserved", "reserved", "reserved", "reserved",
+    "keys", "keys", "keys", "keys",
+)  # fmt: skip
+_FIRST_OF_GROUP = frozenset(_ROW_GROUPS.index(group) for group in set(_ROW_GROUPS))
+
+
+def _rows(
+    effects: Sequence[Effect], idempotency: Sequence[IdempotencyRecord]
+) -> list[tuple[str, list[Any]]]:
+    """One batch's row arrays, in ``_ROW_GROUPS`` order."""
+    net = _NetEffects(effects)
+    holds = list(net.created.values())
+    extended = list(net.extended.values())
+    reservations = net.reservations
+    values: list[list[Any]] = [
+        net.deleted,
+        [h.hold_id for h in extended],
+        [h.expires_at for h in extended],
+        [h.hold_id for h in holds],
+        [h.user_id for h in holds],
+        [h.created_at for h in holds],
+        [h.expires_at for h in holds],
+        [h.max_expires_at for h in holds],
+        [sid for h in holds for sid in h.seat_ids],
+        [h.hold_id for h in holds for _ in h.seat_ids],
+        [sid for r in reservations for sid in r.seat_ids],
+        [r.reservation_id for r in reservations for _ in r.seat_ids],
+        [r.user_id for r in reservations for _ in r.seat_ids],
+        [r.reserved_at for r in reservations for _ in r.seat_ids],
+        [r.user_id for r in idempotency],
+        [r.key for r in idempotency],
+        [r.request_hash for r in idempotency],
+        [r.response.decode() for r in idempotency],
+    ]
+    return list(zip(_ROW_GROUPS, values, strict=True))
+
+
+def _refusal(write: BatchWrite, outcome: int) -> Exception | None:
+    """What a batch write's outcome code means (see seatd_persist_batch in init.sql)."""
+    event_id = write.event_id
+    if outcome == 0:
+        return None
+    if outcome == -1:
+        return FencedOut(f"event {event_id}: owner epoch {write.epoch} is no longer current")
+    if outcome == -2:
+        return StaleVersion(f"event {event_id}: the stored version is not {write.previous}")
+    if outcome == -3:
+        return KeysAlreadyUsed(f"event {event_id}: a retry key of the batch is already stored")
+    return StoreConflict(f"event {event_id}: the batch failed in the database ({outcome})")
 
 
 class StoreConflict(Exception):

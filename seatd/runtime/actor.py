@@ -34,13 +34,13 @@ from seatd.errors import (
     StoreUnavailable,
 )
 from seatd.runtime.ports import (
+    BatchStore,
     Clock,
     CommitObserver,
     FencedOut,
     IdempotencyKey,
     IdempotencyRecord,
     KeysAlreadyUsed,
-    SeatStore,
     StoredReply,
 )
 from seatd.runtime.signal import Signal
@@ -81,7 +81,7 @@ class EventActor:
         event_id: str,
         state: EventState,
         epoch: int,
-        store: SeatStore,
+        store: BatchStore,
         clock: Clock,
         observers: Sequence[CommitObserver],
         settings: ActorSettings,

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from seatd.core import Effect, EventInfo, Hold, Reservation, Seat, SeatSnapshot
 
 __all__ = [
+    "BatchStore",
+    "BatchWrite",
     "BusError",
     "Clock",
     "CommitObserver",
@@ -125,6 +127,37 @@ class StoredReply:
     outcome: object = None
 
 
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """One event's batch, to be written with others (``SeatStore.persist_many``)."""
+
+    event_id: str
+    epoch: int
+    previous: int
+    version: int
+    effects: Sequence[Effect]
+    records: Sequence[IdempotencyRecord] = ()
+
+
+class BatchStore(Protocol):
+    """What an event's actor needs of storage: its batch write, and stored retry outcomes."""
+
+    async def find_idempotency(
+        self, event_id: str, scopes: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdempotencyRecord]: ...
+
+    async def persist(
+        self,
+        event_id: str,
+        epoch: int,
+        version: int,
+        effects: Sequence[Effect],
+        idempotency: Sequence[IdempotencyRecord] = (),
+        *,
+        previous: int,
+    ) -> None: ...
+
+
 class SeatStore(Protocol):
     """Durable storage (PostgreSQL). Every write is fenced by the caller's owner epoch."""
 
@@ -158,6 +191,12 @@ class SeatStore(Protocol):
         version from ``previous`` to ``version``; or raise (nothing written): FencedOut when no
         longer the owner, StaleVersion when the stored version is not ``previous``,
         KeysAlreadyUsed when a record's key is already stored."""
+        ...
+
+    async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
+        """Several events' batches in one transaction; per batch None (written) or what
+        ``persist`` would raise for it (nothing of that batch written). Raises only when the
+        transaction's outcome is unknown (the connection failed)."""
         ...
 
     async def earliest_expiries(self) -> list[tuple[str, float]]:

@@ -26,6 +26,7 @@ from seatd.core import Command, EventState, Expire, Policy, Result
 from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
 from seatd.runtime.ports import (
+    BatchStore,
     Clock,
     CommitObserver,
     Coordinator,
@@ -52,8 +53,10 @@ class Registry:
         observers: Sequence[CommitObserver] = (),
         coordinator: Coordinator | None = None,
         lease_ttl: float = 10.0,
+        writer: BatchStore | None = None,
     ) -> None:
         self._store = store
+        self._writer: BatchStore = writer or store  # the actors' batch writes go through it
         self._coordinator = coordinator or SoleInstance()
         self._lease_ttl = lease_ttl
         self._lease_task: asyncio.Task[None] | None = None
@@ -183,7 +186,7 @@ class Registry:
             event_id,
             state,
             loaded.epoch,
-            self._store,
+            self._writer,
             self._clock,
             self.observers,
             self._settings,

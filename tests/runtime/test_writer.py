@@ -1,0 +1,125 @@
+"""Group commit across events: several events' batches in one transaction, each with its own
+outcome, on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+
+from seatd.adapters.postgres import PostgresStore, StoreConflict
+from seatd.core import EventInfo, Hold, HoldCreated, HoldExtended, Seat
+from seatd.runtime.ports import (
+    BatchWrite,
+    FencedOut,
+    IdempotencyRecord,
+    KeysAlreadyUsed,
+    NewEvent,
+    StaleVersion,
+)
+from seatd.runtime.writer import BatchWriter
+
+
+async def _event(store: PostgresStore) -> tuple[str, int, int]:
+    """A new event, loaded: (id, owner epoch, version)."""
+    event_id = f"writer-{uuid.uuid4().hex[:10]}"
+    seats = tuple(Seat(f"S{i}") for i in range(4))
+    await store.create_event(NewEvent(EventInfo(event_id, "Writer test"), seats))
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    return event_id, loaded.epoch, loaded.version
+
+
+def _hold(user: str, seat: str) -> Hold:
+    return Hold(str(uuid.uuid4()), user, (seat,), 1000.0, 2000.0, 3000.0)
+
+
+async def _holds(pool: asyncpg.Pool, event_id: str) -> int:
+    count: int = await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id)
+    return count
+
+
+async def test_each_event_of_a_shared_transaction_gets_its_own_outcome(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    written, fenced, stale, broken, keyed = [await _event(store) for _ in range(5)]
+    await store.load_event(fenced[0])  # another owner claimed it since
+    record = IdempotencyRecord("u1", "k1", "hash", b'{"ok": true}')
+    await store.persist(keyed[0], keyed[1], keyed[2], [], [record], previous=keyed[2])
+    writes = [
+        BatchWrite(written[0], written[1], written[2], written[2] + 1, [HoldCreated(_hold("u1", "S0"))]),
+        BatchWrite(fenced[0], fenced[1], fenced[2], fenced[2] + 1, [HoldCreated(_hold("u1", "S0"))]),
+        BatchWrite(stale[0], stale[1], stale[2] + 1, stale[2] + 2, [HoldCreated(_hold("u1", "S0"))]),
+        # A refreshed hold that is not in the database: an error inside the transaction.
+        BatchWrite(broken[0], broken[1], broken[2], broken[2] + 1, [
+            HoldCreated(_hold("u2", "S1")),
+            HoldExtended(replace(_hold("u1", "S0"), expires_at=2500.0)),
+        ]),
+        BatchWrite(keyed[0], keyed[1], keyed[2], keyed[2] + 1, [HoldCreated(_hold("u1", "S0"))], [record]),
+        BatchWrite(written[0].replace("writer", "nope"), 1, 0, 1, []),  # no such event
+    ]  # fmt: skip
+    outcomes = await store.persist_many(writes)
+    assert [type(o) for o in outcomes] == [
+        type(None), FencedOut, StaleVersion, StoreConflict, KeysAlreadyUsed, FencedOut
+    ]  # fmt: skip
+    assert [await _holds(pool, e[0]) for e in (written, fenced, stale, broken, keyed)] == [
+        1, 0, 0, 0, 0
+    ]  # fmt: skip
+    versions = [
+        await pool.fetchval("SELECT version FROM events WHERE id = $1", e[0])
+        for e in (written, broken)
+    ]
+    assert versions == [written[2] + 1, broken[2]]
+
+
+class _GatedStore:
+    """The real store, with single writes held until ``gate`` opens, and calls counted."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.gate = asyncio.Event()
+        self.rounds: list[int] = []
+
+    async def persist(self, *args: Any, **kwargs: Any) -> None:
+        await self.gate.wait()
+        await self.store.persist(*args, **kwargs)
+
+    async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
+        self.rounds.append(len(writes))
+        return await self.store.persist_many(writes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_batches_that_find_the_writer_busy_share_the_next_transaction(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    gated = _GatedStore(store)
+    writer = BatchWriter(gated, concurrency=1)  # type: ignore[arg-type]
+    events = [await _event(store) for _ in range(5)]
+
+    def write(event: tuple[str, int, int], previous: int | None = None) -> Any:
+        event_id, epoch, version = event
+        start = version if previous is None else previous
+        effects = [HoldCreated(_hold("u1", "S0"))]
+        return writer.persist(event_id, epoch, start + 1, effects, previous=start)
+
+    first = asyncio.ensure_future(write(events[0]))
+    await asyncio.sleep(0.05)  # holds the only slot
+    waiting = [asyncio.ensure_future(write(e)) for e in events[1:3]]
+    refused = asyncio.ensure_future(write(events[3], previous=events[3][2] + 7))
+    leaving = asyncio.ensure_future(write(events[4]))
+    await asyncio.sleep(0.05)
+    leaving.cancel()  # gone before its turn: never written
+    gated.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 5)
+    with pytest.raises(StaleVersion):
+        await refused
+    assert gated.rounds == [3]  # the three still waiting, in one transaction
+    assert [await _holds(pool, e[0]) for e in events] == [1, 1, 1, 0, 0]
