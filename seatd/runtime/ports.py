@@ -144,37 +144,8 @@ class BatchStore(Protocol):
 
     async def find_idempotency(
         self, event_id: str, scopes: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], IdempotencyRecord]: ...
-
-    async def persist(
-        self,
-        event_id: str,
-        epoch: int,
-        version: int,
-        effects: Sequence[Effect],
-        idempotency: Sequence[IdempotencyRecord] = (),
-        *,
-        previous: int,
-    ) -> None: ...
-
-
-class SeatStore(Protocol):
-    """Durable storage (PostgreSQL). Every write is fenced by the caller's owner epoch."""
-
-    async def create_event(
-        self, event: NewEvent, idempotency: IdempotencyRecord | None = None
-    ) -> IdempotencyRecord | None:
-        """Create the event; with a key already used, create nothing and return its record."""
-        ...
-
-    async def find_idempotency(
-        self, event_id: str, scopes: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Stored outcomes of these (user, key) pairs in this event, where they exist."""
-        ...
-
-    async def load_event(self, event_id: str) -> LoadedEvent | None:
-        """Claim the event (next owner epoch) and read its state; None if it does not exist."""
         ...
 
     async def persist(
@@ -191,6 +162,20 @@ class SeatStore(Protocol):
         version from ``previous`` to ``version``; or raise (nothing written): FencedOut when no
         longer the owner, StaleVersion when the stored version is not ``previous``,
         KeysAlreadyUsed when a record's key is already stored."""
+        ...
+
+
+class SeatStore(BatchStore, Protocol):
+    """Durable storage (PostgreSQL). Every write is fenced by the caller's owner epoch."""
+
+    async def create_event(
+        self, event: NewEvent, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        """Create the event; with a key already used, create nothing and return its record."""
+        ...
+
+    async def load_event(self, event_id: str) -> LoadedEvent | None:
+        """Claim the event (next owner epoch) and read its state; None if it does not exist."""
         ...
 
     async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
