@@ -180,7 +180,9 @@ class RedisMirror:
         users: dict[tuple[str, str], EventState],
     ) -> None:
         """One script call per event: a command per hold through redis-py costs more CPU
-        than the rest of a hold's path together, a script call costs one command."""
+        than the rest of a hold's path together, a script call costs one command. Its
+        arguments are the keys and ONE JSON document: redis-py packs each argument in Python,
+        orjson encodes the document in one call."""
         per_event: dict[str, _EventWrite] = {}
         for (event_id, hold_id), state in holds.items():
             write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
@@ -191,17 +193,17 @@ class RedisMirror:
                 write.sets.append(hold)
         for (event_id, user_id), state in users.items():
             write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
-            write.counts.extend((user_id, state.held_seat_count(user_id)))
+            write.counts.append((user_id, state.held_seat_count(user_id)))
         pipe = self._client.pipeline(transaction=False)
         for event_id, write in per_event.items():
             keys = [user_counts_key(event_id)]
             keys += [hold_key(event_id, h.hold_id) for h in write.sets]
             keys += write.deletes
-            args: list[Any] = [len(write.sets), len(write.deletes)]
-            for hold in write.sets:
-                args += (_hold_value(hold), max(int(hold.expires_at * 1000), 1))
-            args += write.counts
-            pipe.evalsha(self._script_sha, len(keys), *keys, *args)
+            sets = [
+                (_hold_value(h).decode(), str(max(int(h.expires_at * 1000), 1))) for h in write.sets
+            ]
+            document = orjson.dumps((sets, write.counts))
+            pipe.evalsha(self._script_sha, len(keys), *keys, document)
         try:
             await pipe.execute()
         except NoScriptError:  # Redis restarted and forgot the script: load it, send again
@@ -230,20 +232,21 @@ class RedisMirror:
 
 
 # KEYS: the counts hash, then the hold keys to set, then the hold keys to delete.
-# ARGV: #sets, #deletes, then value and PXAT per set, then user and count pairs (0: remove).
+# ARGV[1]: JSON [[[value, pxat], ...one per key to set], [[user, count], ...]] (count 0: remove).
 _MIRROR = """
-local sets, deletes = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 1, sets do
-    redis.call('SET', KEYS[1 + i], ARGV[1 + 2 * i], 'PXAT', ARGV[2 + 2 * i])
+local doc = cjson.decode(ARGV[1])
+local sets, counts = doc[1], doc[2]
+for i = 1, #sets do
+    redis.call('SET', KEYS[1 + i], sets[i][1], 'PXAT', sets[i][2])
 end
-for i = 1, deletes do
-    redis.call('DEL', KEYS[1 + sets + i])
+for i = 2 + #sets, #KEYS do
+    redis.call('DEL', KEYS[i])
 end
-for i = 3 + 2 * sets, #ARGV, 2 do
-    if ARGV[i + 1] == '0' then
-        redis.call('HDEL', KEYS[1], ARGV[i])
+for i = 1, #counts do
+    if counts[i][2] == 0 then
+        redis.call('HDEL', KEYS[1], counts[i][1])
     else
-        redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+        redis.call('HSET', KEYS[1], counts[i][1], counts[i][2])
     end
 end
 return 1
@@ -254,7 +257,7 @@ return 1
 class _EventWrite:
     sets: list[Hold] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
-    counts: list[Any] = field(default_factory=list)  # user, count, user, count, ...
+    counts: list[tuple[str, int]] = field(default_factory=list)  # (user, seats held now)
 
 
 def _set_hold(pipe: Any, event_id: str, hold: Hold) -> None:

@@ -1,0 +1,55 @@
+"""The Redis mirror of live holds: what a flush writes and removes, on a real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+from redis.asyncio import Redis
+from support.waiting import until
+
+from seatd.adapters.postgres import PostgresStore
+from seatd.adapters.redis import RedisMirror, hold_key, user_counts_key
+from seatd.core import EventInfo, Hold, PlaceHold, Policy, ReleaseHold, Seat
+from seatd.runtime.actor import ActorSettings
+from seatd.runtime.ports import NewEvent, SystemClock
+from seatd.runtime.registry import Registry
+
+
+async def test_a_flush_mirrors_each_hold_and_count_and_removes_ended_holds(
+    store: PostgresStore, redis: Redis
+) -> None:
+    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
+    registry.observers.append(mirror)
+    mirror.start()
+    try:
+        event_id = f"mirror-{uuid.uuid4().hex[:10]}"
+        seats = tuple(Seat(f"S{i}") for i in range(4))
+        await store.create_event(NewEvent(EventInfo(event_id, "Mirror test"), seats))
+        kept = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+        ended = await registry.ask(event_id, PlaceHold("u2", ("S2",), str(uuid.uuid4())))
+        assert isinstance(kept, Hold) and isinstance(ended, Hold)
+        counts = user_counts_key(event_id)
+        await until(lambda: _hget(redis, counts, "u2", b"1"), 5, "the second hold mirrored")
+        value = orjson.loads(await redis.get(hold_key(event_id, kept.hold_id)) or b"null")
+        assert value == {
+            "user_id": "u1",
+            "seat_ids": ["S0", "S1"],
+            "expires_at": kept.expires_at,
+        }
+        expires_in_ms = kept.expires_at * 1000 - time.time() * 1000
+        assert abs(await redis.pttl(hold_key(event_id, kept.hold_id)) - expires_in_ms) < 2000
+        assert await redis.hget(counts, "u1") == b"2"
+        await registry.ask(event_id, ReleaseHold("u2", ended.hold_id))
+        await until(lambda: _hget(redis, counts, "u2", None), 5, "the release mirrored")
+        assert not await redis.exists(hold_key(event_id, ended.hold_id))
+        assert await redis.exists(hold_key(event_id, kept.hold_id))
+    finally:
+        await registry.close()
+        await mirror.close()
+
+
+async def _hget(redis: Redis, key: str, field: str, expected: bytes | None) -> bool:
+    return bool(await redis.hget(key, field) == expected)
