@@ -89,8 +89,8 @@ class App:
             ),
             coordinator=RedisLeases(redis, self.instance_id, s.lease_ttl),
             lease_ttl=s.lease_ttl,
-            # Half the pool for batch writes: loads, snapshots and lookups keep the rest.
-            writer=BatchWriter(store, concurrency=max(1, s.pg_pool_size // 2)),
+            # Never the whole pool: loads, snapshots and lookups need connections too.
+            writer=BatchWriter(store, concurrency=max(1, min(s.pg_writers, s.pg_pool_size - 1))),
         )
         structlog.contextvars.bind_contextvars(instance=self.instance_id)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])

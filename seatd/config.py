@@ -104,6 +104,14 @@ VARIABLES: tuple[Variable, ...] = (
         _int_range(1, 200),
         "Most PostgreSQL connections this instance opens.",
     ),
+    Variable(
+        "SEATD_PG_WRITERS",
+        "pg_writers",
+        "2",
+        _int_range(1, 100),
+        "Batch writes in flight at once (each on its own connection of the pool); batches of "
+        "other events that find them all busy share the next transaction.",
+    ),
     Variable("REDIS_HOST", "redis_host", "localhost", _text, "Redis host."),
     Variable("REDIS_PORT", "redis_port", "6379", _int_range(1, 65535), "Redis port."),
     Variable("REDIS_DB", "redis_db", "0", _int_range(0, 1000), "Redis database number."),
@@ -362,6 +370,7 @@ class Settings:
     postgres_password: str
     postgres_db: str
     pg_pool_size: int
+    pg_writers: int
     redis_host: str
     redis_port: int
     redis_db: int
