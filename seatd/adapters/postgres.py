@@ -108,8 +108,8 @@ _PERSIST = (
     "SELECT seatd_persist_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
     " $15, $16, $17, $18, $19, $20, $21, $22)"
 )
-# One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _PERSIST_MANY = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 29)) + ")"
+# One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
 FROM unnest($2::text[], $3::text[]) AS u(user_id, key)
@@ -352,9 +352,7 @@ class PostgresStore:
         rows = _rows(effects, idempotency)
         try:
             async with self._connection() as conn:
-                outcome = await conn.fetchval(
-                    _PERSIST, event_id, epoch, previous, version, *(group for _, group in rows)
-                )
+                outcome = await conn.fetchval(_PERSIST, event_id, epoch, previous, version, *rows)
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
         refusal = _refusal(BatchWrite(event_id, epoch, previous, version, effects), outcome)
@@ -367,7 +365,7 @@ class PostgresStore:
         columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
         counts: dict[int, list[int]] = {index: [] for index in _FIRST_OF_GROUP}
         for write in writes:
-            for index, (_, values) in enumerate(_rows(write.effects, write.records)):
+            for index, values in enumerate(_rows(write.effects, write.records)):
                 columns[index].extend(values)
                 if index in counts:
                     counts[index].append(len(values))
@@ -400,15 +398,13 @@ _ROW_GROUPS = (
 _FIRST_OF_GROUP = frozenset(_ROW_GROUPS.index(group) for group in set(_ROW_GROUPS))
 
 
-def _rows(
-    effects: Sequence[Effect], idempotency: Sequence[IdempotencyRecord]
-) -> list[tuple[str, list[Any]]]:
+def _rows(effects: Sequence[Effect], idempotency: Sequence[IdempotencyRecord]) -> list[list[Any]]:
     """One batch's row arrays, in ``_ROW_GROUPS`` order."""
     net = _NetEffects(effects)
     holds = list(net.created.values())
     extended = list(net.extended.values())
     reservations = net.reservations
-    values: list[list[Any]] = [
+    return [
         net.deleted,
         [h.hold_id for h in extended],
         [h.expires_at for h in extended],
@@ -428,7 +424,6 @@ def _rows(
         [r.request_hash for r in idempotency],
         [r.response.decode() for r in idempotency],
     ]
-    return list(zip(_ROW_GROUPS, values, strict=True))
 
 
 def _refusal(write: BatchWrite, outcome: int) -> Exception | None:
