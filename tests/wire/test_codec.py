@@ -20,3 +20,24 @@ def test_kept_output_occupies_its_length() -> None:
         tracemalloc.stop()
     assert all(orjson.loads(k) == reply for k in kept)
     assert size < 200 * 512, f"{size / 200:.0f} bytes each"
+
+
+def test_format_time_is_exactly_the_datetime_formatting() -> None:
+    """The per-second cache must not change a single reply: the same string as datetime's
+    isoformat (microseconds rounded half to even, then truncated to milliseconds)."""
+    import random
+    from datetime import UTC, datetime
+
+    from protocol.codec import format_time
+
+    def reference(seconds: float) -> str:
+        text = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+
+    rng = random.Random(7)
+    base = 1_764_000_000
+    values = [rng.uniform(-62_135_596_799, 253_402_300_799) for _ in range(20_000)]
+    values += [rng.randint(1_700_000_000_000, 1_800_000_000_000) / 1000 for _ in range(20_000)]
+    values += [base + k / 1e6 for k in range(-1500, 1500)]  # around a second's edges
+    values += [0.0, -0.5, -1e-7, base + 0.9995, base + 0.9999995, base - 5e-7, base + 0.1234565]
+    assert [v for v in values if format_time(v) != reference(v)] == []
