@@ -32,7 +32,7 @@ MULTI_INSTANCE_SCENARIOS = ("throughput", "rush", "events", "fanout")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "throughput": {
         "full": {"duration": 30.0, "connections": 200, "pipeline": 1, "seats": 100_000},
-        "quick": {"duration": 8.0, "connections": 100, "pipeline": 1, "seats": 50_000},
+        "quick": {"duration": 8.0, "connections": 100, "pipeline": 1, "seats": 100_000},
         "smoke": {"duration": 1.5, "connections": 8, "pipeline": 2, "seats": 5_000},
     },
     "events": {
