@@ -209,18 +209,23 @@ class EventActor:
             try:
                 failure = await self._persist(list(records.values()))
             except KeysAlreadyUsed:
-                state.rollback()
-                stored = None if looked_up else await self._stored_keys(batch, known)
-                if stored is None:
-                    error = StoreUnavailable(
-                        "could not check the idempotency keys; nothing was changed"
-                    )
-                    for envelope in batch:
-                        _answer(envelope, error)
-                    return True
-                known.update(stored)
-                looked_up = True
-                continue
+                if looked_up:  # refused again with the stored outcomes in hand: reload
+                    log.warning("retry_keys_disagree", event_id=self.event_id)
+                    self.stop_reason = "store_error"
+                    failure = StoreUnavailable("the change could not be stored; retry it")
+                else:
+                    state.rollback()
+                    stored = await self._stored_keys(batch, known)
+                    if stored is None:
+                        error = StoreUnavailable(
+                            "could not check the idempotency keys; nothing was changed"
+                        )
+                        for envelope in batch:
+                            _answer(envelope, error)
+                        return True
+                    known.update(stored)
+                    looked_up = True
+                    continue
             except asyncio.CancelledError:
                 state.rollback()
                 for envelope in batch:
