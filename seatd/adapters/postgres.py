@@ -365,7 +365,7 @@ class PostgresStore:
                 outcome = await conn.fetchval(_PERSIST, event_id, epoch, previous, version, *rows)
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
-        refusal = _refusal(BatchWrite(event_id, epoch, previous, version, effects), outcome)
+        refusal = _refusal(event_id, epoch, previous, outcome)
         if refusal is not None:
             raise refusal
 
@@ -391,7 +391,10 @@ class PostgresStore:
             arguments.append(column)
         async with self._connection() as conn:
             outcomes = await conn.fetchval(_PERSIST_MANY, *arguments)
-        return [_refusal(w, o) for w, o in zip(writes, outcomes, strict=True)]
+        return [
+            _refusal(w.event_id, w.epoch, w.previous, outcome)
+            for w, outcome in zip(writes, outcomes, strict=True)
+        ]
 
 
 # The row arrays of seatd_persist_batch, in its argument order, each named by its group: the
@@ -436,15 +439,14 @@ def _rows(effects: Sequence[Effect], idempotency: Sequence[IdempotencyRecord]) -
     ]
 
 
-def _refusal(write: BatchWrite, outcome: int) -> Exception | None:
+def _refusal(event_id: str, epoch: int, previous: int, outcome: int) -> Exception | None:
     """What a batch write's outcome code means (see seatd_persist_batch in init.sql)."""
-    event_id = write.event_id
     if outcome == 0:
         return None
     if outcome == -1:
-        return FencedOut(f"event {event_id}: owner epoch {write.epoch} is no longer current")
+        return FencedOut(f"event {event_id}: owner epoch {epoch} is no longer current")
     if outcome == -2:
-        return StaleVersion(f"event {event_id}: the stored version is not {write.previous}")
+        return StaleVersion(f"event {event_id}: the stored version is not {previous}")
     if outcome == -3:
         return KeysAlreadyUsed(f"event {event_id}: a retry key of the batch is already stored")
     return StoreConflict(f"event {event_id}: the batch failed in the database ({outcome})")

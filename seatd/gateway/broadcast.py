@@ -141,7 +141,7 @@ class Broadcaster:
     def committed(
         self, event_id: str, version: int, effects: Sequence[Effect], state: object
     ) -> None:
-        publish = self._publish if self._publish is not None and self._publishing() else None
+        publish = self._publisher()
         topic = self._topics.get(event_id)
         if topic is None and publish is not None:
             topic = self._topics[event_id] = _Topic()
@@ -182,8 +182,13 @@ class Broadcaster:
         topic.last_push = asyncio.get_running_loop().time()
         frame = encode_push("availability", message)
         self._deliver(topic, _Delta(message.from_version, message.version, frame, message))
-        if self._publish is not None and self._publishing():
-            self._publish(event_id, frame)
+        publish = self._publisher()
+        if publish is not None:
+            publish(event_id, frame)
+
+    def _publisher(self) -> Callable[[str, bytes], None] | None:
+        """Where pushes for other instances go, or None while there is nobody to send them to."""
+        return self._publish if self._publish is not None and self._publishing() else None
 
     def relayed(self, event_id: str, frame: bytes) -> None:
         """A push of an event owned elsewhere (or echoed back), for the subscribers here."""

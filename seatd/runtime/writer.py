@@ -26,7 +26,7 @@ _Queued = tuple[BatchWrite, "asyncio.Future[None]"]
 class BatchWriter:
     """The actors' ``persist``; see the module docstring."""
 
-    def __init__(self, store: SeatStore, *, concurrency: int = 4, max_events: int = 60) -> None:
+    def __init__(self, store: SeatStore, *, concurrency: int = 2, max_events: int = 60) -> None:
         self._store = store
         self._concurrency = max(1, concurrency)
         self._max_events = max_events  # PostgreSQL slows down past 64 subtransactions
