@@ -168,21 +168,19 @@ async def _main(options: Options, out: TextIO) -> int:
         for scenario in options.scenarios:
             counts = options.instance_counts(scenario)
             params = scenario_params(options, scenario, counts[0])
-            if options.baseline:
-                on, off = await run_baseline(harness, params)
-                for result in (on, off):
+            if options.baseline or options.via_non_owner:
+                # Two runs side by side: group commit on/off, or clients on/off the owner.
+                run, describe, as_json, name = (
+                    (run_baseline, format_baseline, baseline_json, "baseline")
+                    if options.baseline
+                    else (run_forwarding, format_forwarding, forwarding_json, "forwarding")
+                )
+                first, second = await run(harness, params)
+                for result in (first, second):
                     results.append(result)
                     print(format_run(result), file=out, flush=True)
-                print(format_baseline(on, off), file=out, flush=True)
-                document["baseline"] = baseline_json(on, off)
-                continue
-            if options.via_non_owner:
-                on_owner, forwarded = await run_forwarding(harness, params)
-                for result in (on_owner, forwarded):
-                    results.append(result)
-                    print(format_run(result), file=out, flush=True)
-                print(format_forwarding(on_owner, forwarded), file=out, flush=True)
-                document["forwarding"] = forwarding_json(on_owner, forwarded)
+                print(describe(first, second), file=out, flush=True)
+                document[name] = as_json(first, second)
                 continue
             compared: list[RunResult] = []
             for count in counts:
