@@ -15,6 +15,7 @@ Settings (``make test`` uses the defaults; ``make fuzz`` raises them):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,24 +35,20 @@ def fuzz_settings() -> FuzzSettings:
 def fuzz_server(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
     """``seatd serve`` as a child process (a crash is an exit code, and it runs on its own
     core), logging JSON at warning level to a file the test reads."""
-    log_path = tmp_path / "seatd.log"
-    process = ServerProcess(fuzz_env(service_env), log_path)
-    process.start()
-    try:
-        yield ServerUnderFuzz(process, log_path)
-    finally:
-        if process.proc is not None and process.proc.poll() is None:
-            try:
-                process.terminate(timeout=15)
-            except Exception:
-                process.kill()
+    with _server(fuzz_env(service_env), tmp_path / "seatd.log") as server:
+        yield server
 
 
 @pytest.fixture
 def abuse_server(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
     """Like ``fuzz_server``, with a per-user limit of 4 seats per event (the history test)."""
-    log_path = tmp_path / "seatd.log"
-    process = ServerProcess(fuzz_env(service_env, MAX_SEATS_PER_USER="4"), log_path)
+    with _server(fuzz_env(service_env, MAX_SEATS_PER_USER="4"), tmp_path / "seatd.log") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _server(env: dict[str, str], log_path: Path) -> Iterator[ServerUnderFuzz]:
+    process = ServerProcess(env, log_path)
     process.start()
     try:
         yield ServerUnderFuzz(process, log_path)
