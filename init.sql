@@ -106,6 +106,12 @@ DROP FUNCTION IF EXISTS seatd_persist_batch(
 -- (the owner did not remember it: it runs the batch again with the stored outcome). Nothing is
 -- written in those cases. Deletes come first: the batch's final state is consistent, so no
 -- inserted seat can collide.
+--
+-- Every statement here must find rows by their full key. The planner's row counts for holds
+-- are always stale (a sale inserts and deletes thousands a second, autovacuum looks once a
+-- minute), and with them it used to scan every hold row of the event, dead ones included, to
+-- end or refresh a few: each batch then cost more than the last until the next vacuum. The SET
+-- clauses take scans and joins that could do that off the table for this function only.
 CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
     p_deleted uuid[],
@@ -114,7 +120,10 @@ CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_hold_seats text[], p_hold_seat_holds uuid[],
     p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
     p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
-) RETURNS integer LANGUAGE plpgsql AS $fn$
+) RETURNS integer LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $fn$
 DECLARE
     touched integer;
     current_epoch bigint;
@@ -146,7 +155,7 @@ BEGIN
     IF cardinality(p_extended) > 0 THEN
         UPDATE holds h SET expires_at = to_timestamp(u.until)
         FROM unnest(p_extended, p_extended_until) AS u(hold_id, until)
-        WHERE h.event_id = p_event AND h.hold_id = u.hold_id;
+        WHERE h.event_id = p_event AND h.hold_id = ANY (p_extended) AND h.hold_id = u.hold_id;
         GET DIAGNOSTICS touched = ROW_COUNT;
         IF touched <> cardinality(p_extended) THEN
             -- A hold the owner believes live is gone (the hourly clean-up, under clock skew).

@@ -8,8 +8,9 @@ from dataclasses import replace
 import asyncpg
 import pytest
 
-from seatd.adapters.postgres import PostgresStore, StoreConflict
+from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _rows
 from seatd.core import (
+    Effect,
     EventInfo,
     Hold,
     HoldCreated,
@@ -198,3 +199,52 @@ async def test_a_caller_leaving_does_not_cancel_the_load_others_wait_for(
         assert leaving.cancelled()
     finally:
         await registry.close()
+
+
+async def test_a_batch_reads_only_the_holds_it_changes(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """Ending or refreshing holds probes each one by its key. A plan that scanned every hold
+    row of the event would read the dead ones too (every hold a sale ended before the next
+    vacuum), so each batch would cost more than the last: the row statistics are always
+    stale for a table this busy, so the plan must not depend on them."""
+    event_id = await _event(store)
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    ended, refreshed = _hold("u1", "S0"), _hold("u2", "S1")
+    await store.persist(
+        event_id,
+        loaded.epoch,
+        loaded.version + 1,
+        [HoldCreated(ended), HoldCreated(refreshed)],
+        previous=loaded.version,
+    )
+    effects: list[Effect] = [
+        HoldEnded(ended, HoldEndReason.RELEASED),
+        HoldExtended(replace(refreshed, expires_at=2500.0)),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        # The plan the function keeps after its first calls, whatever the table holds now.
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        # 3,000 dead holds of the event: nothing can vacuum them while this transaction runs.
+        await conn.execute(
+            "INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at,"
+            " max_expires_at) SELECT $1, gen_random_uuid(), 'gone', now(), now(), now()"
+            " FROM generate_series(1, 3000)",
+            event_id,
+        )
+        await conn.execute("DELETE FROM holds WHERE event_id = $1 AND user_id = 'gone'", event_id)
+        before = await _holds_key_reads(conn)
+        outcome = await conn.fetchval(
+            _PERSIST, event_id, loaded.epoch, loaded.version + 1, loaded.version + 2,
+            *_rows(effects, ()),
+        )  # fmt: skip
+        assert outcome == 0
+        assert await _holds_key_reads(conn) - before <= 4  # one probe per hold, and slack
+
+
+async def _holds_key_reads(conn: asyncpg.Connection) -> int:
+    reads: int = await conn.fetchval(
+        "SELECT pg_stat_get_xact_tuples_returned('holds_pkey'::regclass)"
+    )
+    return reads
