@@ -272,19 +272,26 @@ def _set_count(pipe: Any, key: str, user_id: str, count: int) -> None:
         pipe.hdel(key, user_id)
 
 
-# Take the lease if it is free or already ours (and extend it): ''; else the holder's id.
+# Take each lease if it is free or already ours (and extend it): '' for each one taken, else
+# the holder's id. One call per chunk of events: a renewal round renews every loaded event.
 _CLAIM = """
-local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return ''
+local owners = {}
+for i, key in ipairs(KEYS) do
+    local owner = redis.call('GET', key)
+    if owner == ARGV[1] then
+        redis.call('PEXPIRE', key, ARGV[2])
+        owners[i] = ''
+    elseif not owner then
+        redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+        owners[i] = ''
+    else
+        owners[i] = owner
+    end
 end
-if not owner then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return ''
-end
-return owner
+return owners
 """
+# Leases per script call: Redis runs one call at a time, so a call must stay short (~1 ms).
+_CLAIM_CHUNK = 500
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -309,30 +316,32 @@ class RedisLeases:
         self._claim_sha = ""  # loaded on first use, and again after a Redis restart
 
     async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
-        """Take or renew these events' leases (one script call each, by its SHA: a renewal
-        round of 100,000 loaded events sent the script's text 100,000 times)."""
-        try:
-            results = await self._claim_all(event_ids)
-        except NoScriptError:  # Redis restarted and forgot the script
-            results = await self._claim_all(event_ids)
-        return {
-            event_id: owner.decode() if isinstance(owner, bytes) else str(owner)
-            for event_id, owner in zip(event_ids, results, strict=True)
-            if owner
-        }
+        """Take or renew these events' leases: the events held by another instance, with its id.
 
-    async def _claim_all(self, event_ids: Sequence[str]) -> list[Any]:
+        One script call (by its SHA) per chunk of events. A call per event cost ~13 us of this
+        process's CPU each, and a round of 100,000 loaded events packed and parsed in one go
+        held the event loop for over a second; chunks let requests run in between."""
+        owners: dict[str, str] = {}
+        for start in range(0, len(event_ids), _CLAIM_CHUNK):
+            chunk = event_ids[start : start + _CLAIM_CHUNK]
+            try:
+                results = await self._claim_chunk(chunk)
+            except NoScriptError:  # Redis restarted and forgot the script
+                self._claim_sha = ""
+                results = await self._claim_chunk(chunk)
+            for event_id, owner in zip(chunk, results, strict=True):
+                if owner:
+                    owners[event_id] = owner.decode() if isinstance(owner, bytes) else str(owner)
+        return owners
+
+    async def _claim_chunk(self, event_ids: Sequence[str]) -> list[Any]:
         if not self._claim_sha:
             self._claim_sha = await self._client.script_load(_CLAIM)
-        sha, instance, ttl = self._claim_sha, self.instance_id, self._ttl_ms
-        pipe = self._client.pipeline(transaction=False)
-        for event_id in event_ids:
-            pipe.evalsha(sha, 1, lease_key(event_id), instance, ttl)
-        try:
-            return list(await pipe.execute())
-        except NoScriptError:
-            self._claim_sha = ""
-            raise
+        keys = [lease_key(event_id) for event_id in event_ids]
+        result = await self._client.evalsha(
+            self._claim_sha, len(keys), *keys, self.instance_id, self._ttl_ms
+        )
+        return list(result)
 
     async def release(self, event_id: str) -> None:
         await self._client.eval(_RELEASE, 1, lease_key(event_id), self.instance_id)

@@ -94,3 +94,18 @@ async def test_a_lease_redis_forgot_is_taken_back_not_lost(
         assert await redis.get(lease_key(event_id)) == b"first"
     finally:
         await first.close()
+
+
+async def test_a_claim_of_many_events_answers_for_each_one(redis: Redis) -> None:
+    """A renewal round claims every loaded event, in several script calls: each event's answer
+    is its own, across the calls' boundaries."""
+    ours, theirs = RedisLeases(redis, "ours", ttl=30), RedisLeases(redis, "theirs", ttl=30)
+    events = [f"many-{uuid.uuid4().hex[:8]}-{i}" for i in range(1_203)]
+    taken_by_them = events[495:505] + events[-3:]  # around a chunk boundary, and the last
+    assert await theirs.claim(taken_by_them) == {}
+    assert await ours.claim(events[:600]) == dict.fromkeys(taken_by_them[:10], "theirs")
+    # A renewal: the first 600 are ours (extended), the rest free (taken) or theirs.
+    assert await ours.claim(events) == dict.fromkeys(taken_by_them, "theirs")
+    for event_id in (events[0], events[700], events[-4]):
+        assert await redis.get(lease_key(event_id)) == b"ours"
+        assert 29_000 < await redis.pttl(lease_key(event_id)) <= 30_000
