@@ -6,12 +6,14 @@ import time
 import uuid
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 from support.waiting import until
 
+from seatd.adapters import redis as redis_adapter
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import RedisMirror, hold_key, user_counts_key
-from seatd.core import EventInfo, Hold, PlaceHold, Policy, ReleaseHold, Seat
+from seatd.core import EventInfo, EventState, Hold, PlaceHold, Policy, ReleaseHold, Seat
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import NewEvent, SystemClock
 from seatd.runtime.registry import Registry
@@ -53,3 +55,45 @@ async def test_a_flush_mirrors_each_hold_and_count_and_removes_ended_holds(
 
 async def _hget(redis: Redis, key: str, field: str, expected: bytes | None) -> bool:
     return bool(await redis.hget(key, field) == expected)
+
+
+async def test_one_flush_mirrors_many_events_in_several_calls(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush of many events' holds goes out in script calls of a few keys each: every
+    event's new holds, ended holds and counts land on that event's keys."""
+    monkeypatch.setattr(redis_adapter, "_MIRROR_KEYS", 4)
+    mirror = RedisMirror(redis, list)  # nothing to resync: only the flushes write
+    now = time.time()
+    events: dict[str, tuple[EventState, Hold, Hold]] = {}
+    for n in range(5):
+        event_id = f"many-{uuid.uuid4().hex[:8]}-{n}"
+        state = EventState(EventInfo(event_id, "E"), Policy(300, 8, 1800), [Seat("A"), Seat("B")])
+        kept = state.handle(PlaceHold("u1", ("A",), str(uuid.uuid4())), now)
+        ended = state.handle(PlaceHold("u2", ("B",), str(uuid.uuid4())), now)
+        assert isinstance(kept, Hold) and isinstance(ended, Hold)
+        mirror.committed(event_id, 1, state.commit(), state)
+        events[event_id] = (state, kept, ended)
+    mirror.start()
+    try:
+        last = list(events)[-1]
+        await until(lambda: _hget(redis, user_counts_key(last), "u2", b"1"), 5, "the first flush")
+        for event_id, (state, kept, ended) in events.items():
+            assert await redis.hget(user_counts_key(event_id), "u1") == b"1"
+            assert (
+                await redis.exists(
+                    hold_key(event_id, kept.hold_id), hold_key(event_id, ended.hold_id)
+                )
+                == 2
+            )
+            state.handle(ReleaseHold("u2", ended.hold_id), now)
+            mirror.committed(event_id, 2, state.commit(), state)
+        await until(lambda: _hget(redis, user_counts_key(last), "u2", None), 5, "the second flush")
+        for event_id, (_, kept, ended) in events.items():
+            counts = user_counts_key(event_id)
+            assert await redis.hget(counts, "u1") == b"1"
+            assert await redis.hget(counts, "u2") is None
+            assert await redis.exists(hold_key(event_id, kept.hold_id))
+            assert not await redis.exists(hold_key(event_id, ended.hold_id))
+    finally:
+        await mirror.close()
