@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
+from support.waiting import until
 
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import RedisLeases, lease_key
 from seatd.core import EventInfo, GetEvent, Policy, Seat
 from seatd.errors import OwnedElsewhere
+from seatd.runtime import registry as registry_module
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import NewEvent, SystemClock
 from seatd.runtime.registry import Registry
@@ -109,3 +112,55 @@ async def test_a_claim_of_many_events_answers_for_each_one(redis: Redis) -> None
     for event_id in (events[0], events[700], events[-4]):
         assert await redis.get(lease_key(event_id)) == b"ours"
         assert 29_000 < await redis.pttl(lease_key(event_id)) <= 30_000
+
+
+class _StopsAnotherDuringRenewal:
+    """Leases that, while a renewal slice for ``first`` is on its way, stop ``second``'s actor
+    (as passivation would) and wait until it has stopped; it records every claim."""
+
+    def __init__(self, leases: RedisLeases, first: str, second: str) -> None:
+        self.leases, self.first, self.second = leases, first, second
+        self.registry: Registry | None = None
+        self.claims: list[list[str]] = []
+
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        self.claims.append(list(event_ids))
+        registry = self.registry
+        if registry is not None and list(event_ids) == [self.first]:
+            actor = registry.active(self.second)
+            if actor is not None:
+                actor.request_stop("idle")
+                await until(lambda: _stopped(registry, self.second), 5, "the second actor stops")
+        return await self.leases.claim(event_ids)
+
+    async def release(self, event_id: str) -> None:
+        await self.leases.release(event_id)
+
+
+async def _stopped(registry: Registry, event_id: str) -> bool:
+    return registry.active(event_id) is None
+
+
+async def test_a_renewal_round_leaves_alone_an_event_that_stopped_during_it(
+    store: PostgresStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claiming re-takes a lease Redis lost, so renewing the lease of an event passivated
+    since the round began would take it again and keep it from other instances."""
+    monkeypatch.setattr(registry_module, "_RENEW_SLICE", 1)
+    first, second = await _event(store), await _event(store)
+    leases = _StopsAnotherDuringRenewal(RedisLeases(redis, "me", ttl=0.6), first, second)
+    registry = Registry(
+        store, SystemClock(), POLICY, ActorSettings(), coordinator=leases, lease_ttl=0.6
+    )
+    leases.registry = registry
+    try:
+        await registry.ask(first, GetEvent())
+        await registry.ask(second, GetEvent())
+        await until(lambda: _stopped(registry, second), 5, "a renewal round")
+        await asyncio.sleep(0.5)  # two more rounds, and the release of the second's lease
+        assert not await redis.exists(lease_key(second))
+        assert await redis.get(lease_key(first)) == b"me"
+        renewals = leases.claims[2:]  # after the two activations
+        assert [first] in renewals and [second] not in renewals
+    finally:
+        await registry.close()
