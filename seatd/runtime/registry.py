@@ -82,6 +82,8 @@ class Registry:
         self._owners: dict[str, str] = {}
         # When this instance's writes for an event were last refused by a newer owner's epoch.
         self._fenced: dict[str, float] = {}
+        # When this instance last let an event go (its lease released, or left to run out).
+        self._let_go: dict[str, float] = {}
         # An idle event stays active while this says so (someone is watching it).
         self.keep_alive: Callable[[str], bool] = lambda _: False
         # Told the id of every event whose actor stopped.
@@ -212,6 +214,10 @@ class Registry:
         log.debug("actor_stopped", event_id=actor.event_id, reason=actor.stop_reason)
         if actor.stop_reason != "lease_lost":
             self._release(actor.event_id)
+        if actor.stop_reason not in ("lease_lost", "fenced"):  # the lease was ours to the end
+            if len(self._let_go) >= _OWNER_HINTS:
+                self._let_go.clear()
+            self._let_go[actor.event_id] = self._clock.now()
         if actor.stop_reason == "fenced":
             if len(self._fenced) >= _OWNER_HINTS:
                 self._fenced.clear()
@@ -263,6 +269,13 @@ class Registry:
         instance wins the lease; the others are refused and ignore it), so its holds keep
         expiring on time and its commands stop failing before anyone retries them."""
         self._owners.pop(event_id, None)
+        let_go = self._let_go.pop(event_id, None)
+        if let_go is not None and self._clock.now() - let_go < 3 * self._lease_ttl:
+            # Our own lease, of an event this instance stopped moments ago: its release did
+            # not reach Redis in time (or lost a race with a renewal). Nobody died, and the
+            # event's holds, if any, are already timed here; taking it over would only load
+            # it again for a whole idle timeout.
+            return
         if not self._closing and self.active(event_id) is None:
             self._spawn(self._take_over(event_id))
 

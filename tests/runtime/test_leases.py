@@ -164,3 +164,44 @@ async def test_a_renewal_round_leaves_alone_an_event_that_stopped_during_it(
         assert [first] in renewals and [second] not in renewals
     finally:
         await registry.close()
+
+
+async def test_an_expired_lease_of_another_instance_is_taken_over(
+    store: PostgresStore, redis: Redis
+) -> None:
+    """Its owner died or stalled: the event is loaded here at once, so its holds keep
+    expiring on time."""
+    registry = _registry(store, redis, "survivor")
+    try:
+        event_id = await _event(store)
+        await RedisLeases(redis, "gone", ttl=30).claim([event_id])
+        await redis.delete(lease_key(event_id))  # as if it ran out
+        registry.lease_expired(event_id)
+        await until(lambda: _loaded(registry, event_id), 5, "the takeover")
+        assert await redis.get(lease_key(event_id)) == b"survivor"
+    finally:
+        await registry.close()
+
+
+async def test_an_expired_lease_of_an_event_let_go_here_is_left_alone(
+    store: PostgresStore, redis: Redis
+) -> None:
+    """A lease that ran out moments after this instance passivated the event (its release
+    lost a race with a renewal, or did not reach Redis) means nobody died: loading the event
+    again would keep it for a whole idle timeout, for nothing."""
+    registry = _registry(store, redis, "me", idle=0.2)
+    try:
+        event_id = await _event(store)
+        await registry.ask(event_id, GetEvent())
+        await until(lambda: _stopped(registry, event_id), 5, "passivation")
+        registry.lease_expired(event_id)
+        for _ in range(30):  # a takeover would load it for the idle timeout (0.2 s) at least
+            await asyncio.sleep(0.01)
+            assert registry.active(event_id) is None
+        assert not await redis.exists(lease_key(event_id))
+    finally:
+        await registry.close()
+
+
+async def _loaded(registry: Registry, event_id: str) -> bool:
+    return registry.active(event_id) is not None
