@@ -39,6 +39,8 @@ __all__ = ["Registry"]
 
 log = structlog.get_logger("seatd.registry")
 _OWNER_HINTS = 100_000
+# How many lease lifetimes an instance remembers letting an event go (see lease_expired).
+_LET_GO_LEASES = 3
 # Leases renewed per claim: one Redis round trip, a few milliseconds of this process's time.
 _RENEW_SLICE = 2_000
 
@@ -82,7 +84,8 @@ class Registry:
         self._owners: dict[str, str] = {}
         # When this instance's writes for an event were last refused by a newer owner's epoch.
         self._fenced: dict[str, float] = {}
-        # When this instance last let an event go (its lease released, or left to run out).
+        # When this instance let events go (their leases released, or left to run out) in the
+        # last few lease lifetimes, oldest first.
         self._let_go: dict[str, float] = {}
         # An idle event stays active while this says so (someone is watching it).
         self.keep_alive: Callable[[str], bool] = lambda _: False
@@ -215,8 +218,7 @@ class Registry:
         if actor.stop_reason != "lease_lost":
             self._release(actor.event_id)
         if actor.stop_reason not in ("lease_lost", "fenced"):  # the lease was ours to the end
-            if len(self._let_go) >= _OWNER_HINTS:
-                self._let_go.clear()
+            self._let_go.pop(actor.event_id, None)  # oldest first: see _forget_let_go
             self._let_go[actor.event_id] = self._clock.now()
         if actor.stop_reason == "fenced":
             if len(self._fenced) >= _OWNER_HINTS:
@@ -270,7 +272,7 @@ class Registry:
         expiring on time and its commands stop failing before anyone retries them."""
         self._owners.pop(event_id, None)
         let_go = self._let_go.pop(event_id, None)
-        if let_go is not None and self._clock.now() - let_go < 3 * self._lease_ttl:
+        if let_go is not None and self._clock.now() - let_go < _LET_GO_LEASES * self._lease_ttl:
             # Our own lease, of an event this instance stopped moments ago: its release did
             # not reach Redis in time (or lost a race with a renewal). Nobody died, and the
             # event's holds, if any, are already timed here; taking it over would only load
@@ -304,9 +306,19 @@ class Registry:
                 self._renew_leases(), name="registry:leases"
             )
 
+    def _forget_let_go(self) -> None:
+        """Drop the events let go longer ago than that matters (they are in time order)."""
+        let_go, oldest = self._let_go, self._clock.now() - _LET_GO_LEASES * self._lease_ttl
+        while let_go:
+            event_id, at = next(iter(let_go.items()))
+            if at >= oldest:
+                break
+            del let_go[event_id]
+
     async def _renew_leases(self) -> None:
         while not self._closing:
             await asyncio.sleep(self._lease_ttl / 3)
+            self._forget_let_go()
             # Ids, not actors: a list of actors held across the awaits kept every actor of the
             # last round alive, passivated or not, until the next round.
             event_ids = [a.event_id for a in self.actors()]

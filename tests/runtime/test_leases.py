@@ -205,3 +205,21 @@ async def test_an_expired_lease_of_an_event_let_go_here_is_left_alone(
 
 async def _loaded(registry: Registry, event_id: str) -> bool:
     return registry.active(event_id) is not None
+
+
+async def test_an_event_let_go_long_ago_is_taken_over_again(
+    store: PostgresStore, redis: Redis
+) -> None:
+    """Letting an event go is remembered for three lease lifetimes only: later, an expired
+    lease of it is another owner's, and that owner is gone."""
+    registry = _registry(store, redis, "me", idle=0.2)  # leases of 0.6 s
+    try:
+        event_id = await _event(store)
+        await registry.ask(event_id, GetEvent())
+        await until(lambda: _stopped(registry, event_id), 5, "passivation")
+        await asyncio.sleep(2.2)  # past 3 x 0.6 s, and a renewal round forgets it
+        assert event_id not in registry._let_go
+        registry.lease_expired(event_id)
+        await until(lambda: _loaded(registry, event_id), 5, "the takeover")
+    finally:
+        await registry.close()
