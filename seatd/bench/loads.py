@@ -461,6 +461,10 @@ class RushRun:
         self.n = self.layout.seats
         self.taken = bytearray(self.n)
         self.taken_count = 0
+        # The free seats, and where each sits in that list: a taken seat leaves in O(1), and
+        # a pick among the free ones costs O(seats wanted), not a scan of the whole event.
+        self.free = list(range(self.n))
+        self.free_at = list(range(self.n))
         self.hot = max(1, int(self.n * float(p["hot_fraction"])))
         self.hot_weight = float(p["hot_weight"])
         self.max_attempts = int(p["max_attempts"])
@@ -487,6 +491,12 @@ class RushRun:
         if not self.taken[seat]:
             self.taken[seat] = 1
             self.taken_count += 1
+            free, free_at = self.free, self.free_at
+            last = free.pop()
+            if last != seat:
+                position = free_at[seat]
+                free[position] = last
+                free_at[last] = position
 
     def _pick(self, want: int) -> tuple[int, ...] | None:
         free = self.n - self.taken_count
@@ -503,8 +513,7 @@ class RushRun:
             if len(seats) == k and not any(self.taken[s] for s in seats):
                 return seats
         # The hot rows are mostly gone: take whatever seats are still free.
-        pool = [i for i in range(n) if not self.taken[i]]
-        return tuple(sorted(rng.sample(pool, k)))
+        return tuple(sorted(rng.sample(self.free, k)))
 
     def try_hold(self, conn: RushConn) -> None:
         if conn.done or conn.closed:
