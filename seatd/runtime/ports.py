@@ -212,7 +212,9 @@ class Coordinator(Protocol):
         id of the instance that holds it."""
         ...
 
-    async def release(self, event_id: str) -> None: ...
+    async def release(self, event_ids: Sequence[str]) -> None:
+        """Let these leases go, those still held by this instance."""
+        ...
 
 
 class SoleInstance:
@@ -221,7 +223,7 @@ class SoleInstance:
     async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
         return {}
 
-    async def release(self, event_id: str) -> None:
+    async def release(self, event_ids: Sequence[str]) -> None:
         return None
 
 

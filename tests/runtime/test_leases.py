@@ -133,8 +133,8 @@ class _StopsAnotherDuringRenewal:
                 await until(lambda: _stopped(registry, self.second), 5, "the second actor stops")
         return await self.leases.claim(event_ids)
 
-    async def release(self, event_id: str) -> None:
-        await self.leases.release(event_id)
+    async def release(self, event_ids: Sequence[str]) -> None:
+        await self.leases.release(event_ids)
 
 
 async def _stopped(registry: Registry, event_id: str) -> bool:
@@ -146,7 +146,7 @@ async def test_a_renewal_round_leaves_alone_an_event_that_stopped_during_it(
 ) -> None:
     """Claiming re-takes a lease Redis lost, so renewing the lease of an event passivated
     since the round began would take it again and keep it from other instances."""
-    monkeypatch.setattr(registry_module, "_RENEW_SLICE", 1)
+    monkeypatch.setattr(registry_module, "_LEASE_SLICE", 1)
     first, second = await _event(store), await _event(store)
     leases = _StopsAnotherDuringRenewal(RedisLeases(redis, "me", ttl=0.6), first, second)
     registry = Registry(
@@ -223,3 +223,19 @@ async def test_an_event_let_go_long_ago_is_taken_over_again(
         await until(lambda: _loaded(registry, event_id), 5, "the takeover")
     finally:
         await registry.close()
+
+
+async def test_a_release_of_many_events_deletes_only_this_instances_leases(
+    redis: Redis,
+) -> None:
+    """Events that stop together let their leases go in a few calls; a lease another
+    instance took meanwhile stays its own."""
+    ours, theirs = RedisLeases(redis, "ours", ttl=30), RedisLeases(redis, "theirs", ttl=30)
+    events = [f"gone-{uuid.uuid4().hex[:8]}-{i}" for i in range(1_101)]
+    assert await ours.claim(events) == {}
+    taken = [events[499], events[500], events[-1]]  # around a chunk boundary, and the last
+    await redis.delete(*(lease_key(e) for e in taken))
+    assert await theirs.claim(taken) == {}
+    await ours.release(events)
+    assert not await redis.exists(*(lease_key(e) for e in events if e not in taken))
+    assert [await redis.get(lease_key(e)) for e in taken] == [b"theirs"] * 3
