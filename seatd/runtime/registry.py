@@ -307,8 +307,13 @@ class Registry:
         try:
             await asyncio.sleep(0)  # the events stopping in this same moment join in
             while self._to_release:
-                due = self._to_release[:_LEASE_SLICE]
+                batch = self._to_release[:_LEASE_SLICE]
                 del self._to_release[:_LEASE_SLICE]
+                # Not the events loaded again (or loading) since they stopped: their lease
+                # is theirs again.
+                due = [e for e in batch if e not in self._actors and e not in self._loading]
+                if not due:
+                    continue
                 try:
                     await self._coordinator.release(due)
                 except Exception as error:  # the leases then simply run out

@@ -239,3 +239,50 @@ async def test_a_release_of_many_events_deletes_only_this_instances_leases(
     await ours.release(events)
     assert not await redis.exists(*(lease_key(e) for e in events if e not in taken))
     assert [await redis.get(lease_key(e)) for e in taken] == [b"theirs"] * 3
+
+
+class _SlowRelease:
+    """Leases whose releases wait for ``gate``, as behind a slow round trip."""
+
+    def __init__(self, leases: RedisLeases) -> None:
+        self.leases = leases
+        self.gate = asyncio.Event()
+
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        return await self.leases.claim(event_ids)
+
+    async def release(self, event_ids: Sequence[str]) -> None:
+        await self.gate.wait()
+        await self.leases.release(event_ids)
+
+
+async def test_an_event_loaded_again_before_its_release_is_sent_keeps_its_lease(
+    store: PostgresStore, redis: Redis
+) -> None:
+    """Releases queue behind the one on its way: an event stopped and loaded again while its
+    release waits must not lose the lease its new actor holds."""
+    leases = _SlowRelease(RedisLeases(redis, "me", ttl=30))
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings(), coordinator=leases)
+    try:
+        first, second = await _event(store), await _event(store)
+        for event_id in (first, second):
+            await registry.ask(event_id, GetEvent())
+        for event_id in (first, second):  # the first's release goes out and waits
+            actor = registry.active(event_id)
+            assert actor is not None
+            actor.request_stop("idle")
+            await until(lambda e=event_id: _stopped(registry, e), 5, "the stop")
+            await asyncio.sleep(0.05)
+        await registry.ask(second, GetEvent())  # loaded again, its release still queued
+        leases.gate.set()
+        await until(lambda: _released(redis, first), 5, "the first release")
+        await asyncio.sleep(0.1)
+        assert registry.active(second) is not None
+        assert await redis.get(lease_key(second)) == b"me"
+    finally:
+        leases.gate.set()
+        await registry.close()
+
+
+async def _released(redis: Redis, event_id: str) -> bool:
+    return not await redis.exists(lease_key(event_id))
