@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -85,8 +86,9 @@ class Registry:
         self._owners: dict[str, str] = {}
         # When this instance's writes for an event were last refused by a newer owner's epoch.
         self._fenced: dict[str, float] = {}
-        # Events whose leases are to be released (one task sends them while there are any).
-        self._to_release: list[str] = []
+        # Events whose leases are to be released, in order (one task sends them while there
+        # are any); claiming an event again takes it off.
+        self._to_release: dict[str, None] = {}
         self._releasing = False
         # When this instance let events go (their leases released, or left to run out) in the
         # last few lease lifetimes, oldest first.
@@ -238,6 +240,8 @@ class Registry:
     # --- leases ----------------------------------------------------------------------------
 
     async def _claim(self, event_id: str) -> None:
+        # Claimed again before its release went out: the lease is the new actor's to keep.
+        self._to_release.pop(event_id, None)
         try:
             taken = await self._coordinator.claim([event_id])
         except Exception as error:
@@ -298,7 +302,7 @@ class Registry:
     def _release(self, event_id: str) -> None:
         """Let the lease go soon: events that stop together (an on-sale's end, a shutdown)
         share a few calls instead of a task and a Redis call each."""
-        self._to_release.append(event_id)
+        self._to_release[event_id] = None
         if not self._releasing:
             self._releasing = True
             self._spawn(self._release_queued())
@@ -307,13 +311,9 @@ class Registry:
         try:
             await asyncio.sleep(0)  # the events stopping in this same moment join in
             while self._to_release:
-                batch = self._to_release[:_LEASE_SLICE]
-                del self._to_release[:_LEASE_SLICE]
-                # Not the events loaded again (or loading) since they stopped: their lease
-                # is theirs again.
-                due = [e for e in batch if e not in self._actors and e not in self._loading]
-                if not due:
-                    continue
+                due = list(itertools.islice(self._to_release, _LEASE_SLICE))
+                for event_id in due:
+                    del self._to_release[event_id]
                 try:
                     await self._coordinator.release(due)
                 except Exception as error:  # the leases then simply run out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ from support.waiting import until
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import RedisLeases, lease_key
 from seatd.core import EventInfo, GetEvent, Policy, Seat
-from seatd.errors import OwnedElsewhere
+from seatd.errors import EventNotFound, OwnedElsewhere, ShuttingDown
 from seatd.runtime import registry as registry_module
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import NewEvent, SystemClock
@@ -286,3 +287,25 @@ async def test_an_event_loaded_again_before_its_release_is_sent_keeps_its_lease(
 
 async def _released(redis: Redis, event_id: str) -> bool:
     return not await redis.exists(lease_key(event_id))
+
+
+async def test_the_lease_taken_to_look_for_a_missing_event_is_let_go(
+    store: PostgresStore, redis: Redis
+) -> None:
+    """Activation takes the lease before it reads the event: when there is no such event the
+    lease goes, even while the next look is under way and the instance shuts down, or another
+    instance asking for the event would be sent to this one (gone) until the lease ran out."""
+    registry = _registry(store, redis, "me")
+    missing = f"missing-{uuid.uuid4().hex[:10]}"
+
+    async def ask_after(delay: float) -> None:
+        await asyncio.sleep(delay)
+        with contextlib.suppress(EventNotFound, ShuttingDown):
+            await registry.ask(missing, GetEvent())
+
+    # Asked again and again, as clients that retry would: a look is always under way.
+    asking = asyncio.gather(*(ask_after(i * 0.002) for i in range(100)))
+    await asyncio.sleep(0.1)
+    await registry.close()
+    await asking
+    assert not await redis.exists(lease_key(missing))
