@@ -26,7 +26,6 @@ from functools import partial
 from typing import Any, cast
 
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -60,6 +59,7 @@ from seatd.gateway import catalog
 from seatd.gateway.broadcast import Broadcaster
 from seatd.gateway.forward import Router
 from seatd.gateway.holds import HoldFollower
+from seatd.gateway.inbound import Message, MessageConnection
 from seatd.gateway.limits import ConnectionCounter, InflightGauge, RateLimiter
 from seatd.gateway.translate import (
     error_frame,
@@ -120,8 +120,8 @@ class _Pending:
 class Connection:
     # Thousands of idle connections per instance: no per-instance __dict__.
     __slots__ = (
+        "_backlog",
         "_bucket",
-        "_capacity",
         "_closing",
         "_holds",
         "_needs_auth",
@@ -141,7 +141,7 @@ class Connection:
     )
 
     def __init__(
-        self, ws: ServerConnection, identity: Identity | None, ctx: GatewayContext
+        self, ws: MessageConnection, identity: Identity | None, ctx: GatewayContext
     ) -> None:
         self.ws = ws
         # Unset until the first message authenticates a connection opened without a token.
@@ -157,7 +157,8 @@ class Connection:
         self.ctx = ctx
         self.session_id = f"s{next(_session_ids)}"
         self.inflight = 0
-        self._capacity = asyncio.Event()
+        # Messages read while ``max_inflight`` requests were in progress (reading is paused).
+        self._backlog: deque[Message] | None = None
         # Created when first needed: most connections never queue a frame or spawn a task.
         self._outbound: deque[bytes] | None = None
         # Runs only while frames are queued (the socket was full): most connections, idle or
@@ -193,13 +194,9 @@ class Connection:
         )
         self._watch_token()
         try:
-            async for frame in self.ws:
-                self._on_frame(frame)
-                if self.inflight >= self.ctx.max_inflight:
-                    self._capacity.clear()
-                    await self._capacity.wait()
-        except ConnectionClosed:
-            pass
+            # Each message is handled as it is read, in the protocol's callback (``_receive``).
+            self.ws.deliver_to(self._receive)
+            await self.ws.wait_closed()
         finally:
             for task in self._tasks or ():
                 task.cancel()
@@ -281,6 +278,29 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout)
 
     # --- inbound ---------------------------------------------------------------------------
+
+    def _receive(self, frame: Message) -> None:
+        """Handle a message, or keep it for later while at the in-flight limit: then the
+        socket is not read, which pushes back on the client through TCP."""
+        backlog = self._backlog
+        if backlog is not None:
+            backlog.append(frame)
+            return
+        self._on_frame(frame)
+        if self.inflight >= self.ctx.max_inflight:
+            self._backlog = deque()
+            self.ws.pause_reading()
+
+    def _take_backlog(self) -> None:
+        """Handle what was kept while at the limit; read the socket again once it is done."""
+        backlog = self._backlog
+        assert backlog is not None
+        limit = self.ctx.max_inflight
+        while backlog and self.inflight < limit:
+            self._on_frame(backlog.popleft())
+        if not backlog and self.inflight < limit:
+            self._backlog = None
+            self.ws.resume_reading()
 
     def _on_frame(self, frame: str | bytes) -> None:
         # Every frame spends a token, well-formed or not; a refused one is not looked at
@@ -382,10 +402,13 @@ class Connection:
     def _done(self, pending: _Pending, future: asyncio.Future[Any]) -> None:
         self.ctx.pending.leave()
         self.inflight -= 1
-        if self.inflight < self.ctx.max_inflight:
-            self._capacity.set()
         if self.inflight == 0:
             self.idle.set()
+        self._answer(pending, future)
+        if self._backlog is not None:
+            self._take_backlog()
+
+    def _answer(self, pending: _Pending, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             self._fail(pending, ShuttingDown("the request was cancelled by a shutdown; retry"))
             return
@@ -441,7 +464,7 @@ class Connection:
         (within ``auth_timeout``); anything else is answered ``unauthenticated`` and closed."""
         try:
             async with asyncio.timeout(self.ctx.auth_timeout):
-                frame = await self.ws.recv()
+                frame = await self.ws.first_message()
         except TimeoutError:
             await self.ws.close(
                 CloseCode.UNAUTHENTICATED, f"send authenticate within {self.ctx.auth_timeout:g} s"

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -36,6 +37,7 @@ from protocol.messages import PROTOCOL_VERSION
 from seatd.auth import Identity, TokenAuthority
 from seatd.errors import Unauthenticated
 from seatd.gateway.connection import Connection, GatewayContext
+from seatd.gateway.inbound import MessageConnection
 
 __all__ = ["Gateway", "Readiness"]
 
@@ -91,6 +93,7 @@ class Gateway:
             open_timeout=self._handshake_timeout,
             close_timeout=5,
             server_header=None,
+            create_connection=MessageConnection,
         )
         return self._server
 
@@ -157,7 +160,7 @@ class Gateway:
         if counter.admit_address(address) is not None:  # filled up since the handshake's check
             await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
             return
-        connection = Connection(ws, identity, self.ctx)
+        connection = Connection(cast(MessageConnection, ws), identity, self.ctx)  # see start
         if identity is not None:
             if not counter.admit_user(identity.user_id):
                 counter.leave(address)

@@ -1,0 +1,155 @@
+"""A WebSocket server connection that hands each inbound message straight to a callback.
+
+websockets queues every message for ``recv()`` and wakes the task reading it: a future, a
+queue and a task step per request, about a tenth of the server's CPU in a closed-loop run
+(BENCHMARKS.md). A ``MessageConnection`` assembles messages itself, in the protocol's own
+callback, and calls the sink the connection's session installed, in that session's context
+(its log bindings). Until a sink is installed (the first message may have to authenticate the
+session) messages wait in a short queue read by ``first_message``.
+
+Ping, pong and close frames are still websockets' own business; only data frames change path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode, Frame, Opcode
+
+__all__ = ["Message", "MessageConnection"]
+
+Message = str | bytes
+# Messages queued before a sink is installed beyond which the socket stops being read.
+_EARLY_LIMIT = 16
+# A message split into more frames than this is refused (as websockets' own reader does).
+_MAX_FRAGMENTS = 1024
+
+
+class MessageConnection(ServerConnection):
+    """``ServerConnection`` whose data messages go to ``deliver_to``'s sink, in order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink: Callable[[Message], None] | None = None
+        self._sink_context: contextvars.Context | None = None
+        self._early: deque[Message] = deque()
+        self._early_waiter: asyncio.Future[None] | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._early_paused = False
+
+    # --- for the session -------------------------------------------------------------------
+
+    def deliver_to(self, sink: Callable[[Message], None]) -> None:
+        """From now on call ``sink`` with each message, in the caller's context (messages
+        already queued first, in order)."""
+        self._sink_context = contextvars.copy_context()
+        self._sink = sink
+        early = self._early
+        while early and self._sink is not None:
+            self._deliver(early.popleft())
+        self._resume_early()
+
+    async def first_message(self) -> Message:
+        """The next message, for a session without a sink yet; ConnectionClosed if none."""
+        while not self._early:
+            if self.connection_lost_waiter.done():
+                raise self.close_exc
+            waiter = self._early_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._early_waiter = None
+        message = self._early.popleft()
+        self._resume_early()
+        return message
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (TCP then pushes back on the client)."""
+        transport = self.transport
+        if not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self.transport
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    # --- websockets' callbacks -------------------------------------------------------------
+
+    def process_event(self, event: Any) -> None:
+        if not isinstance(event, Frame):  # the handshake request
+            super().process_event(event)
+            return
+        opcode = event.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if event.fin:
+                self._message(bytes(event.data), opcode is Opcode.TEXT)
+            else:
+                self._fragments = [bytes(event.data)]
+                self._fragments_text = opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            fragments = self._fragments
+            if fragments is None:  # the protocol parser refuses this; never here
+                return
+            fragments.append(bytes(event.data))
+            if event.fin:
+                self._fragments = None
+                self._message(b"".join(fragments), self._fragments_text)
+            elif len(fragments) > _MAX_FRAGMENTS:
+                self._fragments = None
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+        else:
+            super().process_event(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        waiter = self._early_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _message(self, data: bytes, text: bool) -> None:
+        message: Message = data
+        if text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError as error:
+                self._fail(CloseCode.INVALID_DATA, f"{error.reason} at position {error.start}")
+                return
+        if self._sink is not None:
+            self._deliver(message)
+            return
+        self._early.append(message)
+        waiter = self._early_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if len(self._early) >= _EARLY_LIMIT and not self._early_paused:
+            self._early_paused = True
+            self.pause_reading()
+
+    def _deliver(self, message: Message) -> None:
+        assert self._sink is not None and self._sink_context is not None
+        try:
+            self._sink_context.run(self._sink, message)
+        except Exception:  # a bug in the session: close like websockets does for a handler
+            self.logger.error("message handler failed", exc_info=True)
+            self._sink = None
+            self._fail(CloseCode.INTERNAL_ERROR, "")
+
+    def _resume_early(self) -> None:
+        if self._early_paused and len(self._early) < _EARLY_LIMIT:
+            self._early_paused = False
+            self.resume_reading()
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        self.protocol.fail(code, reason)
+        with contextlib.suppress(Exception):  # the socket is gone: connection_lost follows
+            self.send_data()

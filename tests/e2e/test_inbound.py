@@ -1,0 +1,84 @@
+"""How a connection reads its requests: in order, never more than ``max_inflight`` at once, and
+nothing lost while it waits (messages sent before the welcome, or while at the limit)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from support.client import RawClient, client, create_event
+from support.server import RunningServer, base_env, in_process_server, token
+from websockets.asyncio.client import connect
+
+from seatd.gateway.connection import Connection
+
+MAX_INFLIGHT = 3
+
+
+@pytest.fixture(scope="module")
+async def narrow(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    env = base_env(service_env, SEATD_MAX_INFLIGHT=str(MAX_INFLIGHT))
+    async with in_process_server(env) as running:
+        yield running
+
+
+async def _replies(c: RawClient, count: int) -> dict[Any, dict[str, Any]]:
+    replies: dict[Any, dict[str, Any]] = {}
+    while len(replies) < count:
+        frame = await c.recv()
+        if "id" in frame:
+            replies[frame["id"]] = frame
+    return replies
+
+
+async def test_pipelined_requests_past_the_limit_wait_and_run_in_order(
+    narrow: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    most = 0
+    track = Connection._track
+
+    def counting_track(self: Connection, future: Any, pending: Any) -> None:
+        nonlocal most
+        track(self, future, pending)
+        most = max(most, self.inflight)
+
+    async with client(narrow.url, "organiser", "admin") as admin:
+        event = await create_event(admin, seats=40, max_seats_per_user=10)
+    monkeypatch.setattr(Connection, "_track", counting_track)
+    async with client(narrow.url, "queue-buyer") as buyer:
+        # One seat per hold, all sent before any reply is read: in order, the first ten fit
+        # the per-user limit and the other thirty are refused.
+        for n in range(40):
+            await buyer.send(
+                {
+                    "id": n,
+                    "type": "hold",
+                    "event_id": event["event_id"],
+                    "seat_ids": [f"A-{n + 1}"],
+                }
+            )
+        replies = await _replies(buyer, 40)
+    codes = ["ok" if replies[n]["ok"] else replies[n]["error"]["code"] for n in range(40)]
+    assert codes == ["ok"] * 10 + ["seat_limit_exceeded"] * 30, codes
+    assert most == MAX_INFLIGHT  # reached, never passed
+
+
+async def test_messages_sent_before_the_welcome_are_all_answered(
+    narrow: RunningServer,
+) -> None:
+    async with connect(narrow.url, subprotocols=["seatd.v1"]) as ws:  # type: ignore[list-item]
+        frames = [{"id": 0, "type": "authenticate", "token": token("early-bird")}]
+        frames += [{"id": n, "type": "ping"} for n in range(1, 30)]
+        for frame in frames:  # without waiting for the authentication's answer
+            await ws.send(orjson.dumps(frame).decode())
+        seen: list[Any] = []
+        async with asyncio.timeout(10):
+            while len(seen) < len(frames):
+                message = orjson.loads(await ws.recv())
+                if "id" in message:
+                    assert message["ok"] is True, message
+                    seen.append(message["id"])
+        assert seen == list(range(30))
