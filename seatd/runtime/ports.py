@@ -3,13 +3,12 @@ may pass real adapters or small fakes (only the clock is ever faked)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from seatd.core import Effect, EventInfo, Hold, Reservation, Seat, SeatSnapshot
+from seatd.runtime.clock import SystemClock
 
 __all__ = [
     "BatchStore",
@@ -278,24 +277,3 @@ class Clock(Protocol):
     async def wait(self, event: Wakeable, deadline: float | None) -> None:
         """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
         ...
-
-
-class SystemClock:
-    """The real clock: wall time for hold expiry, which must agree across instances."""
-
-    def now(self) -> float:
-        return time.time()
-
-    async def wait(self, event: Wakeable, deadline: float | None) -> None:
-        if deadline is None:
-            await event.wait()
-            return
-        delay = deadline - time.time()
-        if delay <= 0:
-            return
-        # A timer that sets the event is cheaper than wait_for, which wraps a task per call.
-        timer = asyncio.get_running_loop().call_later(delay, event.set)
-        try:
-            await event.wait()
-        finally:
-            timer.cancel()

@@ -1,0 +1,84 @@
+"""SystemClock: sleepers share one timer and wake at their own deadlines, or when woken."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from seatd.runtime.clock import SystemClock
+from seatd.runtime.signal import Signal
+
+
+async def _sleep_until(
+    clock: SystemClock, deadline: float, woke: dict[str, float], name: str
+) -> None:
+    await clock.wait(Signal(), deadline)
+    woke[name] = time.time()
+
+
+async def test_each_sleeper_wakes_at_its_own_deadline_whatever_the_order_they_came() -> None:
+    clock = SystemClock()
+    start = time.time()
+    woke: dict[str, float] = {}
+    deadlines = {"late": start + 0.30, "early": start + 0.05, "middle": start + 0.15}
+    tasks = [
+        asyncio.create_task(_sleep_until(clock, at, woke, name)) for name, at in deadlines.items()
+    ]
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert sorted(woke, key=woke.__getitem__) == ["early", "middle", "late"]
+    for name, at in deadlines.items():
+        assert at <= woke[name] < at + 0.1, (name, woke[name] - at)
+
+
+async def test_an_earlier_deadline_moves_the_timer_forward() -> None:
+    clock = SystemClock()
+    woke: dict[str, float] = {}
+    start = time.time()
+    far = asyncio.create_task(_sleep_until(clock, start + 30, woke, "far"))
+    await asyncio.sleep(0.01)  # the timer is armed for the far deadline
+    await asyncio.wait_for(_sleep_until(clock, start + 0.05, woke, "near"), 1)
+    assert woke["near"] - start < 0.5
+    assert not far.done()
+    far.cancel()
+
+
+async def test_a_set_event_ends_the_wait_at_once_and_its_entry_goes() -> None:
+    clock = SystemClock()
+    for _ in range(1_000):  # an actor woken by commands long before its next expiry
+        signal = Signal()
+        waiting = asyncio.create_task(clock.wait(signal, time.time() + 60))
+        await asyncio.sleep(0)
+        signal.set()
+        await asyncio.wait_for(waiting, 1)
+    # Abandoned entries do not pile up: the heap is rebuilt once they are most of it.
+    assert len(clock._heap) <= 2 * 64 + 2
+
+
+async def test_a_cancelled_sleeper_is_not_woken_later_and_others_still_are() -> None:
+    clock = SystemClock()
+    cancelled_signal, other = Signal(), Signal()
+    cancelled = asyncio.create_task(clock.wait(cancelled_signal, time.time() + 0.05))
+    kept = asyncio.create_task(clock.wait(other, time.time() + 0.1))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.wait_for(kept, 1)
+    assert not cancelled_signal.is_set()  # its entry was abandoned, not fired
+
+
+async def test_past_deadlines_return_at_once_and_none_waits_for_the_event() -> None:
+    clock = SystemClock()
+    await asyncio.wait_for(clock.wait(Signal(), time.time() - 1), 0.1)
+    signal = Signal()
+    forever = asyncio.create_task(clock.wait(signal, None))
+    await asyncio.sleep(0.05)
+    assert not forever.done()
+    signal.set()
+    await asyncio.wait_for(forever, 1)
+
+
+def test_a_clock_serves_one_event_loop_after_another() -> None:
+    clock = SystemClock()
+    for _ in range(2):
+        started = time.time()
+        asyncio.run(asyncio.wait_for(clock.wait(Signal(), time.time() + 0.05), 2))
+        assert time.time() - started >= 0.05
