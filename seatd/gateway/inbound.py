@@ -34,11 +34,23 @@ _MAX_FRAGMENTS = 1024
 class MessageConnection(ServerConnection):
     """``ServerConnection`` whose data messages go to ``deliver_to``'s sink, in order."""
 
+    # Slots, not more keys in the instance's dict: a bigger dict per connection, ~1 KiB.
+    __slots__ = (
+        "_early",
+        "_early_paused",
+        "_early_waiter",
+        "_fragments",
+        "_fragments_text",
+        "_sink",
+        "_sink_context",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sink: Callable[[Message], None] | None = None
         self._sink_context: contextvars.Context | None = None
-        self._early: deque[Message] = deque()
+        # Created for a message that arrives before the sink: most sessions never need it.
+        self._early: deque[Message] | None = None
         self._early_waiter: asyncio.Future[None] | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
@@ -51,10 +63,12 @@ class MessageConnection(ServerConnection):
         already queued first, in order)."""
         self._sink_context = contextvars.copy_context()
         self._sink = sink
-        early = self._early
+        early, self._early = self._early, None
         while early and self._sink is not None:
             self._deliver(early.popleft())
-        self._resume_early()
+        if self._early_paused:
+            self._early_paused = False
+            self.resume_reading()
 
     async def first_message(self) -> Message:
         """The next message, for a session without a sink yet; ConnectionClosed if none."""
@@ -67,7 +81,9 @@ class MessageConnection(ServerConnection):
             finally:
                 self._early_waiter = None
         message = self._early.popleft()
-        self._resume_early()
+        if self._early_paused and len(self._early) < _EARLY_LIMIT:
+            self._early_paused = False
+            self.resume_reading()
         return message
 
     def pause_reading(self) -> None:
@@ -127,11 +143,14 @@ class MessageConnection(ServerConnection):
         if self._sink is not None:
             self._deliver(message)
             return
-        self._early.append(message)
+        early = self._early
+        if early is None:
+            early = self._early = deque()
+        early.append(message)
         waiter = self._early_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if len(self._early) >= _EARLY_LIMIT and not self._early_paused:
+        if len(early) >= _EARLY_LIMIT and not self._early_paused:
             self._early_paused = True
             self.pause_reading()
 
@@ -143,11 +162,6 @@ class MessageConnection(ServerConnection):
             self.logger.error("message handler failed", exc_info=True)
             self._sink = None
             self._fail(CloseCode.INTERNAL_ERROR, "")
-
-    def _resume_early(self) -> None:
-        if self._early_paused and len(self._early) < _EARLY_LIMIT:
-            self._early_paused = False
-            self.resume_reading()
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         self.protocol.fail(code, reason)
