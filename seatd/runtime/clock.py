@@ -16,7 +16,7 @@ import heapq
 import itertools
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from seatd.runtime.ports import Wakeable
@@ -58,15 +58,30 @@ class SystemClock:
             return
         if deadline <= time.time():
             return
-        entry = self._add(deadline, event)
+        alarm = self.alarm(deadline, event)
         try:
             await event.wait()
         finally:
-            if entry[2] is not None:  # woken by the event, not the clock: abandon the entry
-                entry[2] = None
-                self._dead += 1
-                if self._dead > _COMPACT_AT and 2 * self._dead > len(self._heap):
-                    self._compact()
+            self.cancel(alarm)
+
+    def alarm(self, deadline: float, event: Wakeable) -> object:
+        """Set ``event`` at ``deadline`` (at once if it has passed) unless ``cancel``led first.
+        For a sleeper that awaits the event itself: no coroutine frame kept while it sleeps."""
+        if deadline <= time.time():
+            event.set()
+            return None
+        return self._add(deadline, event)
+
+    def cancel(self, alarm: object) -> None:
+        """Forget an alarm (done with its wait); nothing if it already went off."""
+        if alarm is None:
+            return
+        entry = cast(_Entry, alarm)
+        if entry[2] is not None:  # woken by the event, not the clock: abandon the entry
+            entry[2] = None
+            self._dead += 1
+            if self._dead > _COMPACT_AT and 2 * self._dead > len(self._heap):
+                self._compact()
 
     def _add(self, deadline: float, event: Wakeable) -> _Entry:
         loop = asyncio.get_running_loop()

@@ -277,3 +277,11 @@ class Clock(Protocol):
     async def wait(self, event: Wakeable, deadline: float | None) -> None:
         """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
         ...
+
+    def alarm(self, deadline: float, event: Wakeable) -> object:
+        """Set ``event`` at ``deadline`` (at once if it has passed) unless cancelled first."""
+        ...
+
+    def cancel(self, alarm: object) -> None:
+        """Forget an alarm; nothing if it already went off."""
+        ...

@@ -82,3 +82,15 @@ def test_a_clock_serves_one_event_loop_after_another() -> None:
         started = time.time()
         asyncio.run(asyncio.wait_for(clock.wait(Signal(), time.time() + 0.05), 2))
         assert time.time() - started >= 0.05
+
+
+async def test_an_alarm_sets_its_event_unless_cancelled_and_a_past_one_at_once() -> None:
+    clock = SystemClock()
+    rung, cancelled, past = Signal(), Signal(), Signal()
+    clock.alarm(time.time() + 0.05, rung)
+    clock.cancel(clock.alarm(time.time() + 0.02, cancelled))
+    clock.cancel(clock.alarm(time.time() - 1, past))  # set already: nothing left to cancel
+    assert past.is_set() and not rung.is_set()
+    await asyncio.wait_for(rung.wait(), 1)
+    await asyncio.sleep(0.05)
+    assert not cancelled.is_set()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 
 class FakeClock:
     def __init__(self, start: float | None = None) -> None:
         self._now = time.time() if start is None else start
         self._advanced = asyncio.Event()
+        self._alarms: list[list[Any]] = []  # [deadline, event]
 
     def now(self) -> float:
         return self._now
@@ -20,6 +22,21 @@ class FakeClock:
         if fire_timers:
             self._advanced.set()
             self._advanced = asyncio.Event()
+            due = [alarm for alarm in self._alarms if alarm[0] <= now]
+            self._alarms = [alarm for alarm in self._alarms if alarm[0] > now]
+            for _, event in due:
+                event.set()
+
+    def alarm(self, deadline: float, event: Any) -> object:
+        if deadline <= self._now:
+            event.set()
+            return None
+        alarm = [deadline, event]
+        self._alarms.append(alarm)
+        return alarm
+
+    def cancel(self, alarm: object) -> None:
+        self._alarms = [a for a in self._alarms if a is not alarm]
 
     async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
         while not event.is_set():
