@@ -1,8 +1,9 @@
 """One client connection: decode each frame, route it, and send the reply once it is durable.
 
-Requests on one connection are pipelined: the reader does not wait for a reply before reading
-the next frame, up to ``max_inflight`` requests in progress (then it stops reading, which pushes
-back on the client through TCP). Commands for an active event go straight into the actor's
+Requests on one connection are pipelined: each message is handled as it is read, in the
+protocol's callback (``inbound.MessageConnection``), without waiting for earlier replies, up to
+``max_inflight`` requests in progress (then the socket is not read, which pushes back on the
+client through TCP). Commands for an active event go straight into the actor's
 mailbox with no task per request; the reply is encoded in the future's callback. Every frame the
 connection sends goes straight to the socket, or, when the socket is full, into one bounded queue
 drained by a short-lived writer task: a client that does not read its replies is closed with 4000
