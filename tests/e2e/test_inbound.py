@@ -12,6 +12,7 @@ import pytest
 from support.client import RawClient, client, create_event
 from support.server import RunningServer, base_env, in_process_server, token
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from seatd.gateway.connection import Connection
 
@@ -82,3 +83,20 @@ async def test_messages_sent_before_the_welcome_are_all_answered(
                     assert message["ok"] is True, message
                     seen.append(message["id"])
         assert seen == list(range(30))
+
+
+async def test_a_bug_handling_a_message_closes_the_connection_with_1011(
+    narrow: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Connection, frame: Any) -> None:
+        raise RuntimeError("a bug")
+
+    async with client(narrow.url, "unlucky") as c:
+        monkeypatch.setattr(Connection, "_on_frame", broken)
+        await c.send({"id": 1, "type": "ping"})
+        with pytest.raises(ConnectionClosed):
+            await c.recv()
+        assert c.ws.close_code == 1011
+    monkeypatch.undo()
+    async with client(narrow.url, "lucky") as c:  # the server itself is fine
+        assert (await c.request("ping"))["ok"] is True
