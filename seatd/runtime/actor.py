@@ -10,6 +10,11 @@ A failed commit undoes the batch in memory, answers every caller with a temporar
 stops the actor: the outcome of a commit whose connection broke is unknown, so the next command
 reloads the truth from PostgreSQL instead of trusting memory. A stopped actor answers every
 pending caller; nobody waits forever.
+
+An actor with nothing to do parks: its task ends, and a clock alarm (its next hold expiry or
+its idle deadline) or the next command starts a new one. A loaded but idle event then costs
+its state and an entry in the clock's heap, not a task and its frames (about 1 KiB each, with
+100,000 events loaded at once: BENCHMARKS.md, idle).
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from seatd.runtime.ports import (
     KeysAlreadyUsed,
     StoredReply,
 )
-from seatd.runtime.signal import Signal
 
 __all__ = ["ActorSettings", "Envelope", "EventActor"]
 
@@ -97,7 +101,8 @@ class EventActor:
         self._settings = settings
         self._on_stop = on_stop
         self._mailbox: list[Envelope] = []  # a list: a deque allocates 0.6 KiB up front
-        self._wake = Signal()
+        self._task: asyncio.Task[None] | None = None  # None while parked (or stopped)
+        self._alarm: object = None  # while parked: the clock's alarm that starts it again
         self._stopping = False  # drain the mailbox, then stop
         self._stop_request = "shutdown"
         self.stopped = False  # accepts nothing more
@@ -121,52 +126,77 @@ class EventActor:
         else:
             envelope.future = future
         self._mailbox.append(envelope)
-        self._wake.set()
+        self._nudge()
         return future
 
     def tell(self, command: Command) -> None:
         """Queue a command nobody waits for (expiry hints)."""
         if not self.stopped and len(self._mailbox) < self._settings.mailbox_limit:
             self._mailbox.append(Envelope(command))
-            self._wake.set()
+            self._nudge()
 
     def request_stop(self, reason: str = "shutdown") -> None:
         """Finish what is queued, then stop (graceful shutdown, or the lease went elsewhere)."""
         self._stopping = True
         self._stop_request = reason
-        self._wake.set()
+        self._nudge()
 
     # --- the loop --------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def start(self) -> asyncio.Task[None]:
+        """Run the loop (once, when loaded): it parks when idle, see the module docstring."""
+        self._nudge()
+        assert self._task is not None
+        return self._task
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task; None while parked or once stopped."""
+        return self._task
+
+    def _nudge(self) -> None:
+        """Something to do: start the loop again if it is parked."""
+        if self._task is not None or self.stopped:
+            return
+        self._clock.cancel(self._alarm)
+        self._alarm = None
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"actor:{self.event_id}"
+        )
+
+    def _ring(self) -> None:
+        """The parked actor's alarm: an expiry or the idle deadline is due."""
+        self._alarm = None
+        self._nudge()
+
+    async def _run(self) -> None:
         reason = "idle"
-        clock, wake = self._clock, self._wake
         try:
             while True:
-                if not self._mailbox:
-                    if self._stopping:
-                        reason = self._stop_request
-                        break
-                    # Sleep until a command, the next expiry or the idle deadline, awaiting
-                    # the flag here rather than in a helper coroutine: the sleep of a loaded,
-                    # idle event keeps no frame but this one (100,000 of them, BENCHMARKS.md).
-                    wake.clear()
-                    alarm = clock.alarm(self._sleep_deadline(), wake)
-                    try:
-                        await wake.wait()
-                    finally:
-                        clock.cancel(alarm)
-                    if not self._awake():
+                if self._mailbox:
+                    if not await self._run_batch():
+                        reason = self.stop_reason
                         break
                     continue
-                if not await self._run_batch():
-                    reason = self.stop_reason
+                if self._stopping:
+                    reason = self._stop_request
                     break
+                if not self._awake():
+                    break  # idle: passivate
+                if not self._mailbox:
+                    # Park until a command or the next deadline (no await since the mailbox
+                    # was found empty: nothing can have arrived in between).
+                    self._task = None
+                    self._alarm = self._clock.alarm(self._sleep_deadline(), self._ring)
+                    reason = ""
+                    return
         except asyncio.CancelledError:
             reason = "cancelled"
             raise
         finally:
-            self._finish(reason)
+            if reason:
+                self._task = None
+                self._finish(reason)
 
     def _sleep_deadline(self) -> float:
         next_expiry = self.state.next_expiry()
@@ -174,7 +204,7 @@ class EventActor:
         return idle_deadline if next_expiry is None else min(next_expiry, idle_deadline)
 
     def _awake(self) -> bool:
-        """After a sleep: queue the expiry that is due, if any. False: passivate."""
+        """With the mailbox empty: queue the expiry that is due, if any. False: passivate."""
         if self._mailbox or self._stopping:
             return True
         idle_deadline = self._last_active + self._settings.idle_timeout

@@ -16,6 +16,7 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ __all__ = ["SystemClock"]
 
 # Dead entries tolerated before the heap is rebuilt without them (and at least half the heap).
 _COMPACT_AT = 64
-# An entry: [deadline, tie-breaker, what to wake or None once woken or abandoned].
+# An entry: [deadline, tie-breaker, what to call, or None once called or abandoned].
 _Entry = list[Any]
 
 
@@ -58,37 +59,37 @@ class SystemClock:
             return
         if deadline <= time.time():
             return
-        alarm = self.alarm(deadline, event)
+        alarm = self.alarm(deadline, event.set)
         try:
             await event.wait()
         finally:
             self.cancel(alarm)
 
-    def alarm(self, deadline: float, event: Wakeable) -> object:
-        """Set ``event`` at ``deadline`` (at once if it has passed) unless ``cancel``led first.
-        For a sleeper that awaits the event itself: no coroutine frame kept while it sleeps."""
+    def alarm(self, deadline: float, ring: Callable[[], None]) -> object:
+        """Call ``ring`` at ``deadline`` (at once if it has passed) unless ``cancel``led first:
+        for a sleeper that keeps no task or frame while it sleeps (an idle event's actor)."""
         if deadline <= time.time():
-            event.set()
+            ring()
             return None
-        return self._add(deadline, event)
+        return self._add(deadline, ring)
 
     def cancel(self, alarm: object) -> None:
         """Forget an alarm (done with its wait); nothing if it already went off."""
         if alarm is None:
             return
         entry = cast(_Entry, alarm)
-        if entry[2] is not None:  # woken by the event, not the clock: abandon the entry
+        if entry[2] is not None:  # woken otherwise before the deadline: abandon the entry
             entry[2] = None
             self._dead += 1
             if self._dead > _COMPACT_AT and 2 * self._dead > len(self._heap):
                 self._compact()
 
-    def _add(self, deadline: float, event: Wakeable) -> _Entry:
+    def _add(self, deadline: float, ring: Callable[[], None]) -> _Entry:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a clock used again in a new loop starts afresh
             self._reset()
             self._loop = loop
-        entry: _Entry = [deadline, next(self._order), event]
+        entry: _Entry = [deadline, next(self._order), ring]
         heapq.heappush(self._heap, entry)
         if deadline < self._timer_at:
             self._arm(loop, deadline)
@@ -106,12 +107,12 @@ class SystemClock:
         heap, now = self._heap, time.time()
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            event = entry[2]
-            if event is None:
+            ring = entry[2]
+            if ring is None:
                 self._dead -= 1
             else:
                 entry[2] = None
-                event.set()
+                ring()
         while heap and heap[0][2] is None:  # no timer for an abandoned entry
             heapq.heappop(heap)
             self._dead -= 1

@@ -260,7 +260,7 @@ class CommitObserver(Protocol):
 
 
 class Wakeable(Protocol):
-    """What a clock waits on: ``asyncio.Event`` or the lighter ``Signal``."""
+    """What a clock waits on (``asyncio.Event``)."""
 
     def is_set(self) -> bool: ...
 
@@ -278,8 +278,8 @@ class Clock(Protocol):
         """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
         ...
 
-    def alarm(self, deadline: float, event: Wakeable) -> object:
-        """Set ``event`` at ``deadline`` (at once if it has passed) unless cancelled first."""
+    def alarm(self, deadline: float, ring: Callable[[], None]) -> object:
+        """Call ``ring`` at ``deadline`` (at once if it has passed) unless cancelled first."""
         ...
 
     def cancel(self, alarm: object) -> None:

@@ -71,7 +71,6 @@ class Registry:
         self._settings = settings
         self.observers: list[CommitObserver] = list(observers)
         self._actors: dict[str, EventActor] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loading: dict[str, asyncio.Task[EventActor]] = {}
         self._dormant: list[tuple[float, str]] = []
         self._dormant_events: set[str] = set()
@@ -208,9 +207,7 @@ class Registry:
         )
         self._actors[event_id] = actor
         self._dormant_events.discard(event_id)
-        self._tasks[event_id] = asyncio.get_running_loop().create_task(
-            actor.run(), name=f"actor:{event_id}"
-        )
+        actor.start()
         self._ensure_timer()
         self._ensure_lease_renewal()
         log.debug("actor_activated", event_id=event_id, epoch=loaded.epoch, seats=len(loaded.seats))
@@ -219,7 +216,6 @@ class Registry:
     def _on_actor_stop(self, actor: EventActor) -> None:
         if self._actors.get(actor.event_id) is actor:
             del self._actors[actor.event_id]
-            self._tasks.pop(actor.event_id, None)
         log.debug("actor_stopped", event_id=actor.event_id, reason=actor.stop_reason)
         if actor.stop_reason != "lease_lost":
             self._release(actor.event_id)
@@ -414,9 +410,10 @@ class Registry:
         """Stop activating, let every actor finish its queued commands, then stop them all
         (each stopping actor releases its lease in the background: given a moment to finish)."""
         self._closing = True
-        for actor in list(self._actors.values()):
-            actor.request_stop()
-        await _finish(list(self._tasks.values()), timeout)
+        actors = list(self._actors.values())
+        for actor in actors:
+            actor.request_stop()  # a parked actor starts again to stop
+        await _finish([task for actor in actors if (task := actor.task) is not None], timeout)
         timers = [t for t in (self._timer_task, self._lease_task) if t is not None]
         for timer in timers:
             timer.cancel()

@@ -6,13 +6,12 @@ import asyncio
 import time
 
 from seatd.runtime.clock import SystemClock
-from seatd.runtime.signal import Signal
 
 
 async def _sleep_until(
     clock: SystemClock, deadline: float, woke: dict[str, float], name: str
 ) -> None:
-    await clock.wait(Signal(), deadline)
+    await clock.wait(asyncio.Event(), deadline)
     woke[name] = time.time()
 
 
@@ -45,7 +44,7 @@ async def test_an_earlier_deadline_moves_the_timer_forward() -> None:
 async def test_a_set_event_ends_the_wait_at_once_and_its_entry_goes() -> None:
     clock = SystemClock()
     for _ in range(1_000):  # an actor woken by commands long before its next expiry
-        signal = Signal()
+        signal = asyncio.Event()
         waiting = asyncio.create_task(clock.wait(signal, time.time() + 60))
         await asyncio.sleep(0)
         signal.set()
@@ -56,7 +55,7 @@ async def test_a_set_event_ends_the_wait_at_once_and_its_entry_goes() -> None:
 
 async def test_a_cancelled_sleeper_is_not_woken_later_and_others_still_are() -> None:
     clock = SystemClock()
-    cancelled_signal, other = Signal(), Signal()
+    cancelled_signal, other = asyncio.Event(), asyncio.Event()
     cancelled = asyncio.create_task(clock.wait(cancelled_signal, time.time() + 0.05))
     kept = asyncio.create_task(clock.wait(other, time.time() + 0.1))
     await asyncio.sleep(0)
@@ -67,8 +66,8 @@ async def test_a_cancelled_sleeper_is_not_woken_later_and_others_still_are() -> 
 
 async def test_past_deadlines_return_at_once_and_none_waits_for_the_event() -> None:
     clock = SystemClock()
-    await asyncio.wait_for(clock.wait(Signal(), time.time() - 1), 0.1)
-    signal = Signal()
+    await asyncio.wait_for(clock.wait(asyncio.Event(), time.time() - 1), 0.1)
+    signal = asyncio.Event()
     forever = asyncio.create_task(clock.wait(signal, None))
     await asyncio.sleep(0.05)
     assert not forever.done()
@@ -80,16 +79,16 @@ def test_a_clock_serves_one_event_loop_after_another() -> None:
     clock = SystemClock()
     for _ in range(2):
         started = time.time()
-        asyncio.run(asyncio.wait_for(clock.wait(Signal(), time.time() + 0.05), 2))
+        asyncio.run(asyncio.wait_for(clock.wait(asyncio.Event(), time.time() + 0.05), 2))
         assert time.time() - started >= 0.05
 
 
 async def test_an_alarm_sets_its_event_unless_cancelled_and_a_past_one_at_once() -> None:
     clock = SystemClock()
-    rung, cancelled, past = Signal(), Signal(), Signal()
-    clock.alarm(time.time() + 0.05, rung)
-    clock.cancel(clock.alarm(time.time() + 0.02, cancelled))
-    clock.cancel(clock.alarm(time.time() - 1, past))  # set already: nothing left to cancel
+    rung, cancelled, past = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    clock.alarm(time.time() + 0.05, rung.set)
+    clock.cancel(clock.alarm(time.time() + 0.02, cancelled.set))
+    clock.cancel(clock.alarm(time.time() - 1, past.set))  # rung already: nothing to cancel
     assert past.is_set() and not rung.is_set()
     await asyncio.wait_for(rung.wait(), 1)
     await asyncio.sleep(0.05)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 from redis.asyncio import Redis
 from support.clock import FakeClock
+from support.waiting import until
 
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import ExpiryListener, RedisMirror, hold_key, make_client
@@ -65,6 +66,29 @@ async def test_actor_timer_expires_a_hold_on_time_without_redis(
         assert hold.expires_at <= freed_at < hold.expires_at + 1.0, "expired late or early"
         actor = registry.active(event_id)
         assert actor is not None and actor.state.live_holds() == []
+    finally:
+        await registry.close()
+
+
+async def test_an_idle_actor_parks_without_a_task_until_a_command_or_a_deadline(
+    store: PostgresStore,
+) -> None:
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings(idle_timeout=1.5))
+    try:
+        event_id = await _new_event(store, hold_duration_s=1)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S0",), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        actor = registry.active(event_id)
+        assert actor is not None
+        await until(lambda: actor.task is None, what="the actor to park")
+        # A command starts it again and is answered as usual; then it parks again.
+        again = await registry.ask(event_id, PlaceHold("u1", ("S1",), str(uuid.uuid4())))
+        assert isinstance(again, Hold)
+        await until(lambda: actor.task is None, what="the actor to park again")
+        # Its alarm wakes it for the expiry (1 s), then for the idle deadline: it passivates.
+        await until(lambda: actor.stopped, timeout=5, what="the actor to passivate")
+        assert actor.stop_reason == "idle" and actor.state.live_holds() == []
+        assert time.time() >= again.expires_at
     finally:
         await registry.close()
 

@@ -11,7 +11,7 @@ class FakeClock:
     def __init__(self, start: float | None = None) -> None:
         self._now = time.time() if start is None else start
         self._advanced = asyncio.Event()
-        self._alarms: list[list[Any]] = []  # [deadline, event]
+        self._alarms: list[list[Any]] = []  # [deadline, what to call]
 
     def now(self) -> float:
         return self._now
@@ -24,14 +24,14 @@ class FakeClock:
             self._advanced = asyncio.Event()
             due = [alarm for alarm in self._alarms if alarm[0] <= now]
             self._alarms = [alarm for alarm in self._alarms if alarm[0] > now]
-            for _, event in due:
-                event.set()
+            for _, ring in due:
+                ring()
 
-    def alarm(self, deadline: float, event: Any) -> object:
+    def alarm(self, deadline: float, ring: Any) -> object:
         if deadline <= self._now:
-            event.set()
+            ring()
             return None
-        alarm = [deadline, event]
+        alarm = [deadline, ring]
         self._alarms.append(alarm)
         return alarm
 
