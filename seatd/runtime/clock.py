@@ -1,11 +1,12 @@
 """The real clock, whose sleepers share one timer.
 
-Every loaded event's actor sleeps until its next hold expiry or its idle deadline. A timer of
+Every loaded event's parked actor sleeps until its next hold expiry or its idle deadline, and
+every passivated event with holds until its earliest expiry. A timer of
 the event loop per sleeper (``call_later``) costs about half a KiB with what it holds, 50 MB for
 100,000 loaded events, and what a loaded event costs stays in the process after it passivates
 (BENCHMARKS.md, idle). Here sleepers wait in one heap of deadlines behind one timer, armed for
-the earliest: an entry is a short list. A sleeper woken early (a command arrived) marks its
-entry dead; dead entries leave the heap when their deadline comes or when they outnumber the
+the earliest: an entry is a short list. An alarm cancelled early (a command arrived) is marked
+dead; dead entries leave the heap when their deadline comes or when they outnumber the
 live ones.
 """
 
@@ -17,10 +18,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
-
-if TYPE_CHECKING:
-    from seatd.runtime.ports import Wakeable
+from typing import Any, cast
 
 __all__ = ["SystemClock"]
 
@@ -37,33 +35,20 @@ class SystemClock:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
-        timer: asyncio.TimerHandle | None = getattr(self, "_timer", None)
-        if timer is not None:
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._heap: list[_Entry] = []
         self._order = itertools.count()
         self._dead = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = None
         self._timer_at = math.inf
 
     def now(self) -> float:
         return time.time()
-
-    async def wait(self, event: Wakeable, deadline: float | None) -> None:
-        """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
-        if deadline is None:
-            await event.wait()
-            return
-        if deadline <= time.time():
-            return
-        alarm = self.alarm(deadline, event.set)
-        try:
-            await event.wait()
-        finally:
-            self.cancel(alarm)
 
     def alarm(self, deadline: float, ring: Callable[[], None]) -> object:
         """Call ``ring`` at ``deadline`` (at once if it has passed) unless ``cancel``led first:
@@ -74,7 +59,7 @@ class SystemClock:
         return self._add(deadline, ring)
 
     def cancel(self, alarm: object) -> None:
-        """Forget an alarm (done with its wait); nothing if it already went off."""
+        """Forget an alarm (its sleeper woke otherwise); nothing if it already went off."""
         if alarm is None:
             return
         entry = cast(_Entry, alarm)

@@ -3,7 +3,7 @@ may pass real adapters or small fakes (only the clock is ever faked)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,7 +32,6 @@ __all__ = [
     "StaleVersion",
     "StoredReply",
     "SystemClock",
-    "Wakeable",
 ]
 
 
@@ -259,23 +258,9 @@ class CommitObserver(Protocol):
     ) -> None: ...
 
 
-class Wakeable(Protocol):
-    """What a clock waits on (``asyncio.Event``)."""
-
-    def is_set(self) -> bool: ...
-
-    def set(self) -> None: ...
-
-    def wait(self) -> Awaitable[object]: ...
-
-
 class Clock(Protocol):
     def now(self) -> float:
         """POSIX seconds."""
-        ...
-
-    async def wait(self, event: Wakeable, deadline: float | None) -> None:
-        """Return when ``event`` is set or the clock reaches ``deadline`` (never if None)."""
         ...
 
     def alarm(self, deadline: float, ring: Callable[[], None]) -> object:

@@ -15,7 +15,6 @@ and availability wins over a lease we cannot check.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -72,12 +71,10 @@ class Registry:
         self.observers: list[CommitObserver] = list(observers)
         self._actors: dict[str, EventActor] = {}
         self._loading: dict[str, asyncio.Task[EventActor]] = {}
-        self._dormant: list[tuple[float, str]] = []
-        self._dormant_events: set[str] = set()
-        self._dormant_wake = asyncio.Event()
+        # Passivated events with holds: (when to wake the event, the clock's alarm for it).
+        self._dormant: dict[str, tuple[float, object]] = {}
         # One callable for every actor (``keep_alive`` may be replaced after they start).
         self._keep_alive_of: Callable[[str], bool] = lambda event_id: self.keep_alive(event_id)
-        self._timer_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         # Where another instance's lease was last seen, so commands for its events are
@@ -206,9 +203,8 @@ class Registry:
             self._keep_alive_of,
         )
         self._actors[event_id] = actor
-        self._dormant_events.discard(event_id)
+        self._wake_dormant(event_id)  # loaded: the actor times its holds itself now
         actor.start()
-        self._ensure_timer()
         self._ensure_lease_renewal()
         log.debug("actor_activated", event_id=event_id, epoch=loaded.epoch, seats=len(loaded.seats))
         return actor
@@ -367,10 +363,26 @@ class Registry:
     # --- expiry of passivated events -------------------------------------------------------
 
     def _sleep_until(self, event_id: str, wake_at: float) -> None:
-        heapq.heappush(self._dormant, (wake_at, event_id))
-        self._dormant_events.add(event_id)
-        self._dormant_wake.set()
-        self._ensure_timer()
+        """Wake the event (load it, expire what is due) at ``wake_at``, or earlier if it is
+        already due earlier: once loaded, the actor times the rest of its holds itself."""
+        earlier = self._dormant.get(event_id)
+        if earlier is not None:
+            if earlier[0] <= wake_at:
+                return
+            self._clock.cancel(earlier[1])
+        alarm = self._clock.alarm(wake_at, partial(self._dormant_due, event_id))
+        if alarm is not None:  # not due yet (a due one has rung already)
+            self._dormant[event_id] = (wake_at, alarm)
+
+    def _dormant_due(self, event_id: str) -> None:
+        self._dormant.pop(event_id, None)
+        self.tell(event_id, Expire())
+
+    def _wake_dormant(self, event_id: str) -> None:
+        """Forget the event's alarm (it was loaded, or the instance is closing)."""
+        dormant = self._dormant.pop(event_id, None)
+        if dormant is not None:
+            self._clock.cancel(dormant[1])
 
     def wake_at(self, events: Sequence[tuple[str, float]]) -> None:
         """Expire these events' holds on time although no actor runs for them yet (at start:
@@ -384,25 +396,8 @@ class Registry:
         Notices for other events are ignored: they belong to another instance, or this one
         would wake the event anyway at its earliest expiry (``wake_at``).
         """
-        if self.active(event_id) is not None or event_id in self._dormant_events:
+        if self.active(event_id) is not None or event_id in self._dormant:
             self.tell(event_id, command)
-
-    def _ensure_timer(self) -> None:
-        if self._timer_task is None:
-            self._timer_task = asyncio.get_running_loop().create_task(
-                self._dormant_timer(), name="registry:dormant-expiry"
-            )
-
-    async def _dormant_timer(self) -> None:
-        while not self._closing:
-            deadline = self._dormant[0][0] if self._dormant else None
-            self._dormant_wake.clear()
-            await self._clock.wait(self._dormant_wake, deadline)
-            now = self._clock.now()
-            while self._dormant and self._dormant[0][0] <= now:
-                _, event_id = heapq.heappop(self._dormant)
-                self._dormant_events.discard(event_id)
-                self.tell(event_id, Expire())
 
     # --- shutdown --------------------------------------------------------------------------
 
@@ -414,7 +409,9 @@ class Registry:
         for actor in actors:
             actor.request_stop()  # a parked actor starts again to stop
         await _finish([task for actor in actors if (task := actor.task) is not None], timeout)
-        timers = [t for t in (self._timer_task, self._lease_task) if t is not None]
+        for event_id in list(self._dormant):
+            self._wake_dormant(event_id)
+        timers = [self._lease_task] if self._lease_task is not None else []
         for timer in timers:
             timer.cancel()
         await _finish([*timers, *self._background], 2.0)

@@ -1,4 +1,4 @@
-"""SystemClock: sleepers share one timer and wake at their own deadlines, or when woken."""
+"""SystemClock: alarms share one timer and ring at their own deadlines, unless cancelled."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from seatd.runtime.clock import SystemClock
 async def _sleep_until(
     clock: SystemClock, deadline: float, woke: dict[str, float], name: str
 ) -> None:
-    await clock.wait(asyncio.Event(), deadline)
+    rung = asyncio.Event()
+    clock.alarm(deadline, rung.set)
+    await rung.wait()
     woke[name] = time.time()
 
 
@@ -41,45 +43,44 @@ async def test_an_earlier_deadline_moves_the_timer_forward() -> None:
     far.cancel()
 
 
-async def test_a_set_event_ends_the_wait_at_once_and_its_entry_goes() -> None:
+async def test_cancelled_alarms_do_not_pile_up() -> None:
     clock = SystemClock()
     for _ in range(1_000):  # an actor woken by commands long before its next expiry
-        signal = asyncio.Event()
-        waiting = asyncio.create_task(clock.wait(signal, time.time() + 60))
+        clock.cancel(clock.alarm(time.time() + 60, lambda: None))
         await asyncio.sleep(0)
-        signal.set()
-        await asyncio.wait_for(waiting, 1)
     # Abandoned entries do not pile up: the heap is rebuilt once they are most of it.
     assert len(clock._heap) <= 2 * 64 + 2
 
 
-async def test_a_cancelled_sleeper_is_not_woken_later_and_others_still_are() -> None:
+async def test_a_cancelled_alarm_does_not_ring_later_and_others_still_do() -> None:
     clock = SystemClock()
     cancelled_signal, other = asyncio.Event(), asyncio.Event()
-    cancelled = asyncio.create_task(clock.wait(cancelled_signal, time.time() + 0.05))
-    kept = asyncio.create_task(clock.wait(other, time.time() + 0.1))
+    cancelled = clock.alarm(time.time() + 0.05, cancelled_signal.set)
+    clock.alarm(time.time() + 0.1, other.set)
     await asyncio.sleep(0)
-    cancelled.cancel()
-    await asyncio.wait_for(kept, 1)
+    clock.cancel(cancelled)
+    await asyncio.wait_for(other.wait(), 1)
     assert not cancelled_signal.is_set()  # its entry was abandoned, not fired
 
 
-async def test_past_deadlines_return_at_once_and_none_waits_for_the_event() -> None:
+async def test_a_past_deadline_rings_at_once_and_a_later_one_not_before_it() -> None:
     clock = SystemClock()
-    await asyncio.wait_for(clock.wait(asyncio.Event(), time.time() - 1), 0.1)
-    signal = asyncio.Event()
-    forever = asyncio.create_task(clock.wait(signal, None))
+    past, later = asyncio.Event(), asyncio.Event()
+    clock.alarm(time.time() - 1, past.set)
+    assert past.is_set()
+    at = time.time() + 0.1
+    clock.alarm(at, later.set)
     await asyncio.sleep(0.05)
-    assert not forever.done()
-    signal.set()
-    await asyncio.wait_for(forever, 1)
+    assert not later.is_set()
+    await asyncio.wait_for(later.wait(), 1)
+    assert time.time() >= at
 
 
 def test_a_clock_serves_one_event_loop_after_another() -> None:
     clock = SystemClock()
     for _ in range(2):
         started = time.time()
-        asyncio.run(asyncio.wait_for(clock.wait(asyncio.Event(), time.time() + 0.05), 2))
+        asyncio.run(asyncio.wait_for(_sleep_until(clock, time.time() + 0.05, {}, "x"), 2))
         assert time.time() - started >= 0.05
 
 

@@ -199,6 +199,23 @@ async def test_a_passivated_event_still_expires_its_holds_on_time(
         await registry.close()
 
 
+async def test_a_dormant_event_loaded_again_or_closed_keeps_no_alarm(store: PostgresStore) -> None:
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings(idle_timeout=0.1))
+    try:
+        event_id = await _new_event(store, hold_duration_s=60)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S1",), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        await until(lambda: event_id in registry._dormant, what="the event to go dormant")
+        assert registry._dormant[event_id][0] == hold.expires_at
+        again = await registry.ask(event_id, PlaceHold("u2", ("S2",), str(uuid.uuid4())))
+        assert isinstance(again, Hold)  # loaded again: the actor times its holds itself
+        assert event_id not in registry._dormant
+        await until(lambda: event_id in registry._dormant, what="the event to go dormant again")
+    finally:
+        await registry.close()
+    assert registry._dormant == {}
+
+
 async def test_holds_left_by_a_previous_run_expire_on_time_after_a_restart(
     store: PostgresStore, pool: asyncpg.Pool
 ) -> None:
