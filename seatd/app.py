@@ -163,6 +163,7 @@ class App:
             allowed_origins=s.allowed_origins,
             handshake_timeout=s.handshake_timeout,
             address_header=s.client_address_header,
+            metrics=s.metrics == "on",
         )
         await gateway.start(s.host, s.port)
         self.gateway = gateway

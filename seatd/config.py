@@ -348,6 +348,14 @@ VARIABLES: tuple[Variable, ...] = (
         "Seconds to wait for PostgreSQL at start.",
     ),
     Variable(
+        "SEATD_METRICS",
+        "metrics",
+        "off",
+        _choice("off", "on"),
+        "on: serve `GET /metrics` (Prometheus text: connections, requests in progress, loaded "
+        "events, batch sizes and commit times) on PORT; keep it off the public address.",
+    ),
+    Variable(
         "LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level."
     ),
     Variable(
@@ -407,6 +415,7 @@ class Settings:
     max_pending: int
     shutdown_timeout: float
     startup_timeout: float
+    metrics: str
     log_level: str
     log_format: str
 

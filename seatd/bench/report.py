@@ -88,6 +88,9 @@ def format_run(result: RunResult) -> str:
     if metrics:
         lines.append("   " + _wrap(", ".join(f"{k} {_value(v)}" for k, v in metrics.items())))
     lines.append("   " + _resources(result))
+    actors = result.resources.get("actors")
+    if actors and actors["batches"]:
+        lines.append("   " + _actors(actors))
     for note in result.notes:
         lines.append(f"   note: {note}")
     verdict = result.verdict
@@ -149,6 +152,22 @@ def _resources(result: RunResult) -> str:
         f"{lg['workers']} worker{'s' if lg['workers'] != 1 else ''}, {lg['client']})"
     )
     return _wrap("; ".join(parts).replace("; ", ", ")) + "  [cpu: % of one core]"
+
+
+def _actors(actors: dict[str, Any]) -> str:
+    """The servers' own account: how batches grew and what their commits cost."""
+    text = f"actors: {actors['batches']:,} batches of {actors['mean_batch']:g} commands on average"
+    commit = actors["commit_ms"]
+    if actors["commits"]:
+        text += (
+            f", {actors['commits']:,} commits (p50 {_ms(commit['p50'])}, p99 {_ms(commit['p99'])}"
+            f", mean {_ms(commit['mean'])} ms)"
+        )
+        if actors["commit_share"] is not None:
+            text += f", commits {100 * actors['commit_share']:.0f}% of the actors' busy time"
+    if actors["commit_failures"]:
+        text += f", {actors['commit_failures']} failed commits"
+    return _wrap(text)
 
 
 def _headline(result: RunResult) -> float:

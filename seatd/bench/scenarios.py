@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from seatd.bench.acks import AckLog
 from seatd.bench.admin import AdminClient
 from seatd.bench.layout import EventLayout
+from seatd.bench.serverstats import actor_stats, scrape
 from seatd.bench.stack import (
     BenchError,
     ProcessMeter,
@@ -100,14 +101,19 @@ class Progress:
 
 
 class Window:
-    """Resource meters over a load window: the server, PostgreSQL and Redis, when known."""
+    """Resource meters over a load window: the server, PostgreSQL and Redis, when known; and
+    what the servers' actors did in it, by their own count (``serverstats``)."""
 
-    def __init__(self, meters: dict[str, ProcessMeter]) -> None:
+    def __init__(self, meters: dict[str, ProcessMeter], server_urls: Sequence[str] = ()) -> None:
         self.meters = meters
         self.started = 0.0
         self.stopped = 0.0
+        self._server_urls = list(server_urls)
+        self._metrics_before: list[dict[str, float] | None] = []
+        self._metrics_after: list[dict[str, float] | None] = []
 
     def start(self) -> None:
+        self._metrics_before = [scrape(url) for url in self._server_urls]
         self.started = time.time()
         for meter in self.meters.values():
             meter.start()
@@ -120,6 +126,7 @@ class Window:
         self.stopped = time.time()
         for meter in self.meters.values():
             meter.stop()
+        self._metrics_after = [scrape(url) for url in self._server_urls]
 
     def resources(self) -> dict[str, Any]:
         """Per meter: CPU (and for servers memory). Several instances (meters named
@@ -150,6 +157,10 @@ class Window:
                 "instances": len(servers),
             }
             result = {"server": total, "instances": instances, **result}
+        if self._metrics_after:
+            actors = actor_stats(self._metrics_before, self._metrics_after)
+            if actors is not None:
+                result["actors"] = actors
         return result
 
 
@@ -267,6 +278,7 @@ class Harness:
         assert self.services is not None
         env = {**self.services.postgres_env, **self.services.redis_env}
         env["SEATD_JWT_SECRET"] = self.secret
+        env["SEATD_METRICS"] = "on"  # the actors' own count of the window (``serverstats``)
         if not self.group_commit:
             env["SEATD_MAX_BATCH"] = "1"
         env.update(overrides)
@@ -339,7 +351,8 @@ class Harness:
             if pid is not None:
                 with contextlib.suppress(psutil.Error):
                     meters[name] = ProcessMeter(pid, children=children, label=name)
-        return Window(meters)
+        servers = server.servers if isinstance(server, Cluster) else [server]
+        return Window(meters, [s.url for s in servers])
 
     def progress(self, desc: str, total: int | None, unit: str) -> Progress:
         return Progress(self.show_progress, desc, total, unit)

@@ -2,7 +2,8 @@
 
 Before the upgrade: ``GET /healthz`` (the process is alive) and ``GET /readyz`` (dependencies:
 503 when PostgreSQL is down or the server is draining, 200 with ``"degraded"`` when only Redis
-is down, because holds still expire on time without it). A token on the upgrade
+is down, because holds still expire on time without it), and with SEATD_METRICS=on
+``GET /metrics`` (``seatd.gateway.metrics``). A token on the upgrade
 (``Authorization: Bearer`` header or ``?token=`` query parameter) is checked before it (HTTP 401
 when invalid); an upgrade without one is accepted and must authenticate in its first message
 (browsers cannot set headers). An ``Origin`` not in SEATD_ALLOWED_ORIGINS gets HTTP 403. The
@@ -38,6 +39,7 @@ from seatd.auth import Identity, TokenAuthority
 from seatd.errors import Unauthenticated
 from seatd.gateway.connection import Connection, GatewayContext
 from seatd.gateway.inbound import MessageConnection
+from seatd.gateway.metrics import CONTENT_TYPE, Gauges, render
 
 __all__ = ["Gateway", "Readiness"]
 
@@ -61,8 +63,10 @@ class Gateway:
         allowed_origins: Sequence[str] = (),
         handshake_timeout: float = 10.0,
         address_header: str = "",
+        metrics: bool = False,
     ) -> None:
         self.ctx = ctx
+        self._metrics = metrics
         self._allowed_origins = frozenset(allowed_origins)
         self._handshake_timeout = handshake_timeout
         self._address_header = address_header
@@ -103,6 +107,15 @@ class Gateway:
         sockets = list(self._server.sockets)
         return int(sockets[0].getsockname()[1])
 
+    def _metrics_page(self, ws: ServerConnection) -> Response:
+        gauges = Gauges(
+            connections=len(self.connections),
+            requests_in_progress=self.ctx.pending.count,
+            events_loaded=len(self.ctx.registry),
+        )
+        page = render(gauges, self.ctx.registry.stats)
+        return _response(ws, http.HTTPStatus.OK, page.encode(), CONTENT_TYPE)
+
     # --- handshake -------------------------------------------------------------------------
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -118,6 +131,8 @@ class Gateway:
                 else ("ready" if state.ready else "unavailable")
             )
             return _json_response(ws, status, {"status": label, "checks": state.checks})
+        if path == "/metrics" and self._metrics:
+            return self._metrics_page(ws)
         if self.ctx.draining:
             return _json_response(
                 ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"}
@@ -231,11 +246,16 @@ def _token_from(request: Request) -> str | None:
 def _json_response(
     ws: ServerConnection, status: http.HTTPStatus, body: dict[str, object]
 ) -> Response:
+    return _response(ws, status, orjson.dumps(body) + b"\n", "application/json")
+
+
+def _response(
+    ws: ServerConnection, status: http.HTTPStatus, payload: bytes, content_type: str
+) -> Response:
     response = ws.respond(status, "")
-    payload = orjson.dumps(body) + b"\n"
     headers = Headers(
         [
-            ("Content-Type", "application/json"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(payload))),
             ("Cache-Control", "no-store"),
         ]

@@ -23,6 +23,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -48,6 +49,7 @@ from seatd.runtime.ports import (
     KeysAlreadyUsed,
     StoredReply,
 )
+from seatd.runtime.stats import BatchStats
 
 __all__ = ["ActorSettings", "Envelope", "EventActor"]
 
@@ -91,6 +93,8 @@ class EventActor:
         settings: ActorSettings,
         on_stop: Callable[[EventActor], None],
         keep_alive: Callable[[str], bool] = lambda _: False,
+        *,
+        stats: BatchStats,
     ) -> None:
         self.event_id = event_id
         self.state = state
@@ -111,6 +115,7 @@ class EventActor:
         # Made on first use: most events never see a retry key.
         self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] | None = None
         self._keep_alive = keep_alive  # e.g. "someone watches this event": do not passivate
+        self._stats = stats  # the instance's, shared by its actors
 
     # --- the public face -------------------------------------------------------------------
 
@@ -174,7 +179,11 @@ class EventActor:
         try:
             while True:
                 if self._mailbox:
-                    if not await self._run_batch():
+                    started = perf_counter()
+                    batch = self._take_batch()
+                    carry_on = await self._run_batch(batch)
+                    self._stats.batch_done(len(batch), perf_counter() - started)
+                    if not carry_on:
                         reason = self.stop_reason
                         break
                     continue
@@ -222,8 +231,8 @@ class EventActor:
             return True
         return False
 
-    async def _run_batch(self) -> bool:
-        """Apply, persist and answer one batch. False when the actor must stop."""
+    def _take_batch(self) -> list[Envelope]:
+        """The next batch: everything queued, up to ``max_batch`` commands."""
         mailbox = self._mailbox
         size = min(len(mailbox), self._settings.max_batch)
         batch = mailbox[:size]
@@ -231,6 +240,10 @@ class EventActor:
         if any(type(e.command) is GetSnapshot for e in batch):
             # Snapshots describe the state after the whole batch, which is what commits.
             batch.sort(key=lambda e: type(e.command) is GetSnapshot)
+        return batch
+
+    async def _run_batch(self, batch: list[Envelope]) -> bool:
+        """Apply, persist and answer one batch. False when the actor must stop."""
         state = self.state
         now = self._clock.now()
         self._last_active = now
@@ -376,11 +389,15 @@ class EventActor:
         # A batch that only stores retry keys (refusals) changes no seat: the version, the
         # availability stream's clock, stays; PostgreSQL's must always name the same state.
         version = state.version + 1 if state.effects else state.version
+        started = perf_counter()
+        failed = True
         try:
             await self._store.persist(
                 self.event_id, self.epoch, version, state.effects, records, previous=state.version
             )
+            failed = False
         except KeysAlreadyUsed:
+            failed = False
             raise  # not a failure: the batch runs again with the stored outcomes
         except FencedOut:
             self.stop_reason = "fenced"
@@ -393,6 +410,8 @@ class EventActor:
                 "the change could not be confirmed by the database; retry it with the same "
                 "idempotency_key, which applies it at most once"
             )
+        finally:
+            self._stats.commit_done(perf_counter() - started, failed=failed)
         return None
 
     def _finish(self, reason: str) -> None:

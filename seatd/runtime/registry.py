@@ -2,8 +2,8 @@
 
 Activation loads the event from PostgreSQL (claiming the next owner epoch) the first time it is
 used; concurrent first uses share one load. Idle actors stop to free memory; an event stopped
-with live holds leaves a (time, event) entry in a heap, and a single timer task wakes it when
-its earliest hold is due, so expiry never depends on Redis notices alone.
+with live holds leaves a clock alarm at its earliest hold, which loads it again when that hold
+is due, so expiry never depends on Redis notices alone.
 
 Ownership between instances: an event is activated only under its lease (``Coordinator``),
 renewed every third of its lifetime while the actor runs and released when it stops. A lease
@@ -34,6 +34,7 @@ from seatd.runtime.ports import (
     SoleInstance,
     StoredReply,
 )
+from seatd.runtime.stats import BatchStats
 
 __all__ = ["Registry"]
 
@@ -93,6 +94,8 @@ class Registry:
         self.keep_alive: Callable[[str], bool] = lambda _: False
         # Told the id of every event whose actor stopped.
         self.stop_listeners: list[Callable[[str], None]] = []
+        # Every actor's batches and commits (``/metrics``).
+        self.stats = BatchStats()
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -201,6 +204,7 @@ class Registry:
             self._settings,
             self._on_actor_stop,
             self._keep_alive_of,
+            stats=self.stats,
         )
         self._actors[event_id] = actor
         self._wake_dormant(event_id)  # loaded: the actor times its holds itself now

@@ -126,6 +126,13 @@ def test_throughput_reserves_every_hold(smoke_all: tuple[dict[str, Any], Path]) 
     assert reserve["ok"] == hold["ok"] == run["metrics"]["purchases"]
     assert run["metrics"]["group_commit"] is True
     assert run["metrics"]["mode"] == "closed loop"
+    # The server's own count of the window (GET /metrics): every hold and reserve ran in a batch.
+    actors = run["resources"]["actors"]
+    assert actors["commands"] >= 2 * hold["ok"]
+    assert 1 <= actors["batches"] <= actors["commands"]
+    assert 1 <= actors["commits"] <= actors["batches"]
+    assert actors["commit_failures"] == 0
+    assert 0 < actors["commit_share"] <= 1
 
 
 def test_rush_sells_every_seat_exactly_once(smoke_all: tuple[dict[str, Any], Path]) -> None:
@@ -291,6 +298,8 @@ def test_events_on_two_instances_forward_and_verify(service_env: dict[str, str])
     ops = run["ops"]
     assert ops["hold"]["errors"] == {} and ops["reserve"]["errors"] == {}
     assert ops["reserve"]["ok"] == ops["hold"]["ok"] == metrics["purchases"] > 0
+    # Counted by the owners, each command once wherever its client was.
+    assert run["resources"]["actors"]["commands"] >= 2 * metrics["purchases"]
     # Every hold reply is counted once more, by where it was served.
     assert ops["hold on owner"]["count"] + ops["hold forwarded"]["count"] == ops["hold"]["count"]
     assert ops["hold forwarded"]["ok"] > 0 and ops["hold on owner"]["ok"] > 0
