@@ -69,7 +69,9 @@ class TokenAuthority:
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
-                options={"require": ["sub", "exp"]},
+                # iat is informational (PROTOCOL.md): an issuer whose clock runs ahead must not
+                # lock its users out. exp and nbf are checked, with the leeway.
+                options={"require": ["sub", "exp"], "verify_iat": False},
                 leeway=_LEEWAY_S,
             )
         except jwt.ExpiredSignatureError:

@@ -1,0 +1,38 @@
+"""Token claims as PROTOCOL.md lists them: sub and exp required, nbf checked, iat ignored."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from seatd.auth import TokenAuthority
+from seatd.errors import Unauthenticated
+
+SECRET = "token-test-secret-0123456789abcdef-0123"
+
+
+def _token(**claims: object) -> str:
+    return jwt.encode({"sub": "alice", "exp": int(time.time()) + 3600, **claims}, SECRET, "HS256")
+
+
+def test_iat_is_ignored_even_in_the_future() -> None:
+    """An issuer whose clock runs ahead still gets its users in."""
+    identity = TokenAuthority(SECRET).verify(_token(iat=int(time.time()) + 10_000))
+    assert (identity.user_id, identity.role) == ("alice", "user")
+
+
+def test_nbf_in_the_future_is_refused_and_in_the_past_accepted() -> None:
+    authority = TokenAuthority(SECRET)
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        authority.verify(_token(nbf=int(time.time()) + 600))
+    assert authority.verify(_token(nbf=int(time.time()) - 600)).user_id == "alice"
+
+
+def test_a_token_a_few_seconds_past_expiry_is_still_accepted_and_later_refused() -> None:
+    authority = TokenAuthority(SECRET)
+    now = int(time.time())
+    assert authority.verify(_token(exp=now - 2)).user_id == "alice"
+    with pytest.raises(Unauthenticated, match="expired"):
+        authority.verify(_token(exp=now - 60))
