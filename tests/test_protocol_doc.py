@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from protocol import messages
-from protocol.codec import DecodeError, decode_request
+from protocol.codec import DecodeError, decode_request, encode_error
 from protocol.errors import ERROR_CODES, CloseCode
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "PROTOCOL.md"
@@ -196,3 +196,34 @@ def test_every_request_type_has_an_example(doc: str) -> None:
     }
     missing = sorted(set(messages.REQUEST_TYPES) - shown)
     assert not missing, f"PROTOCOL.md shows no example request of type: {missing}"
+
+
+def test_the_frame_check_examples_are_what_the_decoder_answers(doc: str) -> None:
+    """The table of refused frames (How a frame is checked) was recorded from a server; the
+    decoder alone produces those replies, so each row must still be exactly what it says."""
+    start = doc.index("Frames and the replies the server sent to them:")
+    table = doc[start : doc.index("\n\n", doc.index("| --- |", start))]
+    checked, wrong = 0, []
+    for row in table.splitlines():
+        cells = re.fullmatch(r"\| `(.+)` \| `(.+)` \|", row)
+        if cells is None:  # the header, its rule, and rows that describe a frame in words
+            continue
+        frame, shown = cells.groups()
+        try:
+            decode_request(frame)
+        except DecodeError as error:
+            reply = encode_error(
+                error.request_id,
+                error.request_type,
+                error.code,
+                error.message,
+                temporary=False,
+                details=error.details,
+            )
+        else:
+            continue  # refused later than the decoder (e.g. a hold id that is not a UUID)
+        checked += 1
+        if json.loads(reply) != json.loads(shown):
+            wrong.append(f"{frame}\n  document: {shown}\n  decoder:  {reply.decode()}")
+    assert checked >= 10, f"only {checked} rows of the frame-check table were checked"
+    assert not wrong, "PROTOCOL.md's frame-check examples are out of date:\n" + "\n".join(wrong)
