@@ -69,10 +69,20 @@ class App:
                 await asyncio.sleep(1.0)
 
     async def run(self) -> None:
-        s = self.settings
+        """Serve until ``stop()``. Whatever started is closed again on the way out, also when
+        starting fails half-way (the port is taken, say): a background task left running
+        would keep the process from exiting."""
         store = await self._connect_postgres()
+        async with contextlib.AsyncExitStack() as running:
+            running.callback(log.info, "stopped")
+            running.push_async_callback(self._pool.close)
+            await self._serve(store, running)
+
+    async def _serve(self, store: PostgresStore, running: contextlib.AsyncExitStack) -> None:
+        s = self.settings
         policy = Policy(s.default_hold_duration, s.max_seats_per_user, s.max_hold_lifetime)
         redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
+        running.push_async_callback(redis.aclose)
         # Stable across restarts (host and port by default), so a restarted instance takes its
         # events' leases back at once instead of waiting for them to run out.
         self.instance_id = s.instance_id or (
@@ -92,16 +102,17 @@ class App:
             # Never the whole pool: loads, snapshots and lookups need connections too.
             writer=BatchWriter(store, concurrency=max(1, min(s.pg_writers, s.pg_pool_size - 1))),
         )
+        self.registry = registry
         structlog.contextvars.bind_contextvars(instance=self.instance_id)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
         registry.observers.append(mirror)
         listener = ExpiryListener(
             redis, s.redis_db, registry.hint_expiry, lease_expired=lambda e: router.lease_expired(e)
         )
-        # Holds left by a previous run expire on time even if nobody uses their event.
-        registry.wake_at(await store.earliest_expiries())
         mirror.start()
+        running.push_async_callback(mirror.close)
         listener.start()
+        running.push_async_callback(listener.close)
         # Between instances: forwarded commands, and availability pushes relayed to watchers.
         bus = RedisBus(redis, self.instance_id)
         broadcaster = Broadcaster(
@@ -117,6 +128,7 @@ class App:
         bus.on_request = router.serve
         bus.on_push = broadcaster.relayed
         bus.start()
+        running.push_async_callback(bus.close)
         registry.observers.append(broadcaster)
         registry.keep_alive = broadcaster.has_subscribers
         registry.stop_listeners.append(broadcaster.forget)
@@ -165,24 +177,23 @@ class App:
             address_header=s.client_address_header,
             metrics=s.metrics == "on",
         )
-        await gateway.start(s.host, s.port)
         self.gateway = gateway
-        self.registry = registry
-        log.info("serving", host=s.host, port=gateway.port, settings=s.public())
-        self.started.set()
-        try:
-            await self._stop.wait()
-        finally:
+
+        async def shut_down() -> None:
+            """Stop accepting, finish what is in flight, stop the actors, say goodbye."""
             log.info("shutting_down", connections=len(gateway.connections), events=len(registry))
             await gateway.drain(s.shutdown_timeout)
             await registry.close(s.shutdown_timeout)
             await gateway.close()
-            await listener.close()
-            await bus.close()
-            await mirror.close()
-            await redis.aclose()
-            await self._pool.close()
-            log.info("stopped")
+
+        running.push_async_callback(shut_down)
+        # Holds left by a previous run expire on time even if nobody uses their event.
+        registry.wake_at(await store.earliest_expiries())
+        await gateway.start(s.host, s.port)
+        settings = {**s.public(), "instance_id": self.instance_id}
+        log.info("serving", host=s.host, port=gateway.port, settings=settings)
+        self.started.set()
+        await self._stop.wait()
 
     def stop(self) -> None:
         self._stop.set()

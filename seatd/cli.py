@@ -50,19 +50,24 @@ def _init_db(args: argparse.Namespace) -> int:
     import asyncpg
 
     from seatd.config import Settings
+    from seatd.errors import StoreUnavailable
 
     settings = _settings_or_exit(need_secret=False)
     assert isinstance(settings, Settings)
     sql = Path(args.file).read_text() if args.file else _bundled_schema()
 
     async def apply() -> None:
-        conn = await asyncpg.connect(
-            host=settings.postgres_host,
-            port=settings.postgres_port,
-            user=settings.postgres_user,
-            password=settings.postgres_password,
-            database=settings.postgres_db,
-        )
+        try:
+            conn = await asyncpg.connect(
+                host=settings.postgres_host,
+                port=settings.postgres_port,
+                user=settings.postgres_user,
+                password=settings.postgres_password,
+                database=settings.postgres_db,
+            )
+        except OSError as error:
+            where = f"{settings.postgres_host}:{settings.postgres_port}"
+            raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {error}") from error
         try:
             await conn.execute(sql)
         finally:
@@ -122,8 +127,10 @@ def _create_event(args: argparse.Namespace) -> int:
         return True
 
     created = asyncio.run(create())
-    verb = "created" if created else "already exists:"
-    print(f"event {verb} {event.info.event_id} ({len(event.seats)} seats)")
+    if created:
+        print(f"event created {event.info.event_id} ({len(event.seats)} seats)")
+    else:  # its seats are the stored ones, not the layout asked for now
+        print(f"event already exists: {event.info.event_id}")
     return 0 if created or args.demo else 1
 
 
@@ -149,11 +156,14 @@ def _sections(spec: str) -> list[tuple[str, str]]:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from seatd.auth import TokenAuthority
+    from seatd.auth import SUBJECT_RULE, TokenAuthority, valid_subject
 
     secret = os.environ.get("SEATD_JWT_SECRET", "")
     if len(secret.encode()) < 32:
         print("seatd: set SEATD_JWT_SECRET (the server's secret) to mint a token", file=sys.stderr)
+        return 2
+    if not valid_subject(args.sub):
+        print(f"seatd token: --sub {SUBJECT_RULE}", file=sys.stderr)
         return 2
     print(TokenAuthority(secret).mint(args.sub, args.role, ttl_s=args.ttl))
     return 0
@@ -211,8 +221,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "demo", False) and args.event_id is None:
         args.event_id = DEMO_EVENT_ID
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except Exception as error:
+        if not _is_environment_error(error):
+            raise  # a bug: the traceback is what helps
+        # The database, Redis or the port is not what the settings say: one line says which.
+        print(f"seatd {args.command}: {_one_line(error)}", file=sys.stderr)
+        return 1
     return result
+
+
+def _is_environment_error(error: Exception) -> bool:
+    """Errors that come from the setup, not from seatd: unreachable or refusing services, a
+    port in use, a schema that does not apply."""
+    import asyncpg
+
+    from seatd.errors import StoreUnavailable
+
+    return isinstance(
+        error, OSError | StoreUnavailable | asyncpg.PostgresError | asyncpg.InterfaceError
+    )
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) or "PostgreSQL" in text or "Redis" in text:
+        return text
+    return f"PostgreSQL: {text}"
 
 
 if __name__ == "__main__":

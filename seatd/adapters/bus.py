@@ -39,6 +39,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from seatd.runtime.ports import BusError, PeerGone, PeerTimeout
+from seatd.runtime.tasks import stop_tasks
 
 __all__ = ["PEERS_CHANNEL", "RedisBus", "availability_channel", "inbox_channel"]
 
@@ -125,11 +126,7 @@ class RedisBus:
         ]
 
     async def close(self) -> None:
-        for task in [*self._tasks, *self._handlers]:
-            task.cancel()
-        for task in [*self._tasks, *self._handlers]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks([*self._tasks, *self._handlers])
         for _, future in self._waiting.values():
             if not future.done():
                 future.set_exception(BusError("the instance is shutting down"))

@@ -31,6 +31,7 @@ import structlog
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from seatd.core import Effect, EventState, Expire, Hold, HoldCreated, HoldEnded, HoldExtended
+from seatd.runtime.tasks import stop_tasks
 
 __all__ = [
     "ExpiryListener",
@@ -134,9 +135,7 @@ class RedisMirror:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task])
 
     def committed(
         self, event_id: str, version: int, effects: Sequence[Effect], state: object
@@ -413,9 +412,7 @@ class ExpiryListener:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task])
 
     async def _run(self) -> None:
         while True:

@@ -1,0 +1,67 @@
+"""The ``seatd`` command says in one line what is wrong with its environment, and exits 1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from seatd.devstack import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECRET = "cli-test-secret-0123456789abcdef-0123456789"
+
+
+def _seatd(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "REDIS_", "SEATD_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "seatd", *args],
+        env={**base, **env},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_init_db_without_a_database_is_one_line_and_exit_1() -> None:
+    port = free_port()  # nothing listens there
+    done = _seatd("init-db", env={"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(port)})
+    assert done.returncode == 1
+    assert done.stderr.startswith("seatd init-db: cannot reach PostgreSQL at 127.0.0.1:"), (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_on_a_port_in_use_exits_1_and_says_so(service_env: dict[str, str]) -> None:
+    """It used to hang for ever: its Redis loops had started and swallowed the cancellation."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **service_env,
+            "SEATD_JWT_SECRET": SECRET,
+            "SEATD_HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+        }
+        done = _seatd("serve", env=env, timeout=60)
+    assert done.returncode == 1
+    assert "seatd serve: " in done.stderr and "address already in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_token_for_an_empty_subject_is_refused() -> None:
+    done = _seatd("token", "--sub", "", env={"SEATD_JWT_SECRET": SECRET})
+    assert done.returncode == 2
+    assert "sub must be 1 to 128 printable characters" in done.stderr
