@@ -12,6 +12,15 @@ DEVSTACK := $(PY) -m seatd.devstack
 # Loads the devstack's POSTGRES_*/REDIS_*/SEATD_JWT_SECRET into the recipe's shell; an
 # assignment keeps the command's exit status, so `set -e` stops on failure (a bare eval would not).
 LOAD_ENV := set -euo pipefail; devstack_env="$$($(DEVSTACK) env)"; eval "$$devstack_env"
+# `make run` leaves its server's pid here (one file per PORT), so `make stop` can stop it too.
+SERVE_PIDS := .seatd/serve-*.pid
+STOP_SERVERS := for f in $(SERVE_PIDS); do \
+	  [[ -f "$$f" ]] || continue; pid="$$(cat "$$f")"; \
+	  if ps -p "$$pid" -o args= 2>/dev/null | grep -q "seatd serve"; then \
+	    echo "stopping seatd (pid $$pid)"; kill -TERM "$$pid"; \
+	    for _ in $$(seq 150); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+	  fi; rm -f "$$f"; \
+	done
 
 PORT ?= 8080
 SUB ?= alice
@@ -24,7 +33,7 @@ BENCH_ARGS ?=
 
 help:
 	@echo "make run      start PostgreSQL + Redis (private ports), init the db, serve on PORT=$(PORT)"
-	@echo "make stop     stop the dev PostgreSQL + Redis"
+	@echo "make stop     stop what make run started: seatd, the dev PostgreSQL + Redis"
 	@echo "make token    print a JWT (SUB=$(SUB) ROLE=$(ROLE))"
 	@echo "make test     run the test suite (PYTEST_ARGS=...)"
 	@echo "make lint     ruff check, ruff format --check, mypy"
@@ -41,19 +50,25 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 deps:
-	@bash scripts/ensure-system-deps.sh
+	@PYTHON='$(PYTHON)' bash scripts/ensure-system-deps.sh
 
 services: deps venv
 	@$(DEVSTACK) up
 
 run: deps venv services
+	@pid="$$(cat .seatd/serve-$(PORT).pid 2>/dev/null || true)"; \
+	if [[ -n "$$pid" ]] && ps -p "$$pid" -o args= 2>/dev/null | grep -q "seatd serve"; then \
+	  echo "seatd is already running on port $(PORT) (pid $$pid): make stop first" >&2; exit 1; \
+	fi
 	@$(LOAD_ENV); \
 	$(VENV)/bin/seatd init-db; \
 	$(VENV)/bin/seatd create-event --demo; \
 	export PORT='$(PORT)'; \
+	echo $$$$ > .seatd/serve-$(PORT).pid; \
 	exec $(VENV)/bin/seatd serve
 
 stop:
+	@$(STOP_SERVERS)
 	@$(DEVSTACK) down
 
 token: venv
@@ -76,6 +91,7 @@ bench: deps venv
 bench-quick: bench
 
 clean:
+	@$(STOP_SERVERS)
 	@if [[ -x $(PY) ]]; then $(DEVSTACK) purge; fi
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the system packages the dev stack and the test suite need are installed:
-# PostgreSQL server binaries with the PostGIS and pg_cron extensions, and redis-server.
+# PostgreSQL server binaries with the PostGIS and pg_cron extensions, redis-server, and the
+# system Python's venv module (python3-venv) when that is the Python the virtualenv uses.
 # seatd.devstack starts its own private instances from these binaries (never the system
 # services on 5432/6379), so only the packages are needed, not running services.
 #
@@ -81,6 +82,10 @@ missing_packages() {
         has_extension "$bindir" pg_cron || echo "postgresql-$major-cron"
     fi
     command -v redis-server >/dev/null 2>&1 || echo redis-server
+    # `make venv` needs the venv module with ensurepip, which Debian ships separately.
+    if [[ "$(command -v "${PYTHON:-python3}" 2>/dev/null)" == /usr/bin/* ]]; then
+        "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
+    fi
     return 0
 }
 

@@ -811,7 +811,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             stack.up()
             _print_status(stack)
-            print('load the environment with: eval "$(python -m seatd.devstack env)"')
+            # The interpreter that runs this one has seatd installed (the checkout's venv).
+            python = os.path.relpath(sys.executable) if sys.executable else "python"
+            if python.startswith(".."):
+                python = sys.executable
+            print(f'load the environment with: eval "$({python} -m seatd.devstack env)"')
         elif args.command == "down":
             stack.down()
             _print_status(stack)
