@@ -11,19 +11,25 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import jwt
 
 from seatd.errors import Forbidden, InvalidRequest, Unauthenticated
 
-__all__ = ["ROLES", "Identity", "Role", "TokenAuthority"]
+__all__ = ["ROLES", "SUBJECT_RULE", "Identity", "Role", "TokenAuthority", "valid_subject"]
 
 Role = Literal["admin", "agent", "user"]
 ROLES: tuple[Role, ...] = ("admin", "agent", "user")
 _ALGORITHM = "HS256"
 _LEEWAY_S = 5
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SUBJECT_RULE = "sub must be 1 to 128 printable characters (no control characters)"
+
+
+def valid_subject(subject: object) -> TypeGuard[str]:
+    """Whether a token's ``sub`` may name a user (it becomes the connection's user_id)."""
+    return isinstance(subject, str) and 0 < len(subject) <= 128 and not _CONTROL.search(subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +85,8 @@ class TokenAuthority:
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(f"invalid token: {error}") from None
         subject, role = claims.get("sub"), claims.get("role", "user")
-        if not isinstance(subject, str) or not 0 < len(subject) <= 128 or _CONTROL.search(subject):
-            raise Unauthenticated(
-                "invalid token: sub must be 1 to 128 printable characters (no control characters)"
-            )
+        if not valid_subject(subject):
+            raise Unauthenticated(f"invalid token: {SUBJECT_RULE}")
         if role not in ROLES:
             raise Unauthenticated(f"invalid token: role must be one of {', '.join(ROLES)}")
         return Identity(subject, role, float(claims["exp"]))

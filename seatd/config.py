@@ -368,6 +368,10 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
+# Never echoed, not even in the message that says they are malformed.
+_SECRETS = frozenset({"SEATD_JWT_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD"})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     port: int
@@ -435,7 +439,8 @@ class Settings:
             try:
                 values[var.field] = var.parse(raw)
             except ValueError as error:
-                problems.append(f"{var.name}={raw!r} is invalid: {error}")
+                shown = "(the value is not shown)" if var.name in _SECRETS else repr(raw)
+                problems.append(f"{var.name}={shown} is invalid: {error}")
         if not problems and values["max_hold_lifetime"] < values["default_hold_duration"]:
             problems.append(
                 f"MAX_HOLD_LIFETIME ({values['max_hold_lifetime']:g}) must be at least "
@@ -447,7 +452,7 @@ class Settings:
 
     def public(self) -> dict[str, Any]:
         """Settings safe to log (secrets masked)."""
-        masked = {"jwt_secret", "postgres_password", "redis_password"}
+        masked = {v.field for v in VARIABLES if v.name in _SECRETS}
         return {
             f.name: ("***" if f.name in masked else getattr(self, f.name)) for f in fields(self)
         }

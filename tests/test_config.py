@@ -43,7 +43,7 @@ def test_values_are_read_from_the_environment() -> None:
         ({}, "SEATD_JWT_SECRET is required"),
         (
             {"SEATD_JWT_SECRET": "short"},
-            "SEATD_JWT_SECRET='short' is invalid: must be at least 32 bytes",
+            "SEATD_JWT_SECRET=(the value is not shown) is invalid: must be at least 32 bytes",
         ),
         ({"PORT": "eighty"}, "PORT='eighty' is invalid"),
         ({"PORT": "70000"}, "PORT='70000' is invalid: must be between 0 and 65535"),
@@ -78,3 +78,11 @@ def test_every_variable_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
     assert not missing, f"README.md does not document: {missing}"
+
+
+def test_a_malformed_secret_is_named_but_never_echoed() -> None:
+    env = {"SEATD_JWT_SECRET": "short-and-secret"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert "SEATD_JWT_SECRET" in str(caught.value)
+    assert "short-and-secret" not in str(caught.value)
