@@ -53,11 +53,14 @@ Example::
 
     async def main(admin_token: str, user_token: str) -> None:
         async with SeatClient(URL, token=admin_token) as admin:
-            await admin.create_event(
-                "Winter Gala",
-                event_id="winter-gala",
-                blocks=[SeatBlock(rows=("A", "B"), seats_per_row=10)],
-            )
+            try:
+                await admin.create_event(
+                    "Winter Gala",
+                    event_id="winter-gala",
+                    blocks=[SeatBlock(rows=("A", "B"), seats_per_row=10)],
+                )
+            except ConflictError as error:  # event_exists: a second run of this example
+                print(error.code)
 
         # token may also be a (sync or async) callable: it is called before every connection.
         async with SeatClient(URL, token=lambda: user_token, on_push=on_push) as client:

@@ -7,6 +7,7 @@ import asyncio
 import textwrap
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -404,6 +405,10 @@ async def test_a_401_at_reconnect_fails_waiters_and_watches(
 # --- the documented example --------------------------------------------------------------------
 
 
+def _readme() -> str:
+    return (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
 async def test_the_module_docstring_example_runs(
     sdk_server: RunningServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -412,6 +417,7 @@ async def test_the_module_docstring_example_runs(
     doc = protocol.client.__doc__ or ""
     example = textwrap.dedent(doc.split("Example::", 1)[1])
     assert 'URL = "ws://localhost:8080/"' in example
+    assert example.strip() in _readme(), "README's SDK example differs from the module docstring's"
     assert example.rstrip().endswith('asyncio.run(main("<admin JWT>", "<user JWT>"))')
     event_id = new_event_id()
     code = (
