@@ -57,6 +57,17 @@ class DecodeError(ValueError):
         self.request_type = request_type
         self.details = details
 
+    def reply(self) -> bytes:
+        """The error frame that answers the refused frame (PROTOCOL.md, frame checks)."""
+        return encode_error(
+            self.request_id,
+            self.request_type,
+            self.code,
+            self.message,
+            temporary=False,
+            details=self.details,
+        )
+
 
 def _request_id(value: object) -> RequestId | None:
     if isinstance(value, str) and 0 < len(value) <= 64:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from protocol import messages
-from protocol.codec import DecodeError, decode_request, encode_error
+from protocol.codec import DecodeError, decode_request
 from protocol.errors import ERROR_CODES, CloseCode
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "PROTOCOL.md"
@@ -212,14 +212,7 @@ def test_the_frame_check_examples_are_what_the_decoder_answers(doc: str) -> None
         try:
             decode_request(frame)
         except DecodeError as error:
-            reply = encode_error(
-                error.request_id,
-                error.request_type,
-                error.code,
-                error.message,
-                temporary=False,
-                details=error.details,
-            )
+            reply = error.reply()
         else:
             continue  # refused later than the decoder (e.g. a hold id that is not a UUID)
         checked += 1

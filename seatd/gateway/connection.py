@@ -313,7 +313,7 @@ class Connection:
             if wait > 0:
                 self.send(error_frame(error.request_id, error.request_type, _rate_limited(wait)))
             else:
-                self._refuse_frame(error)
+                self.send(error.reply())
             return
         if wait > 0:
             self.send(error_frame(request_id, request_type, _rate_limited(wait)))
@@ -345,19 +345,6 @@ class Connection:
             finally:
                 if self._started == started:  # answered at once: no work is in progress
                     self.ctx.pending.leave()
-
-    def _refuse_frame(self, error: DecodeError) -> None:
-        """The error reply to a frame that is not a valid request (PROTOCOL.md, frame checks)."""
-        self.send(
-            encode_error(
-                error.request_id,
-                error.request_type,
-                error.code,
-                error.message,
-                temporary=False,
-                details=error.details,
-            )
-        )
 
     def _dispatch(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         """Start the work of a request; its answer comes when the work is done (``_done``)."""
@@ -483,7 +470,7 @@ class Connection:
                 )
             identity = self.ctx.authority.verify(request.token)
         except DecodeError as error:
-            self._refuse_frame(error)
+            self.send(error.reply())
             await self.ws.close(CloseCode.UNAUTHENTICATED, "authenticate first")
             return False
         except Unauthenticated as error:
