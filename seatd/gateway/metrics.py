@@ -88,7 +88,8 @@ def render(gauges: Gauges, stats: BatchStats) -> str:
     metric(
         "seatd_commit_seconds",
         "histogram",
-        "Time of each batch write to PostgreSQL, as the actor waited for it.",
+        "Time of each batch write, from sending it until the actor went on: PostgreSQL's "
+        "work, and under load this process's own turn in its event loop.",
         *samples,
     )
     return "\n".join(lines) + "\n"
