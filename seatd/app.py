@@ -47,7 +47,9 @@ class App:
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
 
-    async def _connect_postgres(self) -> PostgresStore:
+    async def _connect_postgres(self) -> PostgresStore | None:
+        """The store, once PostgreSQL answers (within SEATD_STARTUP_TIMEOUT); None if told to
+        stop while waiting for it."""
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout
         while True:
@@ -66,13 +68,19 @@ class App:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("waiting_for_postgres", error=error.message)
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+                if self._stop.is_set():
+                    return None
 
     async def run(self) -> None:
         """Serve until ``stop()``. Whatever started is closed again on the way out, also when
         starting fails half-way (the port is taken, say): a background task left running
         would keep the process from exiting."""
         store = await self._connect_postgres()
+        if store is None:
+            log.info("stopped", before="postgres_answered")
+            return
         async with contextlib.AsyncExitStack() as running:
             running.callback(log.info, "stopped")
             running.push_async_callback(self._pool.close)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from seatd.devstack import free_port
@@ -65,3 +67,38 @@ def test_a_token_for_an_empty_subject_is_refused() -> None:
     done = _seatd("token", "--sub", "", env={"SEATD_JWT_SECRET": SECRET})
     assert done.returncode == 2
     assert "sub must be 1 to 128 printable characters" in done.stderr
+
+
+def test_sigterm_while_waiting_for_postgres_stops_at_once() -> None:
+    """Start-up waits up to SEATD_STARTUP_TIMEOUT for PostgreSQL; a stop must not wait too."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "SEATD_"))},
+        "SEATD_JWT_SECRET": SECRET,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(free_port()),  # nothing listens there
+        "SEATD_STARTUP_TIMEOUT": "60",
+        "PORT": str(free_port()),
+        "LOG_FORMAT": "json",
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "seatd", "serve"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # the first retry: it is waiting now
+                if "waiting_for_postgres" in line:
+                    break
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=10)
+            assert time.monotonic() - started < 5
+            assert code == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
