@@ -353,7 +353,8 @@ VARIABLES: tuple[Variable, ...] = (
         "off",
         _choice("off", "on"),
         "on: serve `GET /metrics` (Prometheus text: connections, requests in progress, loaded "
-        "events, batch sizes and commit times) on PORT; keep it off the public address.",
+        "events, batch sizes and commit times) on PORT (off: 404); keep it off the public "
+        "address.",
     ),
     Variable(
         "LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level."

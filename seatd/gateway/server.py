@@ -2,8 +2,8 @@
 
 Before the upgrade: ``GET /healthz`` (the process is alive) and ``GET /readyz`` (dependencies:
 503 when PostgreSQL is down or the server is draining, 200 with ``"degraded"`` when only Redis
-is down, because holds still expire on time without it), and with SEATD_METRICS=on
-``GET /metrics`` (``seatd.gateway.metrics``). A token on the upgrade
+is down, because holds still expire on time without it), and ``GET /metrics``
+(``seatd.gateway.metrics``; 404 unless SEATD_METRICS=on). A token on the upgrade
 (``Authorization: Bearer`` header or ``?token=`` query parameter) is checked before it (HTTP 401
 when invalid); an upgrade without one is accepted and must authenticate in its first message
 (browsers cannot set headers). An ``Origin`` not in SEATD_ALLOWED_ORIGINS gets HTTP 403. The
@@ -131,7 +131,13 @@ class Gateway:
                 else ("ready" if state.ready else "unavailable")
             )
             return _json_response(ws, status, {"status": label, "checks": state.checks})
-        if path == "/metrics" and self._metrics:
+        if path == "/metrics":
+            if not self._metrics:  # say why, rather than a failed WebSocket handshake
+                return _json_response(
+                    ws,
+                    http.HTTPStatus.NOT_FOUND,
+                    {"error": "not_found", "message": "metrics are off (SEATD_METRICS=on)"},
+                )
             return self._metrics_page(ws)
         if self.ctx.draining:
             return _json_response(

@@ -55,6 +55,7 @@ async def test_metrics_count_connections_events_batches_and_commits(
 
 
 async def test_without_the_setting_metrics_are_not_served(server: RunningServer) -> None:
-    status, _, body = await asyncio.to_thread(_get, server.http_url("/metrics"))
-    assert status != 200
+    status, content_type, body = await asyncio.to_thread(_get, server.http_url("/metrics"))
+    assert (status, content_type) == (404, "application/json")
+    assert "SEATD_METRICS=on" in body
     assert "seatd_" not in body
