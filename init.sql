@@ -192,13 +192,24 @@ BEGIN
 END
 $fn$;
 
+-- The event of each row of a row group: p_counts[i] rows belong to p_events[i], in order.
+CREATE OR REPLACE FUNCTION seatd_row_events(p_events text[], p_counts int[])
+RETURNS text[] LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT coalesce(array_agg(e.id ORDER BY e.i, k.n), '{}')
+    FROM unnest(p_events, p_counts) WITH ORDINALITY AS e(id, rows, i)
+    CROSS JOIN LATERAL generate_series(1, e.rows) AS k(n)
+$fn$;
+
 -- Several events' batches in one call and one transaction (one commit for all: group commit
--- across events). p_n_* give each event's number of rows in each row array, in p_events order.
--- Each event's batch runs as seatd_persist_batch in its own subtransaction, so one event's
--- failure (-4: an error, e.g. a refreshed hold that no longer exists) or refusal (-1, -2, -3)
--- writes nothing for that event and leaves the others alone. Returns one outcome per event.
--- The service sends at most 60 events per call: past 64 subtransactions PostgreSQL's snapshots
--- overflow and get slower for every session.
+-- across events). p_n_* give each event's number of rows in each row array, in p_events order
+-- (the service sends each event once per call). Returns one outcome per event, as
+-- seatd_persist_batch would: every event is checked first (its row locked, its epoch, its
+-- version, its retry keys, its refreshed holds: -1, -2, -3, -4), and only the events that pass
+-- are written, each table with one statement for all of them. So a refusal writes nothing for
+-- its event and leaves the others alone, without a subtransaction per event; a per-event call
+-- cost PostgreSQL 115-140 us per event (BENCHMARKS.md, round 4). An error that no check
+-- foresaw (a hold deleted by the hourly clean-up between the check and the update) fails the
+-- whole call, and every event of it reloads.
 CREATE OR REPLACE FUNCTION seatd_persist_batches(
     p_events text[], p_epochs bigint[], p_previous bigint[], p_versions bigint[],
     p_n_deleted int[], p_deleted uuid[],
@@ -209,46 +220,90 @@ CREATE OR REPLACE FUNCTION seatd_persist_batches(
     p_n_reserved int[], p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[],
     p_reserved_at float8[],
     p_n_keys int[], p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
-) RETURNS integer[] LANGUAGE plpgsql AS $fn$
+) RETURNS integer[] LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $fn$
 DECLARE
-    outcomes integer[] := '{}';
-    i integer;
-    d integer := 0;
-    x integer := 0;
-    h integer := 0;
-    hs integer := 0;
-    r integer := 0;
-    k integer := 0;
+    outcomes integer[];
+    ok text[];
+    touched integer;
 BEGIN
-    FOR i IN 1 .. cardinality(p_events) LOOP
-        BEGIN
-            outcomes := outcomes || seatd_persist_batch(
-                p_events[i], p_epochs[i], p_previous[i], p_versions[i],
-                p_deleted[d + 1 : d + p_n_deleted[i]],
-                p_extended[x + 1 : x + p_n_extended[i]],
-                p_extended_until[x + 1 : x + p_n_extended[i]],
-                p_holds[h + 1 : h + p_n_holds[i]], p_users[h + 1 : h + p_n_holds[i]],
-                p_created[h + 1 : h + p_n_holds[i]], p_expires[h + 1 : h + p_n_holds[i]],
-                p_max_expires[h + 1 : h + p_n_holds[i]],
-                p_hold_seats[hs + 1 : hs + p_n_hold_seats[i]],
-                p_hold_seat_holds[hs + 1 : hs + p_n_hold_seats[i]],
-                p_reserved_seats[r + 1 : r + p_n_reserved[i]],
-                p_reservations[r + 1 : r + p_n_reserved[i]],
-                p_reserved_users[r + 1 : r + p_n_reserved[i]],
-                p_reserved_at[r + 1 : r + p_n_reserved[i]],
-                p_key_users[k + 1 : k + p_n_keys[i]], p_keys[k + 1 : k + p_n_keys[i]],
-                p_key_hashes[k + 1 : k + p_n_keys[i]], p_key_responses[k + 1 : k + p_n_keys[i]]
-            );
-        EXCEPTION WHEN OTHERS THEN
-            outcomes := outcomes || -4;
-        END;
-        d := d + p_n_deleted[i];
-        x := x + p_n_extended[i];
-        h := h + p_n_holds[i];
-        hs := hs + p_n_hold_seats[i];
-        r := r + p_n_reserved[i];
-        k := k + p_n_keys[i];
-    END LOOP;
+    IF cardinality(p_events) <> (SELECT count(DISTINCT e) FROM unnest(p_events) AS e) THEN
+        RAISE EXCEPTION 'seatd: an event appears twice in one call';
+    END IF;
+    PERFORM 1 FROM events WHERE id = ANY (p_events) ORDER BY id FOR NO KEY UPDATE;
+    WITH keys_used AS (
+        SELECT DISTINCT k.ev
+        FROM unnest(seatd_row_events(p_events, p_n_keys), p_key_users, p_keys) AS k(ev, usr, key)
+        WHERE EXISTS (
+            SELECT 1 FROM idempotency_keys i
+            WHERE i.event_id = k.ev AND i.user_id = k.usr AND i.key = k.key
+        )
+    ), holds_gone AS (
+        SELECT DISTINCT x.ev
+        FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended) AS x(ev, hold_id)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM holds h WHERE h.event_id = x.ev AND h.hold_id = x.hold_id
+        )
+    )
+    SELECT array_agg(
+        CASE
+            WHEN e.id IS NULL OR e.owner_epoch <> r.epoch THEN -1
+            WHEN e.version <> r.previous THEN -2
+            WHEN r.id IN (SELECT ev FROM keys_used) THEN -3
+            WHEN r.id IN (SELECT ev FROM holds_gone) THEN -4
+            ELSE 0
+        END ORDER BY r.i)
+    INTO outcomes
+    FROM unnest(p_events, p_epochs, p_previous) WITH ORDINALITY AS r(id, epoch, previous, i)
+    LEFT JOIN events e ON e.id = r.id;
+    SELECT coalesce(array_agg(r.id), '{}') INTO ok
+    FROM unnest(p_events, outcomes) AS r(id, outcome) WHERE r.outcome = 0;
+    IF cardinality(ok) = 0 THEN
+        RETURN outcomes;
+    END IF;
+
+    UPDATE events e SET version = v.version
+    FROM unnest(p_events, p_versions) AS v(id, version)
+    WHERE e.id = v.id AND v.id = ANY (ok);
+    DELETE FROM holds h
+    USING unnest(seatd_row_events(p_events, p_n_deleted), p_deleted) AS d(ev, hold_id)
+    WHERE d.ev = ANY (ok) AND h.event_id = d.ev AND h.hold_id = d.hold_id;
+    UPDATE holds h SET expires_at = to_timestamp(x.until)
+    FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended, p_extended_until)
+         AS x(ev, hold_id, until)
+    WHERE x.ev = ANY (ok) AND h.event_id = x.ev AND h.hold_id = x.hold_id;
+    GET DIAGNOSTICS touched = ROW_COUNT;
+    IF touched <> (
+        SELECT count(*) FROM unnest(seatd_row_events(p_events, p_n_extended)) AS x(ev)
+        WHERE x.ev = ANY (ok)
+    ) THEN
+        RAISE EXCEPTION 'seatd: a refreshed hold no longer exists';
+    END IF;
+    INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at, max_expires_at)
+    SELECT u.ev, u.hold_id, u.user_id, to_timestamp(u.created_at), to_timestamp(u.expires_at),
+           to_timestamp(u.max_expires_at)
+    FROM unnest(seatd_row_events(p_events, p_n_holds), p_holds, p_users, p_created, p_expires,
+                p_max_expires) AS u(ev, hold_id, user_id, created_at, expires_at, max_expires_at)
+    WHERE u.ev = ANY (ok);
+    INSERT INTO hold_seats (event_id, seat_id, hold_id)
+    SELECT u.ev, u.seat_id, u.hold_id
+    FROM unnest(seatd_row_events(p_events, p_n_hold_seats), p_hold_seats, p_hold_seat_holds)
+         AS u(ev, seat_id, hold_id)
+    WHERE u.ev = ANY (ok);
+    INSERT INTO reservations (event_id, seat_id, reservation_id, user_id, reserved_at)
+    SELECT u.ev, u.seat_id, u.reservation_id, u.user_id, to_timestamp(u.reserved_at)
+    FROM unnest(seatd_row_events(p_events, p_n_reserved), p_reserved_seats, p_reservations,
+                p_reserved_users, p_reserved_at)
+         AS u(ev, seat_id, reservation_id, user_id, reserved_at)
+    WHERE u.ev = ANY (ok);
+    -- A plain INSERT, as in seatd_persist_batch: the keys were probed under the events' locks.
+    INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
+    SELECT u.ev, u.user_id, u.key, u.request_hash, u.response::jsonb
+    FROM unnest(seatd_row_events(p_events, p_n_keys), p_key_users, p_keys, p_key_hashes,
+                p_key_responses) AS u(ev, user_id, key, request_hash, response)
+    WHERE u.ev = ANY (ok);
     RETURN outcomes;
 END
 $fn$;

@@ -6,7 +6,9 @@ costs more than its rows: 100 events with a command each were 100 commits. The w
 batch go at once, alone, while fewer than ``concurrency`` writes are running; a batch that finds
 them all busy waits for the next free one and goes in the same transaction as every other batch
 waiting by then (``persist_many``, at most ``max_events`` per transaction). Each batch keeps its
-own outcome: one event's refusal or failure writes nothing for that event only.
+own outcome: a refusal (fenced, stale, a stored retry key, a refreshed hold that is gone)
+writes nothing for that event only; an error nobody foresaw fails the whole transaction, and
+every batch in it is answered as not written.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class BatchWriter:
     def __init__(self, store: SeatStore, *, concurrency: int = 2, max_events: int = 60) -> None:
         self._store = store
         self._concurrency = max(1, concurrency)
-        self._max_events = max_events  # PostgreSQL slows down past 64 subtransactions
+        self._max_events = max_events  # bounds a transaction: its row locks and its time
         self._running = 0
         self._queue: list[_Queued] = []  # non-empty only while every write slot is busy
         self._rounds: set[asyncio.Task[None]] = set()

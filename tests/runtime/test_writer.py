@@ -13,7 +13,17 @@ import asyncpg
 import pytest
 
 from seatd.adapters.postgres import PostgresStore, StoreConflict
-from seatd.core import EventInfo, Hold, HoldCreated, HoldExtended, Seat
+from seatd.core import (
+    EventInfo,
+    Hold,
+    HoldCreated,
+    HoldEnded,
+    HoldEndReason,
+    HoldExtended,
+    Reservation,
+    ReservationCreated,
+    Seat,
+)
 from seatd.runtime.ports import (
     BatchWrite,
     FencedOut,
@@ -75,6 +85,68 @@ async def test_each_event_of_a_shared_transaction_gets_its_own_outcome(
         for e in (written, broken)
     ]
     assert versions == [written[2] + 1, broken[2]]
+
+
+async def test_every_row_of_a_shared_transaction_lands_under_its_own_event(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """Rows of all events travel in shared arrays, cut by per-event counts: each event must get
+    exactly its own holds, seats, reservations, ends and retry keys, with its own version."""
+    first, quiet, second = [await _event(store) for _ in range(3)]
+    older = _hold("u1", "S3")
+    await store.persist(
+        second[0], second[1], second[2] + 1, [HoldCreated(older)], previous=second[2]
+    )
+    a1, a2 = _hold("a1", "S0"), Hold(str(uuid.uuid4()), "a2", ("S1", "S2"), 1000.0, 2000.0, 3000.0)
+    b1 = _hold("b1", "S0")
+    taken = Reservation(str(uuid.uuid4()), "u1", ("S3",), 1500.0)
+    writes = [
+        BatchWrite(first[0], first[1], first[2], first[2] + 1, [HoldCreated(a1), HoldCreated(a2)],
+                   [IdempotencyRecord("a1", "ka", "h", b'{"ok": true}')]),
+        BatchWrite(quiet[0], quiet[1], quiet[2], quiet[2], [],
+                   [IdempotencyRecord("q", "kq", "h", b'{"ok": false}')]),
+        BatchWrite(second[0], second[1], second[2] + 1, second[2] + 2, [
+            HoldCreated(b1),
+            HoldEnded(older, HoldEndReason.RESERVED),
+            ReservationCreated(taken),
+        ], [IdempotencyRecord("b1", "kb", "h", b'{"ok": true}')]),
+    ]  # fmt: skip
+    assert await store.persist_many(writes) == [None, None, None]
+    seats = await pool.fetch(
+        "SELECT event_id, seat_id, hold_id::text FROM hold_seats"
+        " WHERE event_id = ANY($1) ORDER BY 1, 2",
+        [first[0], quiet[0], second[0]],
+    )
+    assert [tuple(r) for r in seats] == [
+        (first[0], "S0", a1.hold_id),
+        (first[0], "S1", a2.hold_id),
+        (first[0], "S2", a2.hold_id),
+        (second[0], "S0", b1.hold_id),
+    ]
+    reserved = await pool.fetch(
+        "SELECT event_id, seat_id FROM reservations WHERE event_id = ANY($1)",
+        [first[0], quiet[0], second[0]],
+    )
+    assert [tuple(r) for r in reserved] == [(second[0], "S3")]
+    keys = await pool.fetch(
+        "SELECT event_id, key FROM idempotency_keys WHERE event_id = ANY($1) ORDER BY 2",
+        [first[0], quiet[0], second[0]],
+    )
+    assert [tuple(r) for r in keys] == [(first[0], "ka"), (second[0], "kb"), (quiet[0], "kq")]
+    versions = await pool.fetch(
+        "SELECT id, version FROM events WHERE id = ANY($1) ORDER BY id",
+        [first[0], quiet[0], second[0]],
+    )
+    assert dict((r["id"], r["version"]) for r in versions) == {
+        first[0]: first[2] + 1, quiet[0]: quiet[2], second[0]: second[2] + 2
+    }  # fmt: skip
+
+
+async def test_an_event_twice_in_one_transaction_is_refused_whole(store: PostgresStore) -> None:
+    event_id, epoch, version = await _event(store)
+    write = BatchWrite(event_id, epoch, version, version + 1, [HoldCreated(_hold("u1", "S0"))])
+    with pytest.raises(asyncpg.RaiseError, match="appears twice"):
+        await store.persist_many([write, write])
 
 
 class _GatedStore:
