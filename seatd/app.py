@@ -183,7 +183,7 @@ class App:
             allowed_origins=s.allowed_origins,
             handshake_timeout=s.handshake_timeout,
             address_header=s.client_address_header,
-            metrics=s.metrics == "on",
+            metrics=s.metrics,
         )
         self.gateway = gateway
 

@@ -245,10 +245,13 @@ def _is_environment_error(error: Exception) -> bool:
 
 
 def _one_line(error: Exception) -> str:
+    """The error's message on one line; asyncpg's own errors do not say they are PostgreSQL's."""
+    import asyncpg
+
     text = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, OSError) or "PostgreSQL" in text or "Redis" in text:
-        return text
-    return f"PostgreSQL: {text}"
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"PostgreSQL: {text}"
+    return text
 
 
 if __name__ == "__main__":

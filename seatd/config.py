@@ -64,6 +64,10 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _on_off(raw: str) -> bool:
+    return _choice("off", "on")(raw) == "on"
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
     for origin in origins:
@@ -351,7 +355,7 @@ VARIABLES: tuple[Variable, ...] = (
         "SEATD_METRICS",
         "metrics",
         "off",
-        _choice("off", "on"),
+        _on_off,
         "on: serve `GET /metrics` (Prometheus text: connections, requests in progress, loaded "
         "events, batch sizes and commit times) on PORT (off: 404); keep it off the public "
         "address.",
@@ -420,7 +424,7 @@ class Settings:
     max_pending: int
     shutdown_timeout: float
     startup_timeout: float
-    metrics: str
+    metrics: bool
     log_level: str
     log_format: str
 

@@ -86,3 +86,10 @@ def test_a_malformed_secret_is_named_but_never_echoed() -> None:
         Settings.from_env(env)
     assert "SEATD_JWT_SECRET" in str(caught.value)
     assert "short-and-secret" not in str(caught.value)
+
+
+def test_metrics_is_off_unless_switched_on() -> None:
+    assert Settings.from_env({"SEATD_JWT_SECRET": SECRET}).metrics is False
+    assert Settings.from_env({"SEATD_JWT_SECRET": SECRET, "SEATD_METRICS": "On"}).metrics is True
+    with pytest.raises(ConfigError, match="SEATD_METRICS='yes' is invalid: must be one of off, on"):
+        Settings.from_env({"SEATD_JWT_SECRET": SECRET, "SEATD_METRICS": "yes"})
