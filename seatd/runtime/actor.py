@@ -336,9 +336,7 @@ class EventActor:
                     _answer(waiting, fault)
                 self.stop_reason = "fault"
                 return None
-            if key is not None and not isinstance(reply, RequestError):
-                # Only an outcome that changed something is stored: a refusal changed
-                # nothing, so a retry under its key simply runs again (still at most once).
+            if key is not None:
                 record = key.record(reply)
                 records[key.scope] = record
                 reply = StoredReply(record.response, reply)
@@ -388,9 +386,8 @@ class EventActor:
     async def _persist(self, records: list[IdempotencyRecord]) -> SeatdError | None:
         """Write the batch; on failure say why (as the error every caller gets) and stop."""
         state = self.state
-        # A batch that only stores retry keys (a refresh with nothing to extend) changes no
-        # seat: the version, the availability stream's clock, stays; PostgreSQL's must always
-        # name the same state.
+        # A batch that only stores retry keys (refusals) changes no seat: the version, the
+        # availability stream's clock, stays; PostgreSQL's must always name the same state.
         version = state.version + 1 if state.effects else state.version
         started = perf_counter()
         failed = True

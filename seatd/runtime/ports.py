@@ -100,8 +100,7 @@ class IdempotencyKey:
     """A client's retry key for one mutation, and how to store the mutation's outcome.
 
     Keys are scoped by event and by the authenticated principal. ``encode`` turns the outcome
-    into the response JSON that is stored and replayed. Only outcomes that changed something
-    are stored: a refused request changed nothing, so its retry simply runs again.
+    (a result or a ``RequestError``) into the response JSON that is stored and replayed.
     """
 
     user_id: str

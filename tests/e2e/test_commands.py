@@ -1042,31 +1042,6 @@ async def test_hold_retried_with_its_idempotency_key_gets_the_first_reply(
     assert await live_counts(alice, event_id) == (3, 1, 1, 1)
 
 
-async def test_a_refused_request_is_not_stored_and_its_retry_runs_again(
-    admin: RawClient, alice: RawClient, bob: RawClient
-) -> None:
-    """A refusal changed nothing: retrying it under the same key evaluates it afresh."""
-    event = await create_event(admin, seats=3)
-    event_id = event["event_id"]
-    bobs = await ok(bob, "hold", event_id=event_id, seat_ids=["A-1"])
-    key = f"key-{uuid.uuid4().hex}"
-    await fail(
-        alice,
-        "hold",
-        "seat_unavailable",
-        event_id=event_id,
-        seat_ids=["A-1"],
-        idempotency_key=key,
-    )
-    await ok(bob, "release", event_id=event_id, hold_id=bobs["hold_id"])
-    held = await ok(alice, "hold", event_id=event_id, seat_ids=["A-1"], idempotency_key=key)
-    assert held["seat_ids"] == ["A-1"]
-    # From now on the key names that success.
-    again = await ok(alice, "hold", event_id=event_id, seat_ids=["A-1"], idempotency_key=key)
-    assert again == held
-    assert await live_counts(alice, event_id) == (3, 2, 1, 0)
-
-
 async def test_idempotency_key_reused_for_another_request(
     admin: RawClient, alice: RawClient
 ) -> None:
