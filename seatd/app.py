@@ -184,6 +184,8 @@ class App:
             handshake_timeout=s.handshake_timeout,
             address_header=s.client_address_header,
             metrics=s.metrics,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
         )
         self.gateway = gateway
 

@@ -257,6 +257,21 @@ VARIABLES: tuple[Variable, ...] = (
         "Seconds a client has to complete the WebSocket handshake.",
     ),
     Variable(
+        "SEATD_PING_INTERVAL",
+        "ping_interval",
+        "20",
+        _seconds(0.1, 3600),
+        "Seconds without a frame from a client after which it gets a WebSocket ping.",
+    ),
+    Variable(
+        "SEATD_PING_TIMEOUT",
+        "ping_timeout",
+        "20",
+        _seconds(0.1, 3600),
+        "Seconds a pinged client has to send anything (its pong will do) before it is closed "
+        "with 1011.",
+    ),
+    Variable(
         "SEATD_AUTH_TIMEOUT",
         "auth_timeout",
         "10",
@@ -411,6 +426,8 @@ class Settings:
     hold_warning: float
     allowed_origins: tuple[str, ...]
     handshake_timeout: float
+    ping_interval: float
+    ping_timeout: float
     auth_timeout: float
     max_seats_per_hold: int
     max_connections: int

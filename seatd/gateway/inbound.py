@@ -8,6 +8,7 @@ callback, and calls the sink the connection's session installed, in that session
 session) messages wait in a short queue read by ``first_message``.
 
 Ping, pong and close frames are still websockets' own business; only data frames change path.
+Every frame's arrival is noted (``last_seen``) for the gateway's keep-alive (keepalive.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import State
 
 __all__ = ["Message", "MessageConnection"]
 
@@ -43,10 +45,16 @@ class MessageConnection(ServerConnection):
         "_fragments_text",
         "_sink",
         "_sink_context",
+        "last_seen",
+        "ping_sent",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # For the gateway's keep-alive (keepalive.py): when a frame last arrived, and when the
+        # last keep-alive ping went out (loop time).
+        self.last_seen = self.loop.time()
+        self.ping_sent = 0.0
         self._sink: Callable[[Message], None] | None = None
         self._sink_context: contextvars.Context | None = None
         # Created for a message that arrives before the sink: most sessions never need it.
@@ -97,9 +105,18 @@ class MessageConnection(ServerConnection):
         if not transport.is_closing():
             transport.resume_reading()
 
+    def send_keepalive_ping(self, now: float) -> None:
+        """A ping whose pong nobody awaits: any frame that arrives afterwards will do."""
+        self.ping_sent = now
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_ping(b"")
+            with contextlib.suppress(Exception):  # the socket is gone: connection_lost follows
+                self.send_data()
+
     # --- websockets' callbacks -------------------------------------------------------------
 
     def process_event(self, event: Any) -> None:
+        self.last_seen = self.loop.time()
         if not isinstance(event, Frame):  # the handshake request
             super().process_event(event)
             return

@@ -39,6 +39,7 @@ from seatd.auth import Identity, TokenAuthority
 from seatd.errors import Unauthenticated
 from seatd.gateway.connection import Connection, GatewayContext
 from seatd.gateway.inbound import MessageConnection
+from seatd.gateway.keepalive import Keepalive
 from seatd.gateway.metrics import CONTENT_TYPE, Gauges, render
 
 __all__ = ["Gateway", "Readiness"]
@@ -64,6 +65,8 @@ class Gateway:
         handshake_timeout: float = 10.0,
         address_header: str = "",
         metrics: bool = False,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 20.0,
     ) -> None:
         self.ctx = ctx
         self._metrics = metrics
@@ -79,6 +82,9 @@ class Gateway:
         )
         self.connections: set[Connection] = set()
         self._server: Server | None = None
+        self._keepalive = Keepalive(
+            lambda: (c.ws for c in self.connections), interval=ping_interval, timeout=ping_timeout
+        )
 
     async def start(self, host: str, port: int) -> Server:
         self._server = await serve(
@@ -92,13 +98,13 @@ class Gateway:
             max_size=self.ctx.max_frame_bytes,
             max_queue=8,
             write_limit=64 * 1024,
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=None,  # the gateway's own keep-alive: one task, not one per connection
             open_timeout=self._handshake_timeout,
             close_timeout=5,
             server_header=None,
             create_connection=MessageConnection,
         )
+        self._keepalive.start()
         return self._server
 
     @property
@@ -218,6 +224,7 @@ class Gateway:
                 task.cancel()
 
     async def close(self) -> None:
+        await self._keepalive.close()
         closing: Sequence[Awaitable[None]] = [
             c.go_away("server restart", CloseCode.SERVICE_RESTART) for c in list(self.connections)
         ]
