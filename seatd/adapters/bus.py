@@ -10,7 +10,8 @@ Channels:
 Every message is a JSON header line, ``\\n``, then an opaque body (a request or reply frame, or
 the push itself), so no frame is parsed or re-encoded on the way. Pub/sub delivers at most once:
 a request nobody receives fails at once (``PeerGone``), one not answered in time fails with
-``PeerTimeout`` (the caller's idempotency key makes its retry safe), and a lost push shows up as
+``PeerTimeout``, one whose receiver lost its events meanwhile with ``PeerLost`` (both may have
+run: the caller's idempotency key makes its retry safe), and a lost push shows up as
 a version gap the client repairs by resubscribing (PROTOCOL.md).
 
 - ``seatd:instances``: every instance listens. On each (re)connection an instance says hello
@@ -38,7 +39,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from seatd.runtime.ports import BusError, PeerGone, PeerTimeout
+from seatd.runtime.ports import BusError, PeerGone, PeerLost, PeerTimeout
 from seatd.runtime.tasks import stop_tasks
 
 __all__ = ["PEERS_CHANNEL", "RedisBus", "availability_channel", "inbox_channel"]
@@ -160,10 +161,11 @@ class RedisBus:
 
     def abandon(self, instance_id: str) -> None:
         """That instance lost its leases (it died or stalled): fail what waits for its answers
-        now rather than at their timeout, so the callers retry on the new owner at once."""
+        now rather than at their timeout, so the callers retry on the new owner at once. Not
+        ``PeerGone``: these requests were delivered, and may have run before it stalled."""
         for asked, answer in self._waiting.values():
             if asked == instance_id and not answer.done():
-                answer.set_exception(PeerGone(f"instance {instance_id} lost its events"))
+                answer.set_exception(PeerLost(f"instance {instance_id} lost its events"))
 
     async def _publish(self, channel: str, message: bytes) -> int:
         delivered: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -8,9 +8,11 @@ the client unchanged. The owner decodes, authorises and runs the command exactly
 connections; it never forwards again. If the event moved in the meantime it answers "moved" with
 the new owner and the asker tries there (at most ``_HOPS`` times).
 
-Failures are temporary errors: an owner that is gone (nobody reads its inbox) or silent past
-the forward timeout. The client's retry is safe with its idempotency key, and by then the lease
-of a dead owner has run out and an instance has taken the event over.
+An owner that is gone (nobody reads its inbox) never got the command, so it runs elsewhere. An
+owner silent past the forward timeout, or whose lease ran out while the command waited, may have
+run it: the client gets ``unavailable`` (may or may not have been applied). Its retry is safe
+with its idempotency key, and by then the lease of a dead owner has run out and an instance has
+taken the event over.
 
 Subscribers: an instance follows the pushes of every event its connections watch (see
 ``broadcast``), and takes the snapshot from the local actor or, when the event is owned
@@ -114,11 +116,11 @@ class Router:
             }
             try:
                 header, body = await bus.request(owner, forwarded, frame.encode(), self._timeout)
-            except PeerGone:
+            except PeerGone:  # not delivered: safe to run elsewhere
                 registry.forget_owner(event_id)
                 gone.add(owner)
                 continue
-            except BusError as error:
+            except BusError as error:  # it may have run: never run it again here
                 registry.forget_owner(event_id)
                 log.warning("forward_failed", event_id=event_id, owner=owner, error=str(error))
                 raise OwnedElsewhere(
@@ -150,8 +152,9 @@ class Router:
         return result
 
     def lease_expired(self, event_id: str) -> None:
-        """An owner stopped renewing a lease: it died or stalled. Commands forwarded to it fail
-        over at once, and an instance here takes the event over (see the registry)."""
+        """An owner stopped renewing a lease: it died or stalled. Commands waiting for its
+        answer fail at once (as ``unavailable``: they may have run), and an instance here takes
+        the event over (see the registry)."""
         owner = self._registry.owner_hint(event_id)
         if owner is not None and self._bus is not None:
             self._bus.abandon(owner)

@@ -26,6 +26,7 @@ __all__ = [
     "MessageBus",
     "NewEvent",
     "PeerGone",
+    "PeerLost",
     "PeerTimeout",
     "SeatStore",
     "SoleInstance",
@@ -59,6 +60,11 @@ class PeerGone(BusError):
 
 class PeerTimeout(BusError):
     """The instance did not answer in time (paused, overloaded, or the message was lost)."""
+
+
+class PeerLost(BusError):
+    """The instance lost its events while a request to it waited for the answer: the request
+    may have reached it and run, so its outcome is unknown (unlike ``PeerGone``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +252,8 @@ class MessageBus(Protocol):
     def unfollow(self, event_id: str) -> None: ...
 
     def abandon(self, instance_id: str) -> None:
-        """Fail the requests waiting for that instance's answers (it lost its events)."""
+        """Fail the requests waiting for that instance's answers with ``PeerLost`` (it lost
+        its events)."""
         ...
 
 

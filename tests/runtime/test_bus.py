@@ -13,7 +13,7 @@ from support.waiting import until
 
 from seatd.adapters.bus import PEERS_CHANNEL, RedisBus, availability_channel
 from seatd.devstack import RedisServer
-from seatd.runtime.ports import BusError, PeerGone, PeerTimeout
+from seatd.runtime.ports import BusError, PeerGone, PeerLost, PeerTimeout
 
 
 @pytest.fixture
@@ -67,6 +67,28 @@ async def test_a_silent_instance_times_out(buses: tuple[RedisBus, RedisBus]) -> 
     second.on_request = stall
     with pytest.raises(PeerTimeout):
         await first.request("second", {}, b"{}", 0.2)
+
+
+async def test_a_request_to_an_instance_that_lost_its_events_may_have_run(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    """Abandoning an instance fails the requests waiting for it at once, but as ``PeerLost``,
+    not ``PeerGone``: they were delivered and may have run, so they must not run elsewhere."""
+    first, second = buses
+    received = asyncio.Event()
+
+    async def run_then_stall(header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        received.set()
+        await asyncio.sleep(10)
+        return {}, b""
+
+    second.on_request = run_then_stall
+    request = asyncio.ensure_future(first.request("second", {}, b"{}", 5.0))
+    await asyncio.wait_for(received.wait(), 5)
+    first.abandon("second")
+    with pytest.raises(PeerLost):
+        async with asyncio.timeout(1.0):
+            await request
 
 
 async def test_pushes_reach_followers_only(buses: tuple[RedisBus, RedisBus]) -> None:
