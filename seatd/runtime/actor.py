@@ -269,26 +269,27 @@ class EventActor:
                     failure = StoreUnavailable("the change could not be stored; retry it")
                 else:
                     state.rollback()
-                    stored = await self._stored_keys(batch, known)
+                    try:
+                        stored = await self._stored_keys(batch, known)
+                    except asyncio.CancelledError:  # the write was refused: nothing changed
+                        _answer_all(batch, ShuttingDown("stopped before the change was committed"))
+                        raise
                     if stored is None:
                         error = StoreUnavailable(
                             "could not check the idempotency keys; nothing was changed"
                         )
-                        for envelope in batch:
-                            _answer(envelope, error)
+                        _answer_all(batch, error)
                         return True
                     known.update(stored)
                     looked_up = True
                     continue
             except asyncio.CancelledError:
                 state.rollback()
-                for envelope in batch:
-                    _answer(envelope, ShuttingDown("stopped before the change was committed"))
+                _answer_all(batch, ShuttingDown("stopped before the change was committed"))
                 raise
             if failure is not None:
                 state.rollback()
-                for envelope in batch:
-                    _answer(envelope, failure)
+                _answer_all(batch, failure)
                 return False
             self._remember(records)
             effects = state.commit()
@@ -331,9 +332,7 @@ class EventActor:
             except Exception:  # a bug: undo the batch, answer everyone, reload from PostgreSQL
                 log.exception("command_failed", event_id=self.event_id)
                 state.rollback()
-                fault = InternalFault("the command failed unexpectedly; retry")
-                for waiting in batch:
-                    _answer(waiting, fault)
+                _answer_all(batch, InternalFault("the command failed unexpectedly; retry"))
                 self.stop_reason = "fault"
                 return None
             if key is not None:
@@ -424,8 +423,7 @@ class EventActor:
                 else ShuttingDown("the event was stopped before this command ran; retry")
             )
             queued, self._mailbox = self._mailbox, []
-            for envelope in queued:
-                _answer(envelope, error)
+            _answer_all(queued, error)
         self._on_stop(self)
 
 
@@ -436,6 +434,11 @@ def _replay(prior: IdempotencyRecord, key: IdempotencyKey) -> StoredReply | Seat
             details={"idempotency_key": key.key},
         )
     return StoredReply(prior.response)
+
+
+def _answer_all(batch: list[Envelope], reply: Any) -> None:
+    for envelope in batch:
+        _answer(envelope, reply)
 
 
 def _answer(envelope: Envelope, reply: Any) -> None:

@@ -1,0 +1,74 @@
+"""An actor stopped by force (shutdown after its timeout) in the middle of a batch: every caller
+of the batch is answered, and only with what is known about its change."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import orjson
+
+from seatd.adapters.postgres import PostgresStore
+from seatd.core import EventInfo, PlaceHold, Policy, Seat
+from seatd.errors import ShuttingDown
+from seatd.runtime.actor import ActorSettings, Envelope
+from seatd.runtime.ports import (
+    IdempotencyKey,
+    IdempotencyRecord,
+    KeysAlreadyUsed,
+    NewEvent,
+    SystemClock,
+)
+from seatd.runtime.registry import Registry
+
+
+class _Store:
+    """The real store, but for the methods a test replaces (``persist=...``)."""
+
+    def __init__(self, store: PostgresStore, **replaced: Callable[..., Any]) -> None:
+        self.__dict__.update(replaced)
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _registry(store: _Store) -> Registry:
+    return Registry(cast(Any, store), SystemClock(), Policy(300, 8, 1800), ActorSettings())
+
+
+async def _event(store: PostgresStore) -> str:
+    event_id = f"stop-{uuid.uuid4().hex[:10]}"
+    seats = tuple(Seat(f"S{i}") for i in range(4))
+    await store.create_event(NewEvent(EventInfo(event_id, "Forced stop"), seats))
+    return event_id
+
+
+async def test_a_batch_stopped_while_its_retry_keys_are_looked_up_is_answered(
+    store: PostgresStore,
+) -> None:
+    """The write refused the batch (a retry key already stored), so nothing changed: its
+    callers hear ``shutting_down`` instead of waiting forever for the lookup that never ends."""
+    looking = asyncio.Event()
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise KeysAlreadyUsed("a retry key of the batch is already stored")
+
+    async def slow_lookup(
+        event_id: str, scopes: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        looking.set()
+        await asyncio.sleep(3600)
+        return {}
+
+    registry = _registry(_Store(store, persist=refuse, find_idempotency=slow_lookup))
+    actor = await registry.activate(await _event(store))
+    command = PlaceHold("u1", ("S0",), str(uuid.uuid4()))
+    key = IdempotencyKey("u1", "k1", "h", lambda _: orjson.dumps({"ok": True}))
+    answer = actor.submit(command, Envelope(command, idempotency=key))
+    await asyncio.wait_for(looking.wait(), 5)
+    await registry.close(timeout=0.2)  # the actor's task is cancelled mid-lookup
+    assert actor.stopped
+    assert isinstance(answer.exception(), ShuttingDown)
