@@ -284,8 +284,9 @@ class EventActor:
                     looked_up = True
                     continue
             except asyncio.CancelledError:
+                # The write may have reached PostgreSQL and committed: its outcome is unknown.
                 state.rollback()
-                _answer_all(batch, ShuttingDown("stopped before the change was committed"))
+                _answer_all(batch, _unconfirmed())
                 raise
             if failure is not None:
                 state.rollback()
@@ -405,10 +406,7 @@ class EventActor:
         except Exception as error:
             self.stop_reason = "store_error"
             log.warning("persist_failed", event_id=self.event_id, error=repr(error))
-            return StoreUnavailable(
-                "the change could not be confirmed by the database; retry it with the same "
-                "idempotency_key, which applies it at most once"
-            )
+            return _unconfirmed()
         finally:
             self._stats.commit_done(perf_counter() - started, failed=failed)
         return None
@@ -434,6 +432,14 @@ def _replay(prior: IdempotencyRecord, key: IdempotencyKey) -> StoredReply | Seat
             details={"idempotency_key": key.key},
         )
     return StoredReply(prior.response)
+
+
+def _unconfirmed() -> StoreUnavailable:
+    """The answer to a batch whose write may or may not have committed."""
+    return StoreUnavailable(
+        "the change could not be confirmed by the database; retry it with the same "
+        "idempotency_key, which applies it at most once"
+    )
 
 
 def _answer_all(batch: list[Envelope], reply: Any) -> None:

@@ -8,11 +8,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import asyncpg
 import orjson
 
 from seatd.adapters.postgres import PostgresStore
 from seatd.core import EventInfo, PlaceHold, Policy, Seat
-from seatd.errors import ShuttingDown
+from seatd.errors import ShuttingDown, StoreUnavailable
 from seatd.runtime.actor import ActorSettings, Envelope
 from seatd.runtime.ports import (
     IdempotencyKey,
@@ -72,3 +73,27 @@ async def test_a_batch_stopped_while_its_retry_keys_are_looked_up_is_answered(
     await registry.close(timeout=0.2)  # the actor's task is cancelled mid-lookup
     assert actor.stopped
     assert isinstance(answer.exception(), ShuttingDown)
+
+
+async def test_a_batch_stopped_while_its_write_is_in_flight_is_answered_as_unconfirmed(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """The write may have committed before its answer came back: the callers hear
+    ``unavailable`` (may or may not have been applied), never that nothing was committed."""
+    committed = asyncio.Event()
+
+    async def commit_then_stall(*args: Any, **kwargs: Any) -> None:
+        await store.persist(*args, **kwargs)
+        committed.set()
+        await asyncio.sleep(3600)  # the answer is slow to come back
+
+    registry = _registry(_Store(store, persist=commit_then_stall))
+    event_id = await _event(store)
+    actor = await registry.activate(event_id)
+    answer = actor.submit(PlaceHold("u1", ("S0",), str(uuid.uuid4())))
+    await asyncio.wait_for(committed.wait(), 5)
+    await registry.close(timeout=0.2)  # the actor's task is cancelled mid-write
+    assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 1
+    error = answer.exception()
+    assert isinstance(error, StoreUnavailable), repr(error)
+    assert "same idempotency_key" in str(error)
