@@ -9,7 +9,9 @@ Mirror. After each committed batch the owner writes, per event (all keys share t
 
 Writes are queued and sent in pipelines by one background task, never on the actor's path; if
 Redis is down they are dropped and the mirror is marked unhealthy. When Redis answers again the
-mirror rewrites every active event's keys from memory (Redis may have come back empty).
+mirror rewrites every active event's keys from memory (Redis may have come back empty). Only
+committed state is ever written: an actor's memory also holds the batch it is writing, which
+PostgreSQL may yet refuse.
 
 Notices. Redis publishes ``__keyevent@<db>__:expired`` when it evicts an expired key; a hold key's
 eviction becomes an ``Expire(hold_id)`` hint for the event's actor. Eviction can lag the TTL by
@@ -82,6 +84,12 @@ def _hold_value(hold: Hold) -> bytes:
     )
 
 
+# Per event, what a flush writes: each dirty hold's committed value (None: ended, delete its
+# key), and each dirty user's committed count of held seats.
+_DirtyHolds = dict[str, dict[str, Hold | None]]
+_DirtyUsers = dict[str, dict[str, int]]
+
+
 def make_client(host: str, port: int, db: int, password: str | None) -> aioredis.Redis:
     """A client whose pool makes callers wait for a free connection: the default pool raises
     once its connections are all busy (a burst of activations each claiming a lease)."""
@@ -101,9 +109,11 @@ def make_client(host: str, port: int, db: int, password: str | None) -> aioredis
 class RedisMirror:
     """``CommitObserver`` that mirrors live holds into Redis, off the actor's path.
 
-    A commit only marks holds and users *dirty*; the writer task later writes their state as it
-    is at that moment. So writes can be merged, retried and reordered freely: whatever is sent is
-    the current truth, and a resync after an outage can never be overtaken by an older write.
+    A commit marks its holds and users *dirty* with their committed state (not the live state:
+    by the time the writer task sends them, the actor may be writing its next batch, which can
+    still fail and be undone). A later commit of the same hold or user replaces its entry, so
+    writes can be merged and retried freely; a resync reads each event's committed state and
+    drops that event's older entries, so it is never overtaken by an older write.
     Flushes are at least ``flush_interval`` apart: nothing waits for the mirror (its keys tell
     Redis when holds expire, minutes ahead), and a flush per commit of many busy events cost a
     tenth of the server's CPU, mostly in redis-py's per-call work.
@@ -122,8 +132,8 @@ class RedisMirror:
         self._retry_interval = retry_interval
         self._flush_interval = flush_interval
         self._next_flush = 0.0  # loop time
-        self._dirty_holds: dict[tuple[str, str], EventState] = {}  # (event, hold) -> its state
-        self._dirty_users: dict[tuple[str, str], EventState] = {}  # (event, user) -> its state
+        self._dirty_holds: _DirtyHolds = {}
+        self._dirty_users: _DirtyUsers = {}
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
@@ -141,10 +151,16 @@ class RedisMirror:
         self, event_id: str, version: int, effects: Sequence[Effect], state: object
     ) -> None:
         assert isinstance(state, EventState)
+        holds: dict[str, Hold | None] | None = None
+        users: dict[str, int] | None = None
         for effect in effects:
             if isinstance(effect, HoldCreated | HoldExtended | HoldEnded):
-                self._dirty_holds[(event_id, effect.hold.hold_id)] = state
-                self._dirty_users[(event_id, effect.hold.user_id)] = state
+                if holds is None or users is None:
+                    holds = self._dirty_holds.setdefault(event_id, {})
+                    users = self._dirty_users.setdefault(event_id, {})
+                hold_id, user_id = effect.hold.hold_id, effect.hold.user_id
+                holds[hold_id] = state.hold(hold_id)  # None: ended
+                users[user_id] = state.held_seat_count(user_id)
         if self._dirty_holds:
             self._pending.set()
 
@@ -165,10 +181,18 @@ class RedisMirror:
             users, self._dirty_users = self._dirty_users, {}
             if not await self._try(self._send(holds, users)):
                 # Keep them for after the resync (they may belong to events no longer active).
-                self._dirty_holds = holds | self._dirty_holds
-                self._dirty_users = users | self._dirty_users
+                self._requeue(holds, users)
                 self._needs_resync = True
                 self._pending.set()
+
+    def _requeue(self, holds: _DirtyHolds, users: _DirtyUsers) -> None:
+        """Mark these unsent entries dirty again, under any newer ones."""
+        for event_id, event_holds in holds.items():
+            if event_holds:
+                self._dirty_holds[event_id] = event_holds | self._dirty_holds.get(event_id, {})
+        for event_id, event_users in users.items():
+            if event_users:
+                self._dirty_users[event_id] = event_users | self._dirty_users.get(event_id, {})
 
     async def _try(self, action: Awaitable[None]) -> bool:
         try:
@@ -183,27 +207,23 @@ class RedisMirror:
         self.healthy = True
         return True
 
-    async def _send(
-        self,
-        holds: dict[tuple[str, str], EventState],
-        users: dict[tuple[str, str], EventState],
-    ) -> None:
+    async def _send(self, holds: _DirtyHolds, users: _DirtyUsers) -> None:
         """Few script calls per flush: a command per hold through redis-py costs more CPU than
         the rest of a hold's path together, and a call per event (one per event per flush with
         many events busy) was still a tenth of the server's CPU. Each call carries the keys of
         up to ``_MIRROR_KEYS`` and ONE JSON document: redis-py packs each argument in Python,
         orjson encodes the document in one call."""
         per_event: dict[str, _EventWrite] = {}
-        for (event_id, hold_id), state in holds.items():
+        for event_id, event_holds in holds.items():
+            write = per_event[event_id] = _EventWrite()
+            for hold_id, hold in event_holds.items():
+                if hold is None:
+                    write.deletes.append(hold_key(event_id, hold_id))
+                else:
+                    write.sets.append(hold)
+        for event_id, event_users in users.items():
             write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
-            hold = state.hold(hold_id)
-            if hold is None:
-                write.deletes.append(hold_key(event_id, hold_id))
-            else:
-                write.sets.append(hold)
-        for (event_id, user_id), state in users.items():
-            write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
-            write.counts.append((user_id, state.held_seat_count(user_id)))
+            write.counts += event_users.items()
         pipe = self._client.pipeline(transaction=False)
         keys: list[str] = []
         document: list[Any] = []
@@ -227,24 +247,35 @@ class RedisMirror:
             raise
 
     async def _resync(self) -> None:
-        """Rewrite every active event's keys from memory; drop keys of holds that ended."""
+        """Rewrite every active event's committed holds and counts from memory; drop keys of
+        holds that ended."""
         self._script_sha = await self._client.script_load(_MIRROR)
         for event_id, state in list(self._live_states()):
-            live = {h.hold_id: h for h in state.live_holds()}
-            pipe = self._client.pipeline(transaction=False)
-            async for raw in self._client.scan_iter(
-                match=f"seatd:{{{event_id}}}:hold:*", count=500
-            ):
-                parsed = parse_hold_key(raw.decode())
-                if parsed is not None and parsed[1] not in live:
-                    pipe.delete(raw)
-            counts_key = user_counts_key(event_id)
-            pipe.delete(counts_key)
-            for hold in live.values():
-                _set_hold(pipe, event_id, hold)
-            for user in {hold.user_id for hold in live.values()}:
-                _set_count(pipe, counts_key, user, state.held_seat_count(user))
-            await pipe.execute()
+            holds, counts = state.committed_holds()
+            # Older than what was just read, which this rewrite sends instead.
+            stale_holds = self._dirty_holds.pop(event_id, {})
+            stale_users = self._dirty_users.pop(event_id, {})
+            try:
+                await self._rewrite(event_id, holds, counts)
+            except Exception:  # the next resync may no longer find the event active
+                self._requeue({event_id: stale_holds}, {event_id: stale_users})
+                raise
+
+    async def _rewrite(self, event_id: str, holds: list[Hold], counts: dict[str, int]) -> None:
+        """Make the event's keys these holds and counts."""
+        live = {h.hold_id: h for h in holds}
+        pipe = self._client.pipeline(transaction=False)
+        async for raw in self._client.scan_iter(match=f"seatd:{{{event_id}}}:hold:*", count=500):
+            parsed = parse_hold_key(raw.decode())
+            if parsed is not None and parsed[1] not in live:
+                pipe.delete(raw)
+        counts_key = user_counts_key(event_id)
+        pipe.delete(counts_key)
+        for hold in holds:
+            _set_hold(pipe, event_id, hold)
+        for user, count in counts.items():
+            _set_count(pipe, counts_key, user, count)
+        await pipe.execute()
 
 
 # For each event in turn, KEYS holds its counts hash, the hold keys to set, then the hold keys

@@ -83,6 +83,17 @@ class _Journal:
         else:
             self.delete(counts, key)
 
+    def before(self, mapping: dict[Any, Any]) -> dict[Any, Any]:
+        """A copy of ``mapping`` as it was before the batch's writes."""
+        copy = dict(mapping)
+        for written, key, previous in reversed(self._entries):
+            if written is mapping:
+                if previous is _MISSING:
+                    copy.pop(key, None)
+                else:
+                    copy[key] = previous
+        return copy
+
     def rollback(self) -> None:
         for mapping, key, previous in reversed(self._entries):
             if previous is _MISSING:
@@ -187,6 +198,12 @@ class EventState:
 
     def held_seat_count(self, user_id: str) -> int:
         return self._user_held.get(user_id, 0)
+
+    def committed_holds(self) -> tuple[list[Hold], dict[str, int]]:
+        """The live holds and the seats each user holds as of the last commit: while a batch
+        is being written, what PostgreSQL has until that write commits."""
+        journal = self._journal
+        return list(journal.before(self._holds).values()), journal.before(self._user_held)
 
     def seat_ids(self) -> list[str]:
         return list(self._order)

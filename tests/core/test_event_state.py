@@ -1196,6 +1196,32 @@ def test_after_rollback_commands_behave_as_before_the_batch() -> None:
     assert state.version == 9
 
 
+def committed_view(state: EventState) -> tuple[list[Hold], dict[str, int]]:
+    holds, held = state.committed_holds()
+    return sorted(holds, key=lambda hold: hold.hold_id), held
+
+
+def test_committed_holds_leave_out_the_batch_in_progress() -> None:
+    """What the Redis mirror may publish while a batch is being written: the state as of the
+    last commit, which is also the state after a rollback."""
+    state = loaded_scenario()
+    before = committed_view(state)
+    assert before == (
+        sorted(state.live_holds(), key=lambda hold: hold.hold_id),
+        {"u1": 2, "u2": 1, "u3": 2},
+    )
+    run_mixed_batch(state)
+    assert committed_view(state) == before
+    state.rollback()
+    assert committed_view(state) == before
+    run_mixed_batch(state)
+    state.commit()
+    assert committed_view(state) == (
+        sorted(state.live_holds(), key=lambda hold: hold.hold_id),
+        {"u1": 3, "u2": 1},
+    )
+
+
 def test_rollback_then_commit_bumps_version_once() -> None:
     state = loaded_scenario()
     run_mixed_batch(state)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from typing import Any, cast
 
+import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +17,7 @@ from seatd.adapters import redis as redis_adapter
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import RedisMirror, hold_key, user_counts_key
 from seatd.core import EventInfo, EventState, Hold, PlaceHold, Policy, ReleaseHold, Seat
+from seatd.errors import StoreUnavailable
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import NewEvent, SystemClock
 from seatd.runtime.registry import Registry
@@ -96,4 +100,113 @@ async def test_one_flush_mirrors_many_events_in_several_calls(
             assert await redis.exists(hold_key(event_id, kept.hold_id))
             assert not await redis.exists(hold_key(event_id, ended.hold_id))
     finally:
+        await mirror.close()
+
+
+class _FailingLater:
+    """The real store, but every write after the first ``good`` ones waits for ``gate`` and
+    then fails (a commit whose connection broke): the actor undoes that batch."""
+
+    def __init__(self, store: PostgresStore, good: int) -> None:
+        self._store = store
+        self._good = good
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def persist(self, *args: Any, **kwargs: Any) -> None:
+        if self._good > 0:
+            self._good -= 1
+            await self._store.persist(*args, **kwargs)
+            return
+        self.waiting.set()
+        await self.gate.wait()
+        raise StoreUnavailable("connection lost")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def _mirrored(
+    redis: Redis, pool: asyncpg.Pool, event_id: str, hold: Hold
+) -> tuple[int, bool, bytes | None]:
+    """The hold in PostgreSQL (rows), in Redis (a key), and its user's count in Redis."""
+    rows = await pool.fetchval(
+        "SELECT count(*) FROM holds WHERE event_id = $1 AND hold_id = $2::uuid",
+        event_id,
+        hold.hold_id,
+    )
+    key = bool(await redis.exists(hold_key(event_id, hold.hold_id)))
+    return rows, key, await redis.hget(user_counts_key(event_id), hold.user_id)
+
+
+async def _event(store: PostgresStore) -> str:
+    event_id = f"mirror-{uuid.uuid4().hex[:10]}"
+    seats = tuple(Seat(f"S{i}") for i in range(4))
+    await store.create_event(NewEvent(EventInfo(event_id, "Mirror test"), seats))
+    return event_id
+
+
+async def test_a_flush_writes_what_was_committed_not_the_batch_being_written(
+    store: PostgresStore, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    """A flush that comes while the actor writes its next batch mirrors the state as committed:
+    that batch may fail and be undone, and then nothing would correct Redis."""
+    failing = _FailingLater(store, good=2)
+    registry = Registry(cast(Any, failing), SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    mirror = RedisMirror(
+        redis, lambda: [(a.event_id, a.state) for a in registry.actors()], flush_interval=0.5
+    )
+    registry.observers.append(mirror)
+    mirror.start()
+    try:
+        event_id = await _event(store)
+        await until(lambda: mirror.healthy, 5, "the first resync")
+        first = await registry.ask(event_id, PlaceHold("u0", ("S3",), str(uuid.uuid4())))
+        assert isinstance(first, Hold)
+        await until(lambda: _hget(redis, user_counts_key(event_id), "u0", b"1"), 5, "a flush")
+        # The next flush is flush_interval away: by then the release is being written.
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))
+        await asyncio.wait_for(failing.waiting.wait(), 5)
+        counts = user_counts_key(event_id)
+        await until(lambda: _hget(redis, counts, "u1", b"2"), 5, "the hold's flush")
+        assert await redis.exists(hold_key(event_id, hold.hold_id))
+        failing.gate.set()
+        with pytest.raises(StoreUnavailable):
+            await release
+        await asyncio.sleep(0.6)  # a flush still due has run
+        assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
+    finally:
+        failing.gate.set()
+        await registry.close()
+        await mirror.close()
+
+
+async def test_a_resync_writes_what_was_committed_not_the_batch_being_written(
+    store: PostgresStore, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    """A resync (after Redis came back) that reads an actor writing a batch mirrors its state
+    as committed: that batch may fail and be undone, and then nothing would correct Redis."""
+    failing = _FailingLater(store, good=1)
+    registry = Registry(cast(Any, failing), SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
+    registry.observers.append(mirror)
+    try:
+        event_id = await _event(store)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))
+        await asyncio.wait_for(failing.waiting.wait(), 5)
+        mirror.start()  # its first resync reads the actor while the release is being written
+        await until(lambda: mirror.healthy, 5, "the resync")
+        assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
+        failing.gate.set()
+        with pytest.raises(StoreUnavailable):
+            await release
+        await asyncio.sleep(0.1)  # a flush still due has run
+        assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
+    finally:
+        failing.gate.set()
+        await registry.close()
         await mirror.close()
