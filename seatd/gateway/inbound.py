@@ -43,6 +43,7 @@ class MessageConnection(ServerConnection):
         "_early_waiter",
         "_fragments",
         "_fragments_text",
+        "_session_paused",
         "_sink",
         "_sink_context",
         "last_seen",
@@ -62,7 +63,10 @@ class MessageConnection(ServerConnection):
         self._early_waiter: asyncio.Future[None] | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
+        # Who stopped reading the socket: the early queue (full) or the session (at its
+        # in-flight limit). Reading resumes only when neither holds it.
         self._early_paused = False
+        self._session_paused = False
 
     # --- for the session -------------------------------------------------------------------
 
@@ -74,9 +78,7 @@ class MessageConnection(ServerConnection):
         early, self._early = self._early, None
         while early and self._sink is not None:
             self._deliver(early.popleft())
-        if self._early_paused:
-            self._early_paused = False
-            self.resume_reading()
+        self._early_drained()
 
     async def first_message(self) -> Message:
         """The next message, for a session without a sink yet; ConnectionClosed if none."""
@@ -89,21 +91,19 @@ class MessageConnection(ServerConnection):
             finally:
                 self._early_waiter = None
         message = self._early.popleft()
-        if self._early_paused and len(self._early) < _EARLY_LIMIT:
-            self._early_paused = False
-            self.resume_reading()
+        if len(self._early) < _EARLY_LIMIT:
+            self._early_drained()
         return message
 
     def pause_reading(self) -> None:
         """Stop reading the socket (TCP then pushes back on the client)."""
-        transport = self.transport
-        if not transport.is_closing():
-            transport.pause_reading()
+        self._session_paused = True
+        self._pause_transport()
 
     def resume_reading(self) -> None:
-        transport = self.transport
-        if not transport.is_closing():
-            transport.resume_reading()
+        self._session_paused = False
+        if not self._early_paused:
+            self._resume_transport()
 
     def send_keepalive_ping(self, now: float) -> None:
         """A ping whose pong nobody awaits: any frame that arrives afterwards will do."""
@@ -169,7 +169,25 @@ class MessageConnection(ServerConnection):
             waiter.set_result(None)
         if len(early) >= _EARLY_LIMIT and not self._early_paused:
             self._early_paused = True
-            self.pause_reading()
+            self._pause_transport()
+
+    def _early_drained(self) -> None:
+        """The early queue has room again: read on, unless the session paused reading (early
+        messages it was handed may have taken it to its in-flight limit)."""
+        if self._early_paused:
+            self._early_paused = False
+            if not self._session_paused:
+                self._resume_transport()
+
+    def _pause_transport(self) -> None:
+        transport = self.transport
+        if not transport.is_closing():
+            transport.pause_reading()
+
+    def _resume_transport(self) -> None:
+        transport = self.transport
+        if not transport.is_closing():
+            transport.resume_reading()
 
     def _deliver(self, message: Message) -> None:
         assert self._sink is not None and self._sink_context is not None

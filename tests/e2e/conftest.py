@@ -5,12 +5,15 @@ Tests share the server but never an event: each creates its own (``new_event_id`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from support.client import RawClient, client
 from support.server import RunningServer, base_env, in_process_server
 
+from seatd.gateway import catalog
 from seatd.logging import configure_logging
 
 
@@ -37,3 +40,17 @@ async def alice(server: RunningServer) -> AsyncIterator[RawClient]:
 async def bob(server: RunningServer) -> AsyncIterator[RawClient]:
     async with client(server.url, "bob", "user") as c:
         yield c
+
+
+@pytest.fixture
+def catalog_gate(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """``list_events`` and ``create_event`` stay in progress until this gate is set."""
+    gate = asyncio.Event()
+    serve = catalog.serve
+
+    async def gated(*args: Any) -> object:
+        await gate.wait()
+        return await serve(*args)
+
+    monkeypatch.setattr(catalog, "serve", gated)
+    return gate

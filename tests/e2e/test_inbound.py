@@ -9,8 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
-from support.client import RawClient, client, create_event
+from support.client import RawClient, client, create_event, send_at_once
 from support.server import RunningServer, base_env, in_process_server, token
+from support.waiting import until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -83,6 +84,33 @@ async def test_messages_sent_before_the_welcome_are_all_answered(
                     assert message["ok"] is True, message
                     seen.append(message["id"])
         assert seen == list(range(30))
+
+
+async def test_messages_sent_before_the_welcome_leave_back_pressure_on(
+    narrow: RunningServer, catalog_gate: asyncio.Event
+) -> None:
+    """Messages queued before the welcome that take the connection to its in-flight limit
+    leave the socket unread: what the client sends next waits in TCP, not in server memory,
+    and every request is still answered once the work moves on."""
+    async with connect(narrow.url, subprotocols=["seatd.v1"]) as ws:  # type: ignore[list-item]
+        first = [{"id": 0, "type": "authenticate", "token": token("early-flood")}]
+        send_at_once(ws, first + [{"id": n, "type": "list_events"} for n in range(1, 21)])
+        conn = await narrow.session("early-flood")
+        await until(lambda: conn.inflight == MAX_INFLIGHT, what="the in-flight limit")
+        assert conn._backlog is not None
+        kept = len(conn._backlog)
+        send_at_once(ws, [{"id": n, "type": "list_events"} for n in range(21, 421)])
+        await asyncio.sleep(0.3)
+        assert not conn.ws.transport.is_reading()
+        assert len(conn._backlog) == kept, "read past the in-flight limit"
+        catalog_gate.set()
+        replies: dict[Any, bool] = {}
+        async with asyncio.timeout(20):
+            while len(replies) < 421:
+                message = orjson.loads(await ws.recv())
+                if "id" in message:
+                    replies[message["id"]] = message["ok"]
+        assert replies == dict.fromkeys(range(421), True)
 
 
 async def test_a_bug_handling_a_message_closes_the_connection_with_1011(

@@ -85,6 +85,13 @@ async def client(
         yield RawClient(ws, welcome)
 
 
+def send_at_once(ws: ClientConnection, frames: list[dict[str, Any]]) -> None:
+    """Send the frames in one write, so the server reads them together."""
+    for frame in frames:
+        ws.protocol.send_text(orjson.dumps(frame))
+    ws.transport.write(b"".join(ws.protocol.data_to_send()))
+
+
 def new_event_id(prefix: str = "ev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

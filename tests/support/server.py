@@ -18,6 +18,8 @@ from seatd.app import App
 from seatd.auth import Role, TokenAuthority
 from seatd.config import Settings
 from seatd.devstack import free_port
+from seatd.gateway.connection import Connection
+from support.waiting import until
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,21 @@ class RunningServer:
 
     def http_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    async def session(self, user_id: str) -> Connection:
+        """The server side of the one open connection of ``user_id`` (once authenticated)."""
+        assert self.app is not None
+        connections = self.app.gateway.connections
+
+        def found() -> list[Connection]:
+            return [
+                c
+                for c in connections
+                if getattr(c, "identity", None) and c.identity.user_id == user_id
+            ]
+
+        await until(lambda: len(found()) == 1, what=f"the session of {user_id}")
+        return found()[0]
 
 
 @contextlib.asynccontextmanager
