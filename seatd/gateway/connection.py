@@ -124,6 +124,7 @@ class Connection:
         "_backlog",
         "_bucket",
         "_closing",
+        "_ended",
         "_holds",
         "_needs_auth",
         "_outbound",
@@ -167,6 +168,8 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] | None = None
         self._closing = False
+        # The session is over: nothing it starts from now on would ever be undone.
+        self._ended = False
         self.idle = asyncio.Event()
         self.idle.set()
         self._subscriptions: set[str] = set()
@@ -199,11 +202,20 @@ class Connection:
             self.ws.deliver_to(self._receive)
             await self.ws.wait_closed()
         finally:
-            for task in self._tasks or ():
-                task.cancel()
-            if self._writer is not None:
-                self._writer.cancel()
-            self._forget_everything()
+            self._end()
+
+    def _end(self) -> None:
+        """Stop the session's work and forget what it registered. Requests that finish later
+        (their tasks are cancelled, actors answer on their own time) start nothing: messages
+        kept for later are dropped, as nobody reads their answers."""
+        self._ended = True
+        self._closing = True
+        self._backlog = None
+        for task in self._tasks or ():
+            task.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._forget_everything()
 
     def _forget_everything(self) -> None:
         if self._token_timer is not None:
@@ -348,6 +360,8 @@ class Connection:
 
     def _dispatch(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         """Start the work of a request; its answer comes when the work is done (``_done``)."""
+        if self._ended:  # what it would register (a subscription, a hold) is never forgotten
+            return
         if isinstance(request, wire.CreateEvent | wire.ListEvents):
             served = catalog.serve(self.ctx.store, self.ctx.policy, self.identity, request)
             self._track(self._spawn(served), _Pending(request_id, request_type))

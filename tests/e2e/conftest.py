@@ -13,6 +13,7 @@ import pytest
 from support.client import RawClient, client
 from support.server import RunningServer, base_env, in_process_server
 
+from protocol import messages as wire
 from seatd.gateway import catalog
 from seatd.logging import configure_logging
 
@@ -44,12 +45,13 @@ async def bob(server: RunningServer) -> AsyncIterator[RawClient]:
 
 @pytest.fixture
 def catalog_gate(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """``list_events`` and ``create_event`` stay in progress until this gate is set."""
+    """``list_events`` stays in progress until this gate is set (events can still be made)."""
     gate = asyncio.Event()
     serve = catalog.serve
 
     async def gated(*args: Any) -> object:
-        await gate.wait()
+        if isinstance(args[-1], wire.ListEvents):
+            await gate.wait()
         return await serve(*args)
 
     monkeypatch.setattr(catalog, "serve", gated)
