@@ -28,7 +28,7 @@ class _Sink(Subscriber, Protocol):
 
 
 class HoldFollower:
-    __slots__ = ("_broadcaster", "_clock", "_connection", "_timers", "_warning")
+    __slots__ = ("_broadcaster", "_clock", "_closed", "_connection", "_timers", "_warning")
 
     def __init__(
         self,
@@ -42,6 +42,8 @@ class HoldFollower:
         self._clock = clock
         self._warning = warning
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Answers may still arrive after the connection is gone: they must not follow anything.
+        self._closed = False
 
     def follow(self, event_id: str, command: core.Command, result: object) -> None:
         """After a successful reply: watch a placed or refreshed hold; drop an ended one.
@@ -49,6 +51,8 @@ class HoldFollower:
         Works from the core result (a stored reply carries it when the command just ran), so
         nothing is decoded again on this per-hold path; only a replayed answer is read back.
         """
+        if self._closed:
+            return
         if isinstance(command, core.ReleaseHold | core.Reserve):
             if _succeeded(result):
                 self._cancel(command.hold_id)
@@ -65,6 +69,8 @@ class HoldFollower:
         self, event_id: str, hold: core.Hold, ended: core.HoldEndReason | None
     ) -> None:
         """A watched hold changed, maybe through another connection."""
+        if self._closed:
+            return
         if ended is None:
             self._schedule(event_id, hold)
             return
@@ -75,6 +81,7 @@ class HoldFollower:
 
     def close(self) -> None:
         """The connection is gone: no more warnings, no more watching."""
+        self._closed = True
         for hold_id, timer in self._timers.items():
             timer.cancel()
             self._broadcaster.unwatch_hold(hold_id, self._connection)

@@ -17,6 +17,7 @@ from support.server import RunningServer, base_env, in_process_server
 from support.waiting import until
 
 from seatd.gateway.connection import Connection
+from seatd.runtime.writer import BatchWriter
 
 MAX_INFLIGHT = 3
 
@@ -26,6 +27,14 @@ async def narrow(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
     env = base_env(service_env, SEATD_MAX_INFLIGHT=str(MAX_INFLIGHT))
     async with in_process_server(env) as running:
         yield running
+
+
+def _writer_of(server: RunningServer) -> BatchWriter:
+    """Where the server's actors write their batches (patched here to slow them down)."""
+    assert server.app is not None
+    writer = server.app.registry._writer
+    assert isinstance(writer, BatchWriter)
+    return writer
 
 
 async def _gone(server: RunningServer, conn: Connection) -> None:
@@ -56,3 +65,35 @@ async def test_messages_kept_at_the_limit_die_with_the_connection(
     assert not narrow.app.gateway.ctx.broadcaster.has_subscribers(event_id)
     async with client(narrow.url, "organiser-kept", "admin") as admin:
         assert (await admin.ok("get_event", event_id=event_id))["available"] == 5
+
+
+async def test_a_hold_answered_after_the_client_left_is_not_followed(
+    narrow: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold whose answer comes after its client left (the database was slow): the gone
+    connection does not follow it, neither among the hold's watchers (which keep the event's
+    hold news coming) nor with a warning timer."""
+    assert narrow.app is not None
+    async with client(narrow.url, "organiser-late", "admin") as admin:
+        event_id = (await create_event(admin, seats=5))["event_id"]
+        await admin.ok("get_event", event_id=event_id)  # loaded: the hold goes to its actor
+    gate = asyncio.Event()
+    writer = _writer_of(narrow)
+    persist = writer.persist
+
+    async def slow(*args: Any, **kwargs: Any) -> None:
+        await gate.wait()
+        await persist(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "persist", slow)
+    try:
+        async with client(narrow.url, "late-holder") as c:
+            conn = await narrow.session("late-holder")
+            await c.send({"id": 1, "type": "hold", "event_id": event_id, "seat_ids": ["A-1"]})
+            await until(lambda: conn.inflight == 1, what="the hold in progress")
+        await _gone(narrow, conn)
+    finally:
+        gate.set()
+    await until(lambda: conn.inflight == 0, what="the hold's answer")
+    assert not narrow.app.gateway.ctx.broadcaster.follows_holds(event_id)
+    assert not conn._holds._timers
