@@ -28,7 +28,15 @@ class _Sink(Subscriber, Protocol):
 
 
 class HoldFollower:
-    __slots__ = ("_broadcaster", "_clock", "_closed", "_connection", "_timers", "_warning")
+    __slots__ = (
+        "_broadcaster",
+        "_clock",
+        "_closed",
+        "_connection",
+        "_followed",
+        "_timers",
+        "_warning",
+    )
 
     def __init__(
         self,
@@ -41,6 +49,8 @@ class HoldFollower:
         self._broadcaster = broadcaster
         self._clock = clock
         self._warning = warning
+        # The holds watched, warned or not: a warning ends the timer, not the watching.
+        self._followed: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Answers may still arrive after the connection is gone: they must not follow anything.
         self._closed = False
@@ -56,12 +66,14 @@ class HoldFollower:
         if isinstance(command, core.ReleaseHold | core.Reserve):
             if _succeeded(result):
                 self._cancel(command.hold_id)
+                self._followed.discard(command.hold_id)
                 self._broadcaster.unwatch_hold(command.hold_id, self._connection)
             return
         outcome = result
         if isinstance(result, StoredReply):
             outcome = result.outcome or _hold_from_reply(result.response)
         if isinstance(outcome, core.Hold):
+            self._followed.add(outcome.hold_id)
             self._broadcaster.watch_hold(event_id, outcome.hold_id, self._connection)
             self._schedule(event_id, outcome)
 
@@ -75,6 +87,7 @@ class HoldFollower:
             self._schedule(event_id, hold)
             return
         self._cancel(hold.hold_id)
+        self._followed.discard(hold.hold_id)  # the broadcaster dropped its watchers
         if ended is core.HoldEndReason.EXPIRED:
             expired = wire.HoldExpired(event_id, hold.hold_id, hold.seat_ids)
             self._connection.send(encode_push("hold_expired", expired))
@@ -82,10 +95,12 @@ class HoldFollower:
     def close(self) -> None:
         """The connection is gone: no more warnings, no more watching."""
         self._closed = True
-        for hold_id, timer in self._timers.items():
+        for timer in self._timers.values():
             timer.cancel()
-            self._broadcaster.unwatch_hold(hold_id, self._connection)
         self._timers.clear()
+        for hold_id in self._followed:
+            self._broadcaster.unwatch_hold(hold_id, self._connection)
+        self._followed.clear()
 
     def _schedule(self, event_id: str, hold: core.Hold) -> None:
         self._cancel(hold.hold_id)

@@ -97,3 +97,20 @@ async def test_a_hold_answered_after_the_client_left_is_not_followed(
     await until(lambda: conn.inflight == 0, what="the hold's answer")
     assert not narrow.app.gateway.ctx.broadcaster.follows_holds(event_id)
     assert not conn._holds._timers
+
+
+async def test_a_warned_hold_is_no_longer_followed_once_its_client_left(
+    narrow: RunningServer,
+) -> None:
+    """A hold whose holder was already warned (``hold_expiring``) is still followed until it
+    ends; once the holder's connection is gone it is not."""
+    assert narrow.app is not None
+    async with client(narrow.url, "organiser-warned", "admin") as admin:
+        event = await create_event(admin, seats=5, hold_duration_s=6)  # warned 1.5 s before
+    event_id = event["event_id"]
+    async with client(narrow.url, "warned-holder") as c:
+        conn = await narrow.session("warned-holder")
+        await c.ok("hold", event_id=event_id, seat_ids=["A-1"])
+        assert (await c.recv(timeout=10))["type"] == "hold_expiring"
+    await _gone(narrow, conn)
+    assert not narrow.app.gateway.ctx.broadcaster.follows_holds(event_id)  # before it expires
