@@ -227,13 +227,25 @@ class Connection:
         self._holds.close()
 
     async def go_away(self, reason: str, code: int = CloseCode.SERVICE_RESTART) -> None:
-        """Tell the client why, let queued replies flush, and close."""
+        """Answer what is still in progress, tell the client why, let queued replies flush,
+        and close."""
         if self._closing:
             return
+        await self._stop_work()
         self.send(encode_push("goaway", wire.GoAway(reason=reason, reconnect=True)))
         self._closing = True
         await self._flush(timeout=2.0)
         await self.ws.close(code, reason)
+
+    async def _stop_work(self) -> None:
+        """Cancel the requests still running here (on PostgreSQL, another instance, a
+        snapshot): each is answered ``shutting_down`` as it ends, before the goaway. Those
+        queued on actors were answered when the registry closed."""
+        running = [task for task in self._tasks or () if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:  # their answers (``_done``) run before this wait ends
+            await asyncio.wait(running, timeout=2.0)
 
     # --- outbound --------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Work may still finish after the client left (an actor answers on its own time), but what it
 would register (a subscription, a watched hold, a timer) is not registered for a connection
-that is gone, and messages kept for later are not run for nobody.
+that is gone, and messages kept for later are not run for nobody. When the server sends the
+connection away (a shutdown), every request still in progress is answered first.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from support.client import client, create_event, send_at_once
+from support.client import RawClient, client, create_event, send_at_once
 from support.server import RunningServer, base_env, in_process_server
 from support.waiting import until
+from websockets.exceptions import ConnectionClosed
 
 from seatd.gateway.connection import Connection
 from seatd.runtime.writer import BatchWriter
@@ -114,3 +116,48 @@ async def test_a_warned_hold_is_no_longer_followed_once_its_client_left(
         assert (await c.recv(timeout=10))["type"] == "hold_expiring"
     await _gone(narrow, conn)
     assert not narrow.app.gateway.ctx.broadcaster.follows_holds(event_id)  # before it expires
+
+
+async def test_requests_unfinished_at_the_shutdown_timeout_are_answered_shutting_down(
+    service_env: dict[str, str], catalog_gate: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROTOCOL.md, shutdown: requests still unfinished after SEATD_SHUTDOWN_TIMEOUT are
+    answered ``shutting_down`` before the ``goaway`` and the close (1012), whether they wait
+    on PostgreSQL directly (``list_events``) or on an event's actor (a ``hold``)."""
+    writing = asyncio.Event()
+
+    async def stuck(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        await asyncio.Event().wait()
+
+    env = base_env(service_env, SEATD_SHUTDOWN_TIMEOUT="1")
+    async with in_process_server(env) as running:
+        assert running.app is not None
+        async with client(running.url, "organiser-stop", "admin") as admin:
+            event_id = (await create_event(admin, seats=5))["event_id"]
+            await admin.ok("get_event", event_id=event_id)  # loaded: holds go to its actor
+        monkeypatch.setattr(_writer_of(running), "persist", stuck)
+        async with client(running.url, "stopped-midway") as c:
+            conn = await running.session("stopped-midway")
+            await c.send({"id": 1, "type": "list_events"})
+            await c.send({"id": 2, "type": "hold", "event_id": event_id, "seat_ids": ["A-1"]})
+            await asyncio.wait_for(writing.wait(), 5)
+            await c.send({"id": 3, "type": "hold", "event_id": event_id, "seat_ids": ["A-2"]})
+            await until(lambda: conn.inflight == 3, what="three requests in progress")
+            running.app.stop()
+            frames = await _until_closed(c)
+            assert c.ws.close_code == 1012
+    answers = {f["id"]: f["error"]["code"] for f in frames if "id" in f}
+    assert frames[-1]["type"] == "goaway" and len(answers) == 3, frames
+    assert (answers[1], answers[3]) == ("shutting_down", "shutting_down"), frames
+    # The hold whose write was under way may have committed: unavailable says so (retry it).
+    assert answers[2] in {"shutting_down", "unavailable"}, frames
+
+
+async def _until_closed(c: RawClient) -> list[dict[str, Any]]:
+    frames = []
+    try:
+        while True:
+            frames.append(await c.recv(timeout=15))
+    except ConnectionClosed:
+        return frames
