@@ -129,6 +129,7 @@ class Connection:
         "_needs_auth",
         "_outbound",
         "_started",
+        "_subscribing",
         "_subscriptions",
         "_tasks",
         "_token_timer",
@@ -173,6 +174,8 @@ class Connection:
         self.idle = asyncio.Event()
         self.idle.set()
         self._subscriptions: set[str] = set()
+        # Per event, the subscribe whose reply is on its way (made on first use).
+        self._subscribing: dict[str, asyncio.Task[Any]] | None = None
         self._holds = HoldFollower(self, ctx.broadcaster, ctx.clock, ctx.hold_warning)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -581,7 +584,15 @@ class Connection:
             return
         broadcaster = self.ctx.broadcaster
         self._subscriptions.add(event_id)
-        broadcaster.begin(event_id, self)
+        subscribing = self._subscribing
+        if subscribing is None:
+            subscribing = self._subscribing = {}
+        earlier = subscribing.get(event_id)
+        if earlier is None:
+            broadcaster.begin(event_id, self)
+            snapshot: Any = self.ctx.router.snapshot(event_id)
+        else:
+            snapshot = self._snapshot_after(earlier, event_id)
         newer: list[bytes] = []  # deltas committed after the snapshot, sent right after it
 
         def to_wire(snapshot: core.SeatSnapshot) -> wire.Subscribed:
@@ -615,7 +626,24 @@ class Connection:
             self._subscriptions.discard(event_id)
 
         pending = _Pending(request_id, request_type, to_wire, after, on_error)
-        self._track(self._spawn(self.ctx.router.snapshot(event_id)), pending)
+        task = self._spawn(snapshot)
+        subscribing[event_id] = task
+        task.add_done_callback(partial(self._subscribed, event_id))
+        self._track(task, pending)
+
+    async def _snapshot_after(self, earlier: asyncio.Task[Any], event_id: str) -> Any:
+        """A subscribe sent while another to the same event is on its way starts once that one
+        is answered: the broadcaster goes live with the first snapshot, and the pushes it sent
+        before the second reply could skip versions that reply then claims to precede."""
+        await asyncio.wait([earlier])  # its answer (``_done``) is sent before this resumes
+        if event_id in self._subscriptions:  # else unsubscribed meanwhile: a reply, no pushes
+            self.ctx.broadcaster.begin(event_id, self)
+        return await self.ctx.router.snapshot(event_id)
+
+    def _subscribed(self, event_id: str, task: asyncio.Task[Any]) -> None:
+        subscribing = self._subscribing
+        if subscribing is not None and subscribing.get(event_id) is task:
+            del subscribing[event_id]
 
     def _unsubscribe(
         self, request_id: RequestId, request_type: str, request: wire.Unsubscribe

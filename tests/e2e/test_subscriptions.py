@@ -216,3 +216,47 @@ async def test_a_keyed_hold_and_its_replay_are_both_followed(
     assert expiring["expires_at"] == first["expires_at"]
     expired = await _next_push(alice, "hold_expired", timeout=3)
     assert expired["hold_id"] == first["hold_id"]
+
+
+async def test_pushes_after_the_last_of_two_pipelined_subscribes_have_no_gap(
+    admin: RawClient, alice: RawClient, bob: RawClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subscribing again restarts the subscription: the pushes after the last reply chain on
+    from its version. Here the first snapshot is held back until a change has committed, so
+    the second subscription would otherwise go live, and get that change, before the first
+    reply, which then names an older version than the pushes that follow it."""
+    from seatd.gateway.forward import Router
+
+    event_id = (await create_event(admin, seats=4))["event_id"]
+    await admin.ok("get_event", event_id=event_id)  # loaded: snapshots come from the actor
+    gate = asyncio.Event()
+    snapshot = Router.snapshot
+    calls = 0
+
+    async def first_held_back(self: Router, event: str) -> Any:
+        nonlocal calls
+        calls += 1
+        held_back = calls == 1
+        result = await snapshot(self, event)
+        if held_back:
+            await gate.wait()
+        return result
+
+    monkeypatch.setattr(Router, "snapshot", first_held_back)
+    await alice.send({"id": "first", "type": "subscribe", "event_id": event_id})
+    await alice.send({"id": "second", "type": "subscribe", "event_id": event_id})
+    await asyncio.sleep(0.2)
+    await bob.ok("hold", event_id=event_id, seat_ids=["A-1"])  # committed while held back
+    await asyncio.sleep(0.2)
+    gate.set()
+    frames: list[dict[str, Any]] = []
+    while sum(1 for f in frames if f.get("id") in ("first", "second")) < 2:
+        frames.append(await alice.recv())
+    await bob.ok("hold", event_id=event_id, seat_ids=["A-2"])
+    while not (frames[-1].get("type") == "availability" and "A-2" in str(frames[-1])):
+        frames.append(await alice.recv())
+    last = max(i for i, f in enumerate(frames) if f.get("id") in ("first", "second"))
+    version = frames[last]["result"]["version"]
+    after = [f for f in frames[last + 1 :] if f.get("type") == "availability"]
+    assert after and after[0]["from_version"] <= version + 1, (version, frames)
+    assert _spans_without_holes(after, after[0]["from_version"] - 1, after[-1]["version"])
