@@ -644,6 +644,8 @@ class Connection:
         subscribing = self._subscribing
         if subscribing is not None and subscribing.get(event_id) is task:
             del subscribing[event_id]
+            if not subscribing:
+                self._subscribing = None  # a subscriber keeps no empty dict
 
     def _unsubscribe(
         self, request_id: RequestId, request_type: str, request: wire.Unsubscribe
