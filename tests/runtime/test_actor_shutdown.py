@@ -10,16 +10,16 @@ from typing import Any, cast
 
 import asyncpg
 import orjson
+from support.events import new_event
 
 from seatd.adapters.postgres import PostgresStore
-from seatd.core import EventInfo, PlaceHold, Policy, Seat
+from seatd.core import PlaceHold, Policy
 from seatd.errors import ShuttingDown, StoreUnavailable
 from seatd.runtime.actor import ActorSettings, Envelope
 from seatd.runtime.ports import (
     IdempotencyKey,
     IdempotencyRecord,
     KeysAlreadyUsed,
-    NewEvent,
     SystemClock,
 )
 from seatd.runtime.registry import Registry
@@ -40,13 +40,6 @@ def _registry(store: _Store) -> Registry:
     return Registry(cast(Any, store), SystemClock(), Policy(300, 8, 1800), ActorSettings())
 
 
-async def _event(store: PostgresStore) -> str:
-    event_id = f"stop-{uuid.uuid4().hex[:10]}"
-    seats = tuple(Seat(f"S{i}") for i in range(4))
-    await store.create_event(NewEvent(EventInfo(event_id, "Forced stop"), seats))
-    return event_id
-
-
 async def test_a_batch_stopped_while_its_retry_keys_are_looked_up_is_answered(
     store: PostgresStore,
 ) -> None:
@@ -65,7 +58,7 @@ async def test_a_batch_stopped_while_its_retry_keys_are_looked_up_is_answered(
         return {}
 
     registry = _registry(_Store(store, persist=refuse, find_idempotency=slow_lookup))
-    actor = await registry.activate(await _event(store))
+    actor = await registry.activate(await new_event(store, "stop"))
     command = PlaceHold("u1", ("S0",), str(uuid.uuid4()))
     key = IdempotencyKey("u1", "k1", "h", lambda _: orjson.dumps({"ok": True}))
     answer = actor.submit(command, Envelope(command, idempotency=key))
@@ -88,7 +81,7 @@ async def test_a_batch_stopped_while_its_write_is_in_flight_is_answered_as_uncon
         await asyncio.sleep(3600)  # the answer is slow to come back
 
     registry = _registry(_Store(store, persist=commit_then_stall))
-    event_id = await _event(store)
+    event_id = await new_event(store, "stop")
     actor = await registry.activate(event_id)
     answer = actor.submit(PlaceHold("u1", ("S0",), str(uuid.uuid4())))
     await asyncio.wait_for(committed.wait(), 5)

@@ -6,12 +6,13 @@ import asyncio
 import uuid
 
 import asyncpg
+from support.events import new_event
 
 from seatd.adapters.postgres import PostgresStore
-from seatd.core import EventInfo, PlaceHold, Policy, Seat
+from seatd.core import PlaceHold, Policy
 from seatd.errors import OwnershipLost, SeatUnavailable
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import NewEvent, SystemClock
+from seatd.runtime.ports import SystemClock
 from seatd.runtime.registry import Registry
 
 
@@ -22,9 +23,7 @@ def _hold(user: str, seat: str) -> PlaceHold:
 async def test_batches_commands_commits_and_failed_commits_are_counted(
     store: PostgresStore, pool: asyncpg.Pool
 ) -> None:
-    event_id = f"stats-{uuid.uuid4().hex[:10]}"
-    seats = tuple(Seat(f"S{i}") for i in range(4))
-    await store.create_event(NewEvent(EventInfo(event_id, "Stats"), seats))
+    event_id = await new_event(store, "stats")
     registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
     stats = registry.stats
     try:

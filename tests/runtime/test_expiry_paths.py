@@ -16,24 +16,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 from redis.asyncio import Redis
 from support.clock import FakeClock
+from support.events import new_event
 from support.waiting import until
 
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import ExpiryListener, RedisMirror, hold_key, make_client
-from seatd.core import EventInfo, Expire, Hold, PlaceHold, Policy, Seat
+from seatd.core import Expire, Hold, PlaceHold, Policy
 from seatd.devstack import RedisServer
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import NewEvent, SystemClock
+from seatd.runtime.ports import SystemClock
 from seatd.runtime.registry import Registry
 
 POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
 
 
 async def _new_event(store: PostgresStore, hold_duration_s: int) -> str:
-    event_id = f"exp-{uuid.uuid4().hex[:10]}"
-    info = EventInfo(event_id, "Expiry test", hold_duration_s=hold_duration_s)
-    await store.create_event(NewEvent(info, tuple(Seat(f"S{i}") for i in range(4))))
-    return event_id
+    return await new_event(store, "exp", hold_duration_s=hold_duration_s)
 
 
 async def _hold_rows(pool: asyncpg.Pool, event_id: str) -> int:

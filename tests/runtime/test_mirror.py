@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
+from support.events import new_event
 from support.waiting import until
 
 from seatd.adapters import redis as redis_adapter
@@ -19,7 +20,7 @@ from seatd.adapters.redis import RedisMirror, hold_key, user_counts_key
 from seatd.core import EventInfo, EventState, Hold, PlaceHold, Policy, ReleaseHold, Seat
 from seatd.errors import StoreUnavailable
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import NewEvent, SystemClock
+from seatd.runtime.ports import SystemClock
 from seatd.runtime.registry import Registry
 
 
@@ -31,9 +32,7 @@ async def test_a_flush_mirrors_each_hold_and_count_and_removes_ended_holds(
     registry.observers.append(mirror)
     mirror.start()
     try:
-        event_id = f"mirror-{uuid.uuid4().hex[:10]}"
-        seats = tuple(Seat(f"S{i}") for i in range(4))
-        await store.create_event(NewEvent(EventInfo(event_id, "Mirror test"), seats))
+        event_id = await new_event(store, "mirror")
         kept = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
         ended = await registry.ask(event_id, PlaceHold("u2", ("S2",), str(uuid.uuid4())))
         assert isinstance(kept, Hold) and isinstance(ended, Hold)
@@ -139,13 +138,6 @@ async def _mirrored(
     return rows, key, await redis.hget(user_counts_key(event_id), hold.user_id)
 
 
-async def _event(store: PostgresStore) -> str:
-    event_id = f"mirror-{uuid.uuid4().hex[:10]}"
-    seats = tuple(Seat(f"S{i}") for i in range(4))
-    await store.create_event(NewEvent(EventInfo(event_id, "Mirror test"), seats))
-    return event_id
-
-
 async def test_a_flush_writes_what_was_committed_not_the_batch_being_written(
     store: PostgresStore, redis: Redis, pool: asyncpg.Pool
 ) -> None:
@@ -159,7 +151,7 @@ async def test_a_flush_writes_what_was_committed_not_the_batch_being_written(
     registry.observers.append(mirror)
     mirror.start()
     try:
-        event_id = await _event(store)
+        event_id = await new_event(store, "mirror")
         await until(lambda: mirror.healthy, 5, "the first resync")
         first = await registry.ask(event_id, PlaceHold("u0", ("S3",), str(uuid.uuid4())))
         assert isinstance(first, Hold)
@@ -193,7 +185,7 @@ async def test_a_resync_writes_what_was_committed_not_the_batch_being_written(
     mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
     registry.observers.append(mirror)
     try:
-        event_id = await _event(store)
+        event_id = await new_event(store, "mirror")
         hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
         assert isinstance(hold, Hold)
         release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))

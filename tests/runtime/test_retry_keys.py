@@ -12,12 +12,13 @@ from typing import Any
 
 import asyncpg
 import orjson
+from support.events import new_event
 
 from seatd.adapters.postgres import PostgresStore
-from seatd.core import EventInfo, PlaceHold, Policy, Seat
+from seatd.core import PlaceHold, Policy
 from seatd.errors import IdempotencyMismatch
 from seatd.runtime.actor import ActorSettings, Envelope
-from seatd.runtime.ports import IdempotencyKey, NewEvent, StoredReply, SystemClock
+from seatd.runtime.ports import IdempotencyKey, StoredReply, SystemClock
 from seatd.runtime.registry import Registry
 
 
@@ -46,9 +47,7 @@ async def _ask(registry: Registry, event_id: str, *envelopes: Envelope) -> list[
 async def test_a_retry_the_owner_forgot_gets_the_stored_reply_and_changes_nothing(
     store: PostgresStore, pool: asyncpg.Pool
 ) -> None:
-    event_id = f"keys-{uuid.uuid4().hex[:10]}"
-    seats = tuple(Seat(f"S{i}") for i in range(4))
-    await store.create_event(NewEvent(EventInfo(event_id, "Retry keys"), seats))
+    event_id = await new_event(store, "keys")
     first = _registry(store)
     try:
         [original] = await _ask(first, event_id, _keyed("u1", "k1", "S0"))

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
+from support.events import new_event
 
 from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _rows
 from seatd.core import (
     Effect,
-    EventInfo,
     Hold,
     HoldCreated,
     HoldEnded,
@@ -19,16 +19,12 @@ from seatd.core import (
     HoldExtended,
     Reservation,
     ReservationCreated,
-    Seat,
 )
-from seatd.runtime.ports import FencedOut, IdempotencyRecord, NewEvent, StaleVersion
+from seatd.runtime.ports import FencedOut, IdempotencyRecord, StaleVersion
 
 
 async def _event(store: PostgresStore) -> str:
-    event_id = f"store-{uuid.uuid4().hex[:10]}"
-    seats = tuple(Seat(f"S{i}") for i in range(4))
-    await store.create_event(NewEvent(EventInfo(event_id, "Store test"), seats))
-    return event_id
+    return await new_event(store, "store")
 
 
 def _hold(user: str, *seats: str) -> Hold:

@@ -11,10 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from support.events import new_event
 
 from seatd.adapters.postgres import PostgresStore, StoreConflict
 from seatd.core import (
-    EventInfo,
     Hold,
     HoldCreated,
     HoldEnded,
@@ -22,14 +22,12 @@ from seatd.core import (
     HoldExtended,
     Reservation,
     ReservationCreated,
-    Seat,
 )
 from seatd.runtime.ports import (
     BatchWrite,
     FencedOut,
     IdempotencyRecord,
     KeysAlreadyUsed,
-    NewEvent,
     StaleVersion,
 )
 from seatd.runtime.writer import BatchWriter
@@ -37,9 +35,7 @@ from seatd.runtime.writer import BatchWriter
 
 async def _event(store: PostgresStore) -> tuple[str, int, int]:
     """A new event, loaded: (id, owner epoch, version)."""
-    event_id = f"writer-{uuid.uuid4().hex[:10]}"
-    seats = tuple(Seat(f"S{i}") for i in range(4))
-    await store.create_event(NewEvent(EventInfo(event_id, "Writer test"), seats))
+    event_id = await new_event(store, "writer")
     loaded = await store.load_event(event_id)
     assert loaded is not None
     return event_id, loaded.epoch, loaded.version
