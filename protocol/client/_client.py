@@ -392,6 +392,7 @@ class SeatClient:
                     if not entry.watches:
                         return
                     continue  # watched again meanwhile: re-subscribe (resume)
+                self._raise_if_stopped()  # a live map gets no more changes: end its watches
                 subscription = session.watch(event_id)
                 if subscription.syncing:
                     await self._execute(session.subscribe_call(event_id), None)

@@ -395,3 +395,25 @@ def _held(seat: str) -> dict[str, Any]:
 
 def _subscribed(version: int, mode: str = "snapshot", **fields: Any) -> dict[str, Any]:
     return {"event_id": "gala", "version": version, "mode": mode, "total_seats": 10, **fields}
+
+
+@pytest.mark.parametrize("ending", ["terminal close", "goaway without reconnect"])
+async def test_a_synced_watch_ends_when_the_client_stops_for_good(
+    fake: FakeSeatd, ending: str
+) -> None:
+    """A watch that is live when the server ends the client (a terminal close code, or a
+    goaway that says not to come back) raises that error instead of waiting forever."""
+    async with client_for(fake, goaway_grace=0.05) as c:
+        watch = c.watch("gala")
+        await (await fake.next()).ok(_subscribed(5))
+        await watch.synced()
+        assert (await anext(watch)).version == 5
+        expected: type[Exception] = AccessError
+        if ending == "terminal close":
+            await fake.connections[0].close(4501, "unauthenticated")
+        else:
+            await fake.push(fake.connections[0], "goaway", reason="gone", reconnect=False)
+            expected = ClientClosedError
+        with pytest.raises(expected):
+            await asyncio.wait_for(anext(watch), 2)
+        assert watch.closed
