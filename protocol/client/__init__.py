@@ -16,7 +16,9 @@ What the client does for you:
   so the server applies it once and replays its first answer.
 - **Retries** temporary error replies (``unavailable``, ``overloaded``, ``rate_limited``,
   ``shutting_down``, ``internal_error``) up to ``max_retries`` times, never sooner than the
-  server's ``retry_after_ms``; permanent errors raise at once.
+  server's ``retry_after_ms``; permanent errors raise at once. A request larger than the
+  server's ``max_frame_bytes`` (from ``welcome``) raises ``InvalidRequestError`` without being
+  sent: the server would close the connection (1009) instead of answering it.
 - **Watches**: ``client.watch(event_id)`` keeps a local seat map (``watch.seats``: seat id ->
   ``"held"``/``"reserved"``; absent means available) in step with the server: snapshot,
   then live deltas; a missed version or a reconnect re-subscribes from the last version seen

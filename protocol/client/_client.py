@@ -43,7 +43,7 @@ from protocol.client._transport import (
     terminal_close,
 )
 from protocol.client._watch import Watch
-from protocol.errors import RemoteError, TemporaryError
+from protocol.errors import InvalidRequestError, RemoteError, TemporaryError
 from protocol.messages import (
     Authenticate,
     Authenticated,
@@ -319,6 +319,7 @@ class SeatClient:
                 future: asyncio.Future[_Outcome] = loop.create_future()
                 self._waiters[call] = future
                 frame = self._session.send(call)
+                self._check_size(frame)
                 conn = self._usable()
                 if conn is not None:
                     with contextlib.suppress(ConnectionClosed):
@@ -338,6 +339,18 @@ class SeatClient:
         finally:
             self._waiters.pop(call, None)
             self._session.forget(call)
+
+    def _check_size(self, frame: bytes) -> None:
+        """Refuse a frame the server would answer by closing the connection (1009): sent again
+        after every reconnect, it would cut the connection over and over."""
+        limit = self._welcome.max_frame_bytes if self._welcome is not None else None
+        if limit is not None and len(frame) > limit:
+            raise InvalidRequestError(
+                "invalid_request",
+                f"the request takes {len(frame)} bytes, more than the server's max_frame_bytes"
+                f" ({limit}); send less (create_event: describe seats with blocks)",
+                details={"path": "$", "max_frame_bytes": limit},
+            )
 
     # --- watching ----------------------------------------------------------------------------
 

@@ -157,6 +157,24 @@ async def test_list_available_pages(admin: SeatClient, alice: SeatClient) -> Non
         await alice.list_available(new_event_id())
 
 
+async def test_a_request_larger_than_the_servers_frame_limit_fails_at_once(
+    sdk_server: RunningServer,
+) -> None:
+    """A request that cannot fit the server's ``max_frame_bytes`` is refused before it is sent,
+    with ``InvalidRequestError``: the connection, and every call and watch on it, carries on
+    (sent, it would close the connection with 1009, again on every reconnect)."""
+    async with SeatClient(
+        sdk_server.url, token=token("sdk-admin", "admin"), backoff=FAST, request_timeout=3
+    ) as c:
+        assert c.welcome is not None
+        seats = [SeatSpec(f"seat-{n}", section="floor") for n in range(4000)]
+        with pytest.raises(InvalidRequestError) as too_big:
+            await c.create_event("Too big", event_id=new_event_id(), seats=seats)
+        assert too_big.value.details["max_frame_bytes"] == c.welcome.max_frame_bytes
+        assert (await c.ping()).server_time
+        assert c.connections == 1
+
+
 # --- idempotency -------------------------------------------------------------------------------
 
 
