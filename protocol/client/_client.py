@@ -102,8 +102,8 @@ class SeatClient:
     every connection so reconnects can use a fresh token. ``request_timeout`` bounds each
     method call, retries and reconnect waits included (then ``TimeoutError``). Temporary
     error replies are retried up to ``max_retries`` times with ``backoff``. ``on_push`` is
-    called (in the reader: keep it quick) with every ``hold_expiring``, ``hold_expired`` and
-    ``goaway`` push. ``watch_buffer`` bounds each watch's queue of updates.
+    called (in the reader: keep it quick) with every ``hold_expiring``, ``hold_expired``,
+    ``token_expiring`` and ``goaway`` push. ``watch_buffer`` bounds each watch's queue of updates.
     """
 
     def __init__(
