@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from seatd.runtime.ports import NewEvent
 
 __all__ = ["main"]
 
@@ -87,27 +91,13 @@ def _bundled_schema() -> str:
 
 
 def _create_event(args: argparse.Namespace) -> int:
-    from protocol.messages import CreateEvent, SeatBlock
     from seatd.adapters.postgres import PostgresStore, connect_pool
     from seatd.config import Settings
     from seatd.errors import EventExists
-    from seatd.gateway.translate import new_event
 
     settings = _settings_or_exit(need_secret=False)
     assert isinstance(settings, Settings)
-    rows = tuple(_row_names(args.rows))
-    request = CreateEvent(
-        name=args.name,
-        event_id=args.event_id,
-        venue=args.venue,
-        blocks=tuple(
-            SeatBlock(
-                rows=rows, seats_per_row=args.seats_per_row, section=section, category=category
-            )
-            for section, category in _sections(args.sections)
-        ),
-    )
-    event = new_event(request)
+    event = _event_or_exit(args)
 
     async def create() -> bool:
         pool = await connect_pool(
@@ -132,6 +122,34 @@ def _create_event(args: argparse.Namespace) -> int:
     else:  # its seats are the stored ones, not the layout asked for now
         print(f"event already exists: {event.info.event_id}")
     return 0 if created or args.demo else 1
+
+
+def _event_or_exit(args: argparse.Namespace) -> NewEvent:
+    """The event the options describe, checked as the server checks a ``create_event``: a bad
+    option is the user's mistake, said in one line (exit 2), not a traceback."""
+    import orjson
+
+    from protocol.codec import DecodeError, decode_request
+    from protocol.messages import CreateEvent
+    from seatd.errors import InvalidRequest
+    from seatd.gateway.translate import new_event
+
+    rows = _row_names(args.rows)
+    blocks = [
+        {"rows": rows, "seats_per_row": args.seats_per_row, "section": s, "category": c}
+        for s, c in _sections(args.sections)
+    ]
+    frame = {"id": 1, "type": "create_event", "name": args.name, "venue": args.venue}
+    frame["blocks"] = blocks
+    if args.event_id:
+        frame["event_id"] = args.event_id
+    try:
+        _, _, request = decode_request(orjson.dumps(frame))
+        assert isinstance(request, CreateEvent)
+        return new_event(request)
+    except (DecodeError, InvalidRequest) as error:
+        print(f"seatd create-event: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _row_names(count: int) -> list[str]:

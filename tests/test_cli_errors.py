@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from seatd.devstack import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +104,25 @@ def test_sigterm_while_waiting_for_postgres_stops_at_once() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--rows", "0"], "rows: must have at least 1 item"),
+        (["--seats-per-row", "0"], "seats_per_row: must be >= 1"),
+        (["--event-id", "bad/id"], "$.event_id: must match"),
+        (["--sections", "floor,floor"], "seat ids must be unique"),
+        (["--rows", "400", "--seats-per-row", "1000"], "an event has at most"),
+    ],
+)
+def test_create_event_with_a_bad_layout_is_one_line_and_exit_2(
+    options: list[str], message: str
+) -> None:
+    """A layout the server would refuse is the user's mistake: refused before any connection
+    (nothing listens at POSTGRES_PORT), in one line naming the problem, without a traceback."""
+    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(free_port())}
+    done = _seatd("create-event", *options, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("seatd create-event: ") and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
