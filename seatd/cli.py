@@ -187,6 +187,17 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lifetime(raw: str) -> float:
+    """A token's lifetime: a token born expired (or a NaN or infinite one) is of no use."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds up to ten years")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seatd", description="Real-time event seat reservation service."
@@ -217,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint an access token signed with SEATD_JWT_SECRET")
     token.add_argument("--sub", required=True, help="the user id (or agent/admin id)")
     token.add_argument("--role", choices=["admin", "agent", "user"], default="user")
-    token.add_argument("--ttl", type=float, default=86400.0, help="seconds until it expires")
+    token.add_argument("--ttl", type=_lifetime, default=86400.0, help="seconds until it expires")
     token.set_defaults(func=_token)
 
     bench = sub.add_parser("bench", help="load-test and verify seatd (seatd bench --help)")

@@ -126,3 +126,12 @@ def test_create_event_with_a_bad_layout_is_one_line_and_exit_2(
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("seatd create-event: ") and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "nan", "inf"])
+def test_a_token_that_could_never_be_used_is_refused(ttl: str) -> None:
+    """--ttl must give a token a future expiry: an expired one, or a crash, helps nobody."""
+    done = _seatd("token", "--sub", "alice", "--ttl", ttl, env={"SEATD_JWT_SECRET": SECRET})
+    assert done.returncode == 2, done.stderr
+    assert "--ttl" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
