@@ -50,7 +50,7 @@ class HoldFollower:
         self._clock = clock
         self._warning = warning
         # The holds watched, warned or not: a warning ends the timer, not the watching.
-        self._followed: set[str] = set()
+        self._followed: set[str] | None = None  # made on first use: most connections hold nothing
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Answers may still arrive after the connection is gone: they must not follow anything.
         self._closed = False
@@ -66,13 +66,15 @@ class HoldFollower:
         if isinstance(command, core.ReleaseHold | core.Reserve):
             if _succeeded(result):
                 self._cancel(command.hold_id)
-                self._followed.discard(command.hold_id)
+                self._unfollow(command.hold_id)
                 self._broadcaster.unwatch_hold(command.hold_id, self._connection)
             return
         outcome = result
         if isinstance(result, StoredReply):
             outcome = result.outcome or _hold_from_reply(result.response)
         if isinstance(outcome, core.Hold):
+            if self._followed is None:
+                self._followed = set()
             self._followed.add(outcome.hold_id)
             self._broadcaster.watch_hold(event_id, outcome.hold_id, self._connection)
             self._schedule(event_id, outcome)
@@ -87,7 +89,7 @@ class HoldFollower:
             self._schedule(event_id, hold)
             return
         self._cancel(hold.hold_id)
-        self._followed.discard(hold.hold_id)  # the broadcaster dropped its watchers
+        self._unfollow(hold.hold_id)  # the broadcaster dropped its watchers
         if ended is core.HoldEndReason.EXPIRED:
             expired = wire.HoldExpired(event_id, hold.hold_id, hold.seat_ids)
             self._connection.send(encode_push("hold_expired", expired))
@@ -98,9 +100,9 @@ class HoldFollower:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for hold_id in self._followed:
+        followed, self._followed = self._followed, None
+        for hold_id in followed or ():
             self._broadcaster.unwatch_hold(hold_id, self._connection)
-        self._followed.clear()
 
     def _schedule(self, event_id: str, hold: core.Hold) -> None:
         self._cancel(hold.hold_id)
@@ -109,6 +111,10 @@ class HoldFollower:
         self._timers[hold.hold_id] = asyncio.get_running_loop().call_later(
             max(delay, 0.0), self._warn, event_id, hold
         )
+
+    def _unfollow(self, hold_id: str) -> None:
+        if self._followed is not None:
+            self._followed.discard(hold_id)
 
     def _cancel(self, hold_id: str) -> None:
         timer = self._timers.pop(hold_id, None)
