@@ -8,6 +8,7 @@ checks (expiry, required claims) so we do not hand-roll cryptography.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ _ALGORITHM = "HS256"
 _LEEWAY_S = 5
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SUBJECT_RULE = "sub must be 1 to 128 printable characters (no control characters)"
+# 9999-12-31T23:59:59Z: an expiry is sent back as an RFC 3339 time, which has four-digit years.
+_LAST_EXPIRY = 253_402_300_799
 
 
 def valid_subject(subject: object) -> TypeGuard[str]:
@@ -89,4 +92,17 @@ class TokenAuthority:
             raise Unauthenticated(f"invalid token: {SUBJECT_RULE}")
         if role not in ROLES:
             raise Unauthenticated(f"invalid token: role must be one of {', '.join(ROLES)}")
-        return Identity(subject, role, float(claims["exp"]))
+        return Identity(subject, role, _expiry(claims["exp"]))
+
+
+def _expiry(exp: int | float | str) -> float:
+    """The token's ``exp`` (PyJWT checked that it converts to an integer) as POSIX seconds.
+    One that cannot be written back as a time, e.g. given in milliseconds by mistake, makes
+    the token invalid rather than failing the connection later."""
+    try:
+        expires_at = float(exp)
+    except (OverflowError, ValueError):
+        expires_at = math.inf
+    if not expires_at <= _LAST_EXPIRY:
+        raise Unauthenticated("invalid token: exp must be a time before the year 10000")
+    return expires_at

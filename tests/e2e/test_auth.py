@@ -4,13 +4,15 @@ handshake-side limits. One server with short timeouts and strict settings for th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from support.client import client, create_event
-from support.server import RunningServer, base_env, in_process_server, token
+from support.server import SECRET, RunningServer, base_env, in_process_server, token
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -222,3 +224,40 @@ async def test_a_hold_may_name_only_so_many_seats(strict: RunningServer) -> None
         assert error["code"] == "invalid_request"
         assert error["details"] == {"path": "$.seat_ids", "limit": 2}
         await ann.ok("hold", event_id=event_id, seat_ids=["A-1", "A-2"])
+
+
+def _signed(**claims: object) -> str:
+    return jwt.encode({"sub": "alice", **claims}, SECRET, algorithm="HS256")
+
+
+# An expiry in milliseconds (a common issuer mistake), and one too large for a double.
+_UNREPRESENTABLE_EXPIRIES = [int(time.time() * 1000) + 3_600_000, 10**400]
+
+
+@pytest.mark.parametrize("exp", _UNREPRESENTABLE_EXPIRIES, ids=["milliseconds", "huge"])
+async def test_a_token_expiring_after_year_9999_is_refused_at_the_handshake(
+    strict: RunningServer, exp: int
+) -> None:
+    """Every expiry is sent back as an RFC 3339 time, so one past year 9999 is an invalid
+    token (401), not a failed connection."""
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(strict, additional_headers={"Authorization": f"Bearer {_signed(exp=exp)}"})
+    assert refused.value.response.status_code == 401
+    assert b"invalid token" in refused.value.response.body
+
+
+@pytest.mark.parametrize("exp", _UNREPRESENTABLE_EXPIRIES, ids=["milliseconds", "huge"])
+async def test_a_token_expiring_after_year_9999_is_refused_in_band(
+    strict: RunningServer, exp: int
+) -> None:
+    """As a first message it gets an ``unauthenticated`` reply and the 4501 close; as a
+    replacement, an ``unauthenticated`` reply on a connection that lives on."""
+    ws = await _open(strict)
+    await ws.send(_text({"id": 1, "type": "authenticate", "token": _signed(exp=exp)}))
+    assert (await _frame(ws))["error"]["code"] == "unauthenticated"
+    assert await _closed(ws) == CloseCode.UNAUTHENTICATED
+    async with client(strict.url, "alice") as alice:
+        assert (await alice.error("authenticate", token=_signed(exp=exp)))["code"] == (
+            "unauthenticated"
+        )
+        assert (await alice.request("ping"))["ok"] is True
