@@ -9,6 +9,7 @@ frame had a usable ``id``, that id, so the error reply can be matched to the req
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -235,9 +236,15 @@ def format_time(seconds: float) -> str:
 _SECONDS: dict[int, str] = {}  # POSIX second -> "YYYY-MM-DDTHH:MM:SS"
 
 
+# RFC 3339's date-time. datetime.fromisoformat also reads other ISO 8601 forms (basic format,
+# week dates, no seconds, "+0100"), which the protocol does not accept.
+_RFC_3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
+)
+
+
 def parse_time(text: str) -> float:
     """RFC 3339 (with offset, or Z) -> POSIX seconds; ValueError otherwise."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if value.tzinfo is None:
-        raise ValueError("the time needs an offset, e.g. 2026-12-01T19:30:00Z")
-    return value.timestamp()
+    if _RFC_3339.match(text) is None:
+        raise ValueError("not an RFC 3339 time with an offset, e.g. 2026-12-01T19:30:00Z")
+    return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")).timestamp()

@@ -607,3 +607,44 @@ async def test_a_start_time_outside_utc_years_1_to_9999_is_invalid(
         "create_event", name="Edge", starts_at=starts_at, seats=[{"seat_id": "s"}]
     )
     assert error["code"] == "invalid_request" and error["details"]["path"] == "$.starts_at"
+
+
+@pytest.mark.parametrize(
+    "starts_at",
+    [
+        "20261212T200000Z",  # ISO 8601 basic format
+        "2026-W50-6T20:00:00Z",  # ISO week date
+        "2026-12-12T20:00Z",  # no seconds
+        "2026-12-12T20Z",
+        "2026-12-12T20:00:00+0100",  # offset without a colon
+        "2026-12-12T20:00:00+01",
+        "2026-12-12T20:00:00+01:00:30",  # offset with seconds
+        "2026-12-12T20:00:00,5Z",  # decimal comma
+    ],
+)
+async def test_a_start_time_that_is_not_rfc_3339_is_invalid(
+    admin: RawClient, starts_at: str
+) -> None:
+    """PROTOCOL.md asks for RFC 3339 with a ``Z`` or ``±hh:mm`` offset; other ISO 8601 forms
+    Python happens to parse are refused, not silently read."""
+    error = await admin.error(
+        "create_event", name="Edge", starts_at=starts_at, seats=[{"seat_id": "s"}]
+    )
+    assert error["code"] == "invalid_request" and error["details"] == {"path": "$.starts_at"}
+
+
+@pytest.mark.parametrize(
+    ("starts_at", "sent_back"),
+    [
+        ("2026-12-12T20:00:00+01:00", "2026-12-12T19:00:00.000Z"),
+        ("2026-12-12t19:00:00.1234567z", "2026-12-12T19:00:00.123Z"),
+        ("2026-12-12T19:00:00-00:00", "2026-12-12T19:00:00.000Z"),
+    ],
+)
+async def test_rfc_3339_start_times_are_accepted(
+    admin: RawClient, starts_at: str, sent_back: str
+) -> None:
+    created = await admin.ok(
+        "create_event", name="Edge", starts_at=starts_at, seats=[{"seat_id": "s"}]
+    )
+    assert created["starts_at"] == sent_back
