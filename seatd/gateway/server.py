@@ -149,21 +149,23 @@ class Gateway:
             return _json_response(
                 ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"}
             )
-        origin = request.headers.get("Origin")
+        # A header sent twice is read as all its values: Headers.get raises on a repeated one.
+        origins = request.headers.get_all("Origin")
         allowed = self._allowed_origins
-        if allowed and origin is not None and origin.rstrip("/") not in allowed:
+        if allowed and origins and not (len(origins) == 1 and origins[0].rstrip("/") in allowed):
+            origin = ", ".join(origins)
             return _json_response(
                 ws,
                 http.HTTPStatus.FORBIDDEN,
                 {"error": "forbidden", "message": f"origin {origin!r} is not allowed"},
             )
         identity = None
-        token = _token_from(request)
-        if token is not None:  # else the first message must be `authenticate`
-            try:
+        try:
+            token = _token_from(request)
+            if token is not None:  # else the first message must be `authenticate`
                 identity = self._authority.verify(token)
-            except Unauthenticated as error:
-                return _unauthorized(ws, error.message)
+        except Unauthenticated as error:
+            return _unauthorized(ws, error.message)
         # Only a check: the connection is counted once it is open (see _handle).
         counter = self.ctx.connections
         address = _client_address(ws, request, self._address_header)
@@ -246,7 +248,10 @@ def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) ->
 
 
 def _token_from(request: Request) -> str | None:
-    header = request.headers.get("Authorization")
+    headers = request.headers.get_all("Authorization")
+    if len(headers) > 1:  # which one counts would be a guess
+        raise Unauthenticated("invalid token: more than one Authorization header")
+    header = headers[0] if headers else None
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
@@ -280,9 +285,9 @@ def _client_address(ws: ServerConnection, request: Request | None, header: str) 
     """The client's address: from the trusted proxy's header when configured (the last entry
     of X-Forwarded-For is the one the proxy itself added), else the socket's peer."""
     if header and request is not None:
-        value = request.headers.get(header)
-        if value:
-            return value.rsplit(",", 1)[-1].strip()
+        values = request.headers.get_all(header)
+        if values and values[-1]:
+            return values[-1].rsplit(",", 1)[-1].strip()
     peer = ws.remote_address
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 

@@ -30,6 +30,7 @@ async def strict(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
         SEATD_HANDSHAKE_TIMEOUT="0.5",
         SEATD_ALLOWED_ORIGINS=f"{ORIGIN}, https://box-office.example.com",
         SEATD_MAX_SEATS_PER_HOLD="2",
+        SEATD_CLIENT_ADDRESS_HEADER="X-Forwarded-For",
     )
     async with in_process_server(env) as running:
         yield running
@@ -204,6 +205,39 @@ async def test_origins_outside_the_list_are_refused(strict: RunningServer) -> No
         )
         assert (await _frame(ws))["type"] == "welcome"
         await ws.close()
+
+
+async def test_a_repeated_origin_header_is_refused_with_403(strict: RunningServer) -> None:
+    """Two ``Origin`` headers name no single origin to check: refused, not an HTTP 500."""
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(strict, additional_headers=[("Origin", ORIGIN), ("Origin", ORIGIN)])
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_repeated_authorization_header_is_refused_with_401(
+    strict: RunningServer,
+) -> None:
+    """Which of two tokens would count is ambiguous: the handshake is refused as
+    unauthenticated, not failed with HTTP 500."""
+    bearer = f"Bearer {token('ann')}"
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(strict, additional_headers=[("Authorization", bearer)] * 2)
+    assert refused.value.response.status_code == 401
+    assert orjson.loads(refused.value.response.body)["error"] == "unauthenticated"
+
+
+async def test_a_repeated_client_address_header_counts_its_last_entry(
+    strict: RunningServer,
+) -> None:
+    """The trusted proxy's address header, repeated, still names one address: the last."""
+    headers = [
+        ("X-Forwarded-For", "203.0.113.1"),
+        ("X-Forwarded-For", "198.51.100.7"),
+        ("Authorization", f"Bearer {token('ann')}"),
+    ]
+    ws = await _open(strict, additional_headers=headers)
+    assert (await _frame(ws))["type"] == "welcome"
+    await ws.close()
 
 
 async def test_a_stalled_handshake_is_cut(strict: RunningServer) -> None:
