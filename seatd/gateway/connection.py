@@ -331,6 +331,8 @@ class Connection:
             self.ws.resume_reading()
 
     def _on_frame(self, frame: str | bytes) -> None:
+        if self._closing:  # e.g. the token expired: the peer may send until the close ends
+            return
         # Every frame spends a token, well-formed or not; a refused one is not looked at
         # beyond its id (so the client can match the refusal).
         wait = self.ctx.rates.check(self.identity.user_id, self._bucket, time.monotonic())

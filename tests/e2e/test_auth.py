@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import orjson
 import pytest
-from support.client import client, create_event
+from support.client import client, create_event, send_at_once
 from support.server import SECRET, RunningServer, base_env, in_process_server, token
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -144,6 +144,27 @@ async def test_an_expiring_token_is_announced_then_the_connection_closed_with_40
     expiring = await _frame(ws, timeout=3)
     assert expiring == {"type": "token_expiring", "expires_at": welcome["token_expires_at"]}
     assert await _closed(ws, timeout=3) == CloseCode.TOKEN_EXPIRED
+
+
+async def test_requests_sent_after_the_token_expired_are_not_served(
+    strict: RunningServer,
+) -> None:
+    """The 4001 close ends what the token allows: a client that ignores the close frame and
+    keeps sending while the close handshake runs gets nothing done."""
+    async with client(strict.url, "admin-expiry", "admin") as admin:
+        event_id = (await create_event(admin, seats=2))["event_id"]
+        ws = await _open(
+            strict, additional_headers={"Authorization": f"Bearer {token('mal', ttl_s=2)}"}
+        )
+        await _frame(ws)  # welcome
+        ws.transport.pause_reading()  # never sees the server's close frame
+        await asyncio.sleep(2.5)  # past the token's expiry: the server has started closing
+        hold = {"id": 1, "type": "hold", "event_id": event_id, "seat_ids": ["A-1"]}
+        send_at_once(ws, [hold])
+        await asyncio.sleep(0.3)
+        assert (await admin.ok("get_event", event_id=event_id))["held"] == 0
+        ws.transport.resume_reading()
+        assert await _closed(ws) == CloseCode.TOKEN_EXPIRED
 
 
 async def test_a_fresh_token_in_band_keeps_the_connection(strict: RunningServer) -> None:
