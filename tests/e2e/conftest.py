@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from support.client import RawClient, client
-from support.server import RunningServer, base_env, in_process_server
+from support.server import NARROW_INFLIGHT, RunningServer, base_env, in_process_server
 
 from protocol import messages as wire
 from seatd.gateway import catalog
@@ -22,6 +22,14 @@ from seatd.logging import configure_logging
 async def server(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
     configure_logging("warning", "json")
     async with in_process_server(base_env(service_env)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def narrow(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    """A server that lets a connection have only NARROW_INFLIGHT requests in progress."""
+    env = base_env(service_env, SEATD_MAX_INFLIGHT=str(NARROW_INFLIGHT))
+    async with in_process_server(env) as running:
         yield running
 
 

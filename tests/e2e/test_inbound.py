@@ -4,27 +4,17 @@ nothing lost while it waits (messages sent before the welcome, or while at the l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 from support.client import RawClient, client, create_event, send_at_once
-from support.server import RunningServer, base_env, in_process_server, token
+from support.server import NARROW_INFLIGHT, RunningServer, token
 from support.waiting import until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from seatd.gateway.connection import Connection
-
-MAX_INFLIGHT = 3
-
-
-@pytest.fixture(scope="module")
-async def narrow(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
-    env = base_env(service_env, SEATD_MAX_INFLIGHT=str(MAX_INFLIGHT))
-    async with in_process_server(env) as running:
-        yield running
 
 
 async def _replies(c: RawClient, count: int) -> dict[Any, dict[str, Any]]:
@@ -65,7 +55,7 @@ async def test_pipelined_requests_past_the_limit_wait_and_run_in_order(
         replies = await _replies(buyer, 40)
     codes = ["ok" if replies[n]["ok"] else replies[n]["error"]["code"] for n in range(40)]
     assert codes == ["ok"] * 10 + ["seat_limit_exceeded"] * 30, codes
-    assert most == MAX_INFLIGHT  # reached, never passed
+    assert most == NARROW_INFLIGHT  # reached, never passed
 
 
 async def test_messages_sent_before_the_welcome_are_all_answered(
@@ -96,7 +86,7 @@ async def test_messages_sent_before_the_welcome_leave_back_pressure_on(
         first = [{"id": 0, "type": "authenticate", "token": token("early-flood")}]
         send_at_once(ws, first + [{"id": n, "type": "list_events"} for n in range(1, 21)])
         conn = await narrow.session("early-flood")
-        await until(lambda: conn.inflight == MAX_INFLIGHT, what="the in-flight limit")
+        await until(lambda: conn.inflight == NARROW_INFLIGHT, what="the in-flight limit")
         assert conn._backlog is not None
         kept = len(conn._backlog)
         send_at_once(ws, [{"id": n, "type": "list_events"} for n in range(21, 421)])

@@ -9,7 +9,6 @@ connection away (a shutdown), every request still in progress is answered first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,15 +19,6 @@ from websockets.exceptions import ConnectionClosed
 
 from seatd.gateway.connection import Connection
 from seatd.runtime.writer import BatchWriter
-
-MAX_INFLIGHT = 3
-
-
-@pytest.fixture(scope="module")
-async def narrow(service_env: dict[str, str]) -> AsyncIterator[RunningServer]:
-    env = base_env(service_env, SEATD_MAX_INFLIGHT=str(MAX_INFLIGHT))
-    async with in_process_server(env) as running:
-        yield running
 
 
 def _writer_of(server: RunningServer) -> BatchWriter:

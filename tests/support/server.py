@@ -25,6 +25,10 @@ SECRET = "test-secret-0123456789abcdef-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# SEATD_MAX_INFLIGHT of the e2e tests' "narrow" server (tests/e2e/conftest.py).
+NARROW_INFLIGHT = 3
+
+
 def base_env(service_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """Settings for a test server: the test services, quiet logs, a known secret."""
     env = {
