@@ -117,6 +117,7 @@ async def _main(options: Options, out: TextIO) -> int:
         run_baseline,
         run_forwarding,
     )
+    from seatd.bench.verify import overall
 
     client = _check_requirements(options)
     _check_files_limit(options)
@@ -206,8 +207,9 @@ async def _main(options: Options, out: TextIO) -> int:
     ok = all(r.verdict.ok for r in results)
     total = time.monotonic() - started
     summary = ", ".join(f"{r.scenario} {r.wall_s:.1f}s" for r in results)
+    verdict = overall([r.verdict for r in results])
     print(
-        f"== {'PASS' if ok else 'FAIL'}: {len(results)} run(s) in {total:.1f}s ({summary})",
+        f"== {verdict}: {len(results)} run(s) in {total:.1f}s ({summary})",
         file=out,
         flush=True,
     )

@@ -66,6 +66,17 @@ class Verdict:
         }
 
 
+def overall(verdicts: Sequence[Verdict]) -> str:
+    """The whole invocation's verdict: FAIL if any check failed; a PASS says so when some runs
+    could not check the database, so a pass nothing was compared for is not taken for one."""
+    if not all(v.ok for v in verdicts):
+        return "FAIL"
+    unchecked = sum(1 for v in verdicts if v.skipped)
+    if unchecked:
+        return f"PASS (database checks skipped in {unchecked} of {len(verdicts)} runs)"
+    return "PASS"
+
+
 async def connect(postgres_env: Mapping[str, str]) -> Any:
     """An asyncpg connection to the service database named by POSTGRES_* variables."""
     import asyncpg

@@ -20,7 +20,7 @@ import pytest
 
 from seatd.bench.acks import AckLog
 from seatd.bench.layout import EventLayout
-from seatd.bench.verify import verify_run
+from seatd.bench.verify import Verdict, overall, verify_run
 from seatd.devstack import PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -234,6 +234,18 @@ async def test_verification_catches_lost_and_phantom_records(postgres: PostgresS
     }
     skipped = await verify_run(None, [layout], [log])
     assert skipped.ok and skipped.skipped is not None
+
+
+def test_a_pass_says_when_the_database_was_not_checked() -> None:
+    """The last line of a run: a run whose database could not be reached is not a plain PASS."""
+    checked = Verdict()
+    checked.add("every acknowledged reservation exists", True)
+    unchecked = Verdict(skipped="no POSTGRES_* environment to reach the database")
+    failed = Verdict()
+    failed.add("no seat reserved twice", False)
+    assert overall([checked, checked]) == "PASS"
+    assert overall([checked, unchecked]) == "PASS (database checks skipped in 1 of 2 runs)"
+    assert overall([failed, unchecked]) == "FAIL"
 
 
 def test_bench_needs_no_extra_until_it_runs() -> None:
