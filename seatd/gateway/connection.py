@@ -124,7 +124,6 @@ class Connection:
         "_backlog",
         "_bucket",
         "_closing",
-        "_ended",
         "_holds",
         "_needs_auth",
         "_outbound",
@@ -169,8 +168,6 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] | None = None
         self._closing = False
-        # The session is over: nothing it starts from now on would ever be undone.
-        self._ended = False
         self.idle = asyncio.Event()
         self.idle.set()
         self._subscriptions: set[str] = set()
@@ -210,8 +207,8 @@ class Connection:
     def _end(self) -> None:
         """Stop the session's work and forget what it registered. Requests that finish later
         (their tasks are cancelled, actors answer on their own time) start nothing: messages
-        kept for later are dropped, as nobody reads their answers."""
-        self._ended = True
+        kept for later are dropped, as nobody reads their answers; ``_closing`` makes
+        ``_on_frame`` serve nothing more."""
         self._closing = True
         self._backlog = None
         for task in self._tasks or ():
@@ -331,7 +328,10 @@ class Connection:
             self.ws.resume_reading()
 
     def _on_frame(self, frame: str | bytes) -> None:
-        if self._closing:  # e.g. the token expired: the peer may send until the close ends
+        # Closing (the token expired, a goaway) or ended: the peer may send until the close
+        # ends, and what an ended session would register (a subscription, a hold) is never
+        # forgotten.
+        if self._closing:
             return
         # Every frame spends a token, well-formed or not; a refused one is not looked at
         # beyond its id (so the client can match the refusal).
@@ -377,8 +377,6 @@ class Connection:
 
     def _dispatch(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         """Start the work of a request; its answer comes when the work is done (``_done``)."""
-        if self._ended:  # what it would register (a subscription, a hold) is never forgotten
-            return
         if isinstance(request, wire.CreateEvent | wire.ListEvents):
             served = catalog.serve(self.ctx.store, self.ctx.policy, self.identity, request)
             self._track(self._spawn(served), _Pending(request_id, request_type))
