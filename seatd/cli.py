@@ -139,8 +139,13 @@ def _event_or_exit(args: argparse.Namespace) -> NewEvent:
         {"rows": rows, "seats_per_row": args.seats_per_row, "section": s, "category": c}
         for s, c in _sections(args.sections)
     ]
-    frame = {"id": 1, "type": "create_event", "name": args.name, "venue": args.venue}
-    frame["blocks"] = blocks
+    frame = {
+        "id": 1,
+        "type": "create_event",
+        "name": args.name,
+        "venue": args.venue,
+        "blocks": blocks,
+    }
     if args.event_id:
         frame["event_id"] = args.event_id
     try:
