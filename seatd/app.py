@@ -114,6 +114,7 @@ class App:
         structlog.contextvars.bind_contextvars(instance=self.instance_id)
         mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
         registry.observers.append(mirror)
+        registry.load_listeners.append(mirror.loaded)
         listener = ExpiryListener(
             redis, s.redis_db, registry.hint_expiry, lease_expired=lambda e: router.lease_expired(e)
         )

@@ -11,7 +11,8 @@ Writes are queued and sent in pipelines by one background task, never on the act
 Redis is down they are dropped and the mirror is marked unhealthy. When Redis answers again the
 mirror rewrites every active event's keys from memory (Redis may have come back empty). Only
 committed state is ever written: an actor's memory also holds the batch it is writing, which
-PostgreSQL may yet refuse.
+PostgreSQL may yet refuse. An event loaded from PostgreSQL has its holds and counts written as
+loaded: the owner before may have committed changes its mirror never sent.
 
 Notices. Redis publishes ``__keyevent@<db>__:expired`` when it evicts an expired key; a hold key's
 eviction becomes an ``Expire(hold_id)`` hint for the event's actor. Eviction can lag the TTL by
@@ -134,6 +135,8 @@ class RedisMirror:
         self._next_flush = 0.0  # loop time
         self._dirty_holds: _DirtyHolds = {}
         self._dirty_users: _DirtyUsers = {}
+        # Events whose counts hash is rewritten whole at the next flush (loaded here).
+        self._reset_counts: set[str] = set()
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
@@ -164,6 +167,20 @@ class RedisMirror:
         if self._dirty_holds:
             self._pending.set()
 
+    def loaded(self, event_id: str, state: EventState) -> None:
+        """An event was loaded from PostgreSQL: mirror its holds and counts as loaded.
+
+        The owner before may have stopped before its mirror caught up (a crash, or a write
+        whose outcome it never learned), and then no later commit need touch what it missed.
+        The counts hash is rewritten whole; hold keys the lost flushes should have deleted
+        are not known here and go at their own expiry."""
+        holds, counts = state.committed_holds()
+        earlier = self._dirty_holds.get(event_id, {})
+        self._dirty_holds[event_id] = dict.fromkeys(earlier) | {h.hold_id: h for h in holds}
+        self._dirty_users[event_id] = dict(counts)
+        self._reset_counts.add(event_id)
+        self._pending.set()
+
     async def _run(self) -> None:
         while True:
             if self._needs_resync:
@@ -179,9 +196,11 @@ class RedisMirror:
             self._pending.clear()
             holds, self._dirty_holds = self._dirty_holds, {}
             users, self._dirty_users = self._dirty_users, {}
-            if not await self._try(self._send(holds, users)):
+            resets, self._reset_counts = self._reset_counts, set()
+            if not await self._try(self._send(holds, users, resets)):
                 # Keep them for after the resync (they may belong to events no longer active).
                 self._requeue(holds, users)
+                self._reset_counts |= resets
                 self._needs_resync = True
                 self._pending.set()
 
@@ -207,7 +226,7 @@ class RedisMirror:
         self.healthy = True
         return True
 
-    async def _send(self, holds: _DirtyHolds, users: _DirtyUsers) -> None:
+    async def _send(self, holds: _DirtyHolds, users: _DirtyUsers, resets: set[str]) -> None:
         """Few script calls per flush: a command per hold through redis-py costs more CPU than
         the rest of a hold's path together, and a call per event (one per event per flush with
         many events busy) was still a tenth of the server's CPU. Each call carries the keys of
@@ -224,6 +243,9 @@ class RedisMirror:
         for event_id, event_users in users.items():
             write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
             write.counts += event_users.items()
+        for event_id in resets:
+            write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
+            write.reset = True
         pipe = self._client.pipeline(transaction=False)
         keys: list[str] = []
         document: list[Any] = []
@@ -234,7 +256,7 @@ class RedisMirror:
             sets = [
                 (_hold_value(h).decode(), str(max(int(h.expires_at * 1000), 1))) for h in write.sets
             ]
-            document.append((len(sets), len(write.deletes), sets, write.counts))
+            document.append((len(sets), len(write.deletes), sets, write.counts, write.reset))
             if len(keys) >= _MIRROR_KEYS:
                 pipe.evalsha(self._script_sha, len(keys), *keys, orjson.dumps(document))
                 keys, document = [], []
@@ -255,6 +277,7 @@ class RedisMirror:
             # Older than what was just read, which this rewrite sends instead.
             stale_holds = self._dirty_holds.pop(event_id, {})
             stale_users = self._dirty_users.pop(event_id, {})
+            self._reset_counts.discard(event_id)
             try:
                 await self._rewrite(event_id, holds, counts)
             except Exception:  # the next resync may no longer find the event active
@@ -281,7 +304,8 @@ class RedisMirror:
 # For each event in turn, KEYS holds its counts hash, the hold keys to set, then the hold keys
 # to delete; ARGV[1] is JSON with one entry per event, in the same order:
 # [number of keys to set, number to delete, [[value, pxat], ...one per key to set],
-#  [[user, count], ...]] (count 0: remove the user from the counts).
+#  [[user, count], ...], reset] (count 0: remove the user from the counts; reset true: the
+#  counts listed are all there are, so the hash is emptied first).
 _MIRROR = """
 local doc = cjson.decode(ARGV[1])
 local k = 0
@@ -293,6 +317,9 @@ for e = 1, #doc do
     end
     for i = 1, n_deletes do
         redis.call('DEL', KEYS[k + 1 + n_sets + i])
+    end
+    if doc[e][5] then
+        redis.call('DEL', counts_key)
     end
     for i = 1, #counts do
         if counts[i][2] == 0 then
@@ -314,6 +341,7 @@ class _EventWrite:
     sets: list[Hold] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     counts: list[tuple[str, int]] = field(default_factory=list)  # (user, seats held now)
+    reset: bool = False  # the counts are every user's: empty the hash first
 
 
 def _set_hold(pipe: Any, event_id: str, hold: Hold) -> None:

@@ -94,6 +94,8 @@ class Registry:
         self.keep_alive: Callable[[str], bool] = lambda _: False
         # Told the id of every event whose actor stopped.
         self.stop_listeners: list[Callable[[str], None]] = []
+        # Told each event loaded here, with its state as PostgreSQL has it.
+        self.load_listeners: list[Callable[[str, EventState], None]] = []
         # Every actor's batches and commits (``/metrics``).
         self.stats = BatchStats()
 
@@ -207,6 +209,8 @@ class Registry:
             stats=self.stats,
         )
         self._actors[event_id] = actor
+        for listener in self.load_listeners:
+            listener(event_id, state)
         self._wake_dormant(event_id)  # loaded: the actor times its holds itself now
         actor.start()
         self._ensure_lease_renewal()

@@ -202,3 +202,43 @@ async def test_a_resync_writes_what_was_committed_not_the_batch_being_written(
         failing.gate.set()
         await registry.close()
         await mirror.close()
+
+
+async def test_loading_an_event_mirrors_its_committed_holds_and_only_their_counts(
+    store: PostgresStore, redis: Redis
+) -> None:
+    """An owner that stopped before its mirror caught up (a crash, or a write whose outcome it
+    never learned) leaves Redis behind PostgreSQL. The next owner to load the event writes the
+    event's holds and counts as PostgreSQL has them, so no later commit is needed to fix them."""
+    event_id = await new_event(store, "mirror")
+    behind = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    try:  # committed, but no mirror ever flushed it
+        first = await behind.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+        second = await behind.ask(event_id, PlaceHold("u2", ("S2",), str(uuid.uuid4())))
+        assert isinstance(first, Hold) and isinstance(second, Hold)
+    finally:
+        await behind.close()
+    counts = user_counts_key(event_id)
+    await redis.hset(counts, mapping={"u1": 1, "gone": 3})  # what the lost flushes left
+
+    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
+    registry.load_listeners.append(mirror.loaded)
+    registry.observers.append(mirror)
+    mirror.start()
+    try:
+        await until(lambda: mirror.healthy, 5, "the first resync")
+        await registry.activate(event_id)
+        await until(lambda: _hget(redis, counts, "u2", b"1"), 5, "the loaded event mirrored")
+        assert await redis.hgetall(counts) == {b"u1": b"2", b"u2": b"1"}
+        for hold in (first, second):
+            value = orjson.loads(await redis.get(hold_key(event_id, hold.hold_id)) or b"null")
+            assert value == {
+                "user_id": hold.user_id,
+                "seat_ids": list(hold.seat_ids),
+                # PostgreSQL keeps microseconds: the loaded time is the stored one.
+                "expires_at": pytest.approx(hold.expires_at, abs=1e-5),
+            }
+    finally:
+        await registry.close()
+        await mirror.close()
