@@ -278,9 +278,8 @@ class Connection:
             return False
         if ws.transport.get_write_buffer_size() > _WRITE_LIMIT:
             return False
-        ws.protocol.send_text(frame)
         try:
-            ws.send_data()
+            ws.write_text(frame)
         except Exception:  # the socket broke: the reader sees the close and ends the session
             log.debug("write_failed", session_id=self.session_id)
         return True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +25,26 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
-__all__ = ["Message", "MessageConnection"]
+__all__ = ["Message", "MessageConnection", "text_frame_header"]
 
 Message = str | bytes
 # Messages queued before a sink is installed beyond which the socket stops being read.
 _EARLY_LIMIT = 16
 # A message split into more frames than this is refused (as websockets' own reader does).
 _MAX_FRAGMENTS = 1024
+_FIN_TEXT = 0x81
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of a server's (unmasked) final text frame carrying ``length`` bytes
+    (RFC 6455, section 5.2)."""
+    if length < 126:
+        return bytes((_FIN_TEXT, length))
+    if length < 1 << 16:
+        return _LENGTH_16.pack(_FIN_TEXT, 126, length)
+    return _LENGTH_64.pack(_FIN_TEXT, 127, length)
 
 
 class MessageConnection(ServerConnection):
@@ -104,6 +118,21 @@ class MessageConnection(ServerConnection):
         self._session_paused = False
         if not self._early_paused:
             self._resume_transport()
+
+    def write_text(self, data: bytes) -> None:
+        """Send ``data`` (UTF-8) as one text frame, now, on an open connection.
+
+        The frame is built here: websockets' ``send_text`` makes a ``Frame`` object, serializes
+        it and queues it for ``send_data``, ~0.7 us per reply on the hottest path. Without
+        extensions (compression is off) a server's text frame is a header and the payload;
+        anything unusual (an extension, websockets' own data still queued, a fragmented send)
+        goes websockets' way, so frames keep their order."""
+        protocol = self.protocol
+        if protocol.extensions or protocol.writes or protocol.expect_continuation_frame:
+            protocol.send_text(data)
+            self.send_data()
+            return
+        self.transport.write(text_frame_header(len(data)) + data)
 
     def send_keepalive_ping(self, now: float) -> None:
         """A ping whose pong nobody awaits: any frame that arrives afterwards will do."""

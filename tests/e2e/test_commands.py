@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pytest
 from support.client import RawClient, client, create_event, new_event_id
 from support.server import RunningServer
@@ -1147,6 +1148,23 @@ async def test_list_available_pages_cover_every_seat_once(
     last = await ok(alice, "list_available", event_id=event_id, after="B-10")
     assert (last["seats"], last["total_available"]) == ([], len(expected))
     assert "next_after" not in last
+
+
+async def test_replies_of_every_frame_length_arrive_whole(
+    admin: RawClient, alice: RawClient
+) -> None:
+    """Reply frames are built by the gateway: a payload under 126 bytes, one under 64 KiB and
+    one over it each take a different header, and the client's own parser must accept them."""
+    event = await create_event(admin, seats=250, rows=20)  # 5,000 seats, A-1 .. T-250
+    event_id = event["event_id"]
+    tiny = await alice.request("ping", id="p")
+    assert tiny["ok"] is True and len(orjson.dumps(tiny)) < 126
+    for limit in (1, 100, 5000):
+        page = await ok(alice, "list_available", event_id=event_id, limit=limit)
+        assert len(page["seats"]) == limit
+        assert page["total_available"] == 5000
+    assert len(orjson.dumps(page)) > 1 << 16
+    assert page["seats"][-1]["seat_id"] == "T-250"
 
 
 async def test_list_available_unknown_after_seat(admin: RawClient, alice: RawClient) -> None:
