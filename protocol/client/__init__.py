@@ -9,7 +9,9 @@ What the client does for you:
 - **Reconnects** with exponential backoff and full jitter when the connection drops (except
   after ``close()``, a terminal close code 4500-4999, or HTTP 401/403 on a reconnect: then
   every waiting call raises ``AccessError`` for 4501/4503 and 401/403, ``ClientClosedError``
-  for the other terminal codes). A ``goaway`` push makes it move to a new connection.
+  for the other terminal codes). A refused handshake's ``Retry-After`` (503 or 429 while the
+  server is full or draining) is a floor for the next wait. A ``goaway`` push makes it move to
+  a new connection.
 - **Resends** every request still waiting for a reply on the new connection. Each mutation
   (``create_event``, ``hold``, ``refresh``, ``release``, ``reserve``) carries an idempotency
   key (a fresh UUID per call unless you pass ``idempotency_key=``), the same on every attempt,

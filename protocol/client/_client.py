@@ -40,6 +40,7 @@ from protocol.client._transport import (
     TokenSource,
     open_connection,
     resolve_token,
+    retry_after_ms,
     terminal_close,
 )
 from protocol.client._watch import Watch
@@ -480,8 +481,9 @@ class SeatClient:
             self._install(ws, welcome)
 
     async def _reconnect(self, attempt: int) -> tuple[ClientConnection, Welcome, int]:
+        asked_ms: int | None = None  # the last refusal's Retry-After: a floor for the wait
         while True:
-            await self._sleep(self._backoff.delay(attempt))
+            await self._sleep(self._backoff.delay(attempt, asked_ms))
             attempt += 1
             self._raise_if_stopped()
             try:
@@ -494,6 +496,7 @@ class SeatClient:
                 )
             except RETRYABLE as error:
                 log.info("reconnect attempt %d failed: %r", attempt, error)
+                asked_ms = retry_after_ms(error)
                 continue
             return ws, welcome, attempt
 

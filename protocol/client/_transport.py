@@ -6,7 +6,9 @@ Everything here is about a single connection; reconnecting is the client's busin
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -25,6 +27,7 @@ __all__ = [
     "TokenSource",
     "open_connection",
     "resolve_token",
+    "retry_after_ms",
     "terminal_close",
 ]
 
@@ -37,6 +40,8 @@ RETRYABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, WebSocketEx
 _decode_welcome = tolerant_decoder(Welcome, ignore=frozenset({"type"}))
 # Handshake statuses worth retrying: the server (or a proxy) is busy, restarting or draining.
 _RETRY_STATUSES = frozenset({408, 425, 429})
+# The longest Retry-After honoured: a misconfigured proxy must not park a client for a day.
+_MAX_RETRY_AFTER_S = 300
 
 
 async def resolve_token(source: TokenSource) -> str:
@@ -106,6 +111,27 @@ def _refusal(error: InvalidStatus) -> Exception:
     if 400 <= status < 500 and status not in _RETRY_STATUSES:
         return ClientClosedError(f"the server refused the connection: {message}")
     return error  # 5xx (e.g. 503 while draining): retry
+
+
+def retry_after_ms(error: BaseException, now: float | None = None) -> int | None:
+    """How long a refused handshake asked the client to wait (its ``Retry-After``: seconds
+    or an HTTP date), in ms, at most ``_MAX_RETRY_AFTER_S``; None if it did not say."""
+    if not isinstance(error, InvalidStatus):
+        return None
+    value = error.response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is always GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return round(min(max(seconds, 0.0), _MAX_RETRY_AFTER_S) * 1000)
 
 
 def terminal_close(code: int | None, reason: str) -> Exception | None:

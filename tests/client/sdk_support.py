@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class FakeSeatd:
     connections: list[ServerConnection] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     refuse_with: http.HTTPStatus | None = None  # answer handshakes with this status
+    retry_after: str | None = None  # ...and this Retry-After header
+    handshakes: list[float] = field(default_factory=list)  # when each arrived (monotonic)
     server: Server | None = None
 
     @property
@@ -86,8 +89,14 @@ class FakeSeatd:
 
     def _check(self, conn: ServerConnection, request: Request) -> Response | None:
         self.tokens.append(request.headers.get("Authorization", ""))
+        self.handshakes.append(time.monotonic())
         if self.refuse_with is not None:
-            return conn.respond(self.refuse_with, '{"error":"unauthenticated","message":"no"}\n')
+            response = conn.respond(
+                self.refuse_with, '{"error":"unauthenticated","message":"no"}\n'
+            )
+            if self.retry_after is not None:
+                response.headers["Retry-After"] = self.retry_after
+            return response
         return None
 
     async def _serve(self, conn: ServerConnection) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
 
 import pytest
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 from protocol.client import Backoff
+from protocol.client._transport import retry_after_ms
 
 
 class Fixed:
@@ -70,3 +75,34 @@ def test_same_seed_same_delays() -> None:
 def test_rejects_non_positive_settings(base: float, cap: float) -> None:
     with pytest.raises(ValueError):
         Backoff(base=base, cap=cap)
+
+
+def _refusal(retry_after: str | None) -> InvalidStatus:
+    headers = Headers() if retry_after is None else Headers({"Retry-After": retry_after})
+    return InvalidStatus(Response(503, "Service Unavailable", headers, b""))
+
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("header", "expected_ms"),
+    [
+        (None, None),
+        ("", None),
+        ("0", 0),
+        ("5", 5000),
+        (" 7 ", 7000),
+        ("100000", 300_000),  # capped: a proxy must not park a client for a day
+        ("soon", None),
+        ("-3", None),
+        (email.utils.formatdate(NOW + 12, usegmt=True), 12_000),
+        (email.utils.formatdate(NOW - 60, usegmt=True), 0),  # already past
+    ],
+)
+def test_retry_after_of_a_refused_handshake(header: str | None, expected_ms: int | None) -> None:
+    assert retry_after_ms(_refusal(header), now=NOW) == expected_ms
+
+
+def test_retry_after_of_other_failures_is_unknown() -> None:
+    assert retry_after_ms(ConnectionRefusedError(), now=NOW) is None

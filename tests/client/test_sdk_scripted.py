@@ -231,6 +231,22 @@ async def test_5xx_at_reconnect_is_retried(fake: FakeSeatd) -> None:
         assert (await call).server_time == "2026-01-01T00:00:00.000Z"
 
 
+async def test_a_refused_reconnect_waits_as_long_as_retry_after_says(fake: FakeSeatd) -> None:
+    async with client_for(fake) as c:  # its own backoff waits at most 10 ms
+        call = asyncio.create_task(c.ping())
+        request = await fake.next()
+        fake.refuse_with, fake.retry_after = http.HTTPStatus.SERVICE_UNAVAILABLE, "1"
+        request.conn.transport.abort()
+        await until(lambda: len(fake.handshakes) >= 2)
+        fake.refuse_with = None
+        retry = await fake.next(timeout=5)
+        await retry.ok({"server_time": "2026-01-01T00:00:00.000Z"})
+        await call
+    refused, accepted = fake.handshakes[1], fake.handshakes[2]
+    assert len(fake.handshakes) == 3  # no attempt in between
+    assert accepted - refused >= 0.95
+
+
 async def test_the_token_provider_is_called_for_every_connection(fake: FakeSeatd) -> None:
     issued: list[str] = []
 
