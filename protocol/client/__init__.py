@@ -20,7 +20,8 @@ What the client does for you:
   ``shutting_down``, ``internal_error``) up to ``max_retries`` times, never sooner than the
   server's ``retry_after_ms``; permanent errors raise at once. A request larger than the
   server's ``max_frame_bytes`` (from ``welcome``) raises ``InvalidRequestError`` without being
-  sent: the server would close the connection (1009) instead of answering it.
+  sent: the server would close the connection (1009) instead of answering it. The same goes
+  for a request waiting to be resent when the next server's limit is lower.
 - **Watches**: ``client.watch(event_id)`` keeps a local seat map (``watch.seats``: seat id ->
   ``"held"``/``"reserved"``; absent means available) in step with the server: snapshot,
   then live deltas; a missed version or a reconnect re-subscribes from the last version seen

@@ -444,7 +444,17 @@ class SeatClient:
         """Make ``ws`` the connection and send again what is still waiting for a reply."""
         self._conn, self._welcome, self._retiring = ws, welcome, False
         self.connections += 1
-        frames = self._session.pending_frames()
+        frames: list[bytes] = []
+        for call, frame in self._session.pending():
+            try:
+                self._check_size(frame)  # this server may take less than the last one
+            except InvalidRequestError as error:
+                self._session.forget(call)
+                future = self._waiters.get(call)
+                if future is not None and not future.done():
+                    future.set_result(Failed(call, error))
+                continue
+            frames.append(frame)
         if frames:
             self._spawn(_send_all(ws, frames))
 

@@ -219,12 +219,16 @@ class Session:
     def is_pending(self, call: Call[Any]) -> bool:
         return call.request_id is not None and self._pending.get(call.request_id) is call
 
-    def pending_frames(self) -> list[bytes]:
-        """Every request still waiting for a reply, in the order sent: for a new connection.
+    def pending(self) -> list[tuple[Call[Any], bytes]]:
+        """Every request still waiting for a reply and its frame, in the order sent: for a new
+        connection.
 
         Resending is safe: mutations carry their idempotency key, the rest only read (or
         subscribe, which a second time just re-bases the seat map)."""
-        return [self.frame(call) for _, call in sorted(self._pending.items())]
+        return [(call, self.frame(call)) for _, call in sorted(self._pending.items())]
+
+    def pending_frames(self) -> list[bytes]:
+        return [frame for _, frame in self.pending()]
 
     def forget(self, call: Call[Any]) -> None:
         """Stop waiting for ``call`` (timed out, cancelled): never resend it."""

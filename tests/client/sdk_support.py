@@ -68,6 +68,7 @@ class FakeSeatd:
     tokens: list[str] = field(default_factory=list)
     refuse_with: http.HTTPStatus | None = None  # answer handshakes with this status
     retry_after: str | None = None  # ...and this Retry-After header
+    welcome: dict[str, Any] = field(default_factory=dict)  # overrides for the next welcomes
     handshakes: list[float] = field(default_factory=list)  # when each arrived (monotonic)
     server: Server | None = None
 
@@ -102,7 +103,8 @@ class FakeSeatd:
     async def _serve(self, conn: ServerConnection) -> None:
         self.connections.append(conn)
         session_id = f"s{len(self.connections)}"
-        await conn.send(orjson.dumps({**WELCOME, "session_id": session_id}).decode())
+        welcome = {**WELCOME, "session_id": session_id, **self.welcome}
+        await conn.send(orjson.dumps(welcome).decode())
         try:
             async for data in conn:
                 self.requests.put_nowait(Received(conn, orjson.loads(data)))

@@ -18,6 +18,7 @@ from protocol.client import (
     ConflictError,
     GoAway,
     HoldExpiring,
+    InvalidRequestError,
     Push,
     SeatChange,
     SeatClient,
@@ -121,6 +122,27 @@ async def test_requests_in_flight_are_resent_on_the_next_connection(fake: FakeSe
         assert (await reserve).reservation_id == "r-1"
         assert (await ping).server_time == "2026-01-01T00:00:00.000Z"
         assert c.connections == 2 and c.welcome is not None and c.welcome.session_id == "s2"
+
+
+async def test_a_request_too_large_for_the_new_server_fails_instead_of_being_resent(
+    fake: FakeSeatd,
+) -> None:
+    async with client_for(fake) as c:
+        big = asyncio.create_task(c.list_available("gala", section="x" * 2000))
+        small = asyncio.create_task(c.ping())
+        first = [await fake.next(), await fake.next()]
+        assert {r.frame["type"] for r in first} == {"list_available", "ping"}
+        fake.welcome = {"max_frame_bytes": 1024}  # the next server takes less
+        first[0].conn.transport.abort()
+        with pytest.raises(InvalidRequestError) as raised:
+            await big
+        assert raised.value.details["max_frame_bytes"] == 1024
+        resent = await fake.next()
+        assert resent.frame["type"] == "ping"  # only what still fits went again
+        await resent.ok({"server_time": "2026-01-01T00:00:00.000Z"})
+        await small
+        with pytest.raises(asyncio.TimeoutError):
+            await fake.next(timeout=0.2)
 
 
 async def test_a_timed_out_request_is_not_resent(fake: FakeSeatd) -> None:
