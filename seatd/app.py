@@ -191,10 +191,13 @@ class App:
         self.gateway = gateway
 
         async def shut_down() -> None:
-            """Stop accepting, finish what is in flight, stop the actors, say goodbye."""
+            """Stop accepting, finish what is in flight, stop the actors, say goodbye. Draining
+            and stopping share SEATD_SHUTDOWN_TIMEOUT: what the drain used, the actors lack."""
             log.info("shutting_down", connections=len(gateway.connections), events=len(registry))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + s.shutdown_timeout
             await gateway.drain(s.shutdown_timeout)
-            await registry.close(s.shutdown_timeout)
+            await registry.close(max(0.0, deadline - loop.time()))
             await gateway.close()
 
         running.push_async_callback(shut_down)
