@@ -48,6 +48,7 @@ from seatd.runtime.ports import (
     IdempotencyRecord,
     KeysAlreadyUsed,
     StoredReply,
+    WriteNotSent,
 )
 from seatd.runtime.stats import BatchStats
 
@@ -283,6 +284,10 @@ class EventActor:
                     known.update(stored)
                     looked_up = True
                     continue
+            except WriteNotSent:  # still queued for a write slot: nothing was committed
+                state.rollback()
+                _answer_all(batch, ShuttingDown("stopped before the change was committed"))
+                raise
             except asyncio.CancelledError:
                 # The write may have reached PostgreSQL and committed: its outcome is unknown.
                 state.rollback()

@@ -3,6 +3,7 @@ may pass real adapters or small fakes (only the clock is ever faked)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,11 +34,17 @@ __all__ = [
     "StaleVersion",
     "StoredReply",
     "SystemClock",
+    "WriteNotSent",
 ]
 
 
 class FencedOut(Exception):
     """A write was refused because another instance took the event over (newer owner epoch)."""
+
+
+class WriteNotSent(asyncio.CancelledError):
+    """A batch write cancelled before it was sent to the database: it provably changed nothing
+    (a write cancelled later may have committed)."""
 
 
 class KeysAlreadyUsed(Exception):

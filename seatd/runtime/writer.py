@@ -18,11 +18,20 @@ from collections.abc import Sequence
 
 from seatd.core import Effect
 from seatd.errors import StoreUnavailable
-from seatd.runtime.ports import BatchWrite, IdempotencyRecord, SeatStore
+from seatd.runtime.ports import BatchWrite, IdempotencyRecord, SeatStore, WriteNotSent
 
 __all__ = ["BatchWriter"]
 
-_Queued = tuple[BatchWrite, "asyncio.Future[None]"]
+
+class _Queued:
+    """A batch waiting for a write slot; ``sent`` once a round has taken it."""
+
+    __slots__ = ("done", "sent", "write")
+
+    def __init__(self, write: BatchWrite, done: asyncio.Future[None]) -> None:
+        self.write = write
+        self.done = done
+        self.sent = False
 
 
 class BatchWriter:
@@ -62,20 +71,27 @@ class BatchWriter:
                 self._slot_freed()
             return
         write = BatchWrite(event_id, epoch, previous, version, effects, idempotency)
-        queued: _Queued = (write, asyncio.get_running_loop().create_future())
+        queued = _Queued(write, asyncio.get_running_loop().create_future())
         self._queue.append(queued)
         try:
-            await queued[1]
+            await queued.done
         except asyncio.CancelledError:
-            if queued in self._queue:  # not sent: it will not be written
-                self._queue.remove(queued)
+            if not queued.sent:  # and never will be: rounds skip cancelled batches
+                if queued in self._queue:
+                    self._queue.remove(queued)
+                raise WriteNotSent("cancelled before it was sent") from None
             raise
 
     def _slot_freed(self) -> None:
         self._running -= 1
+        # A batch whose actor was cancelled while it waited is not sent (say, at shutdown, when
+        # every actor is cancelled at once and the first to go frees a slot for the others).
+        self._queue = [queued for queued in self._queue if not queued.done.done()]
         if self._queue:
             self._running += 1
             batch, self._queue = self._queue[: self._max_events], self._queue[self._max_events :]
+            for queued in batch:
+                queued.sent = True
             task = asyncio.get_running_loop().create_task(self._round(batch))
             self._rounds.add(task)
             task.add_done_callback(self._rounds.discard)
@@ -83,18 +99,18 @@ class BatchWriter:
     async def _round(self, batch: list[_Queued]) -> None:
         try:
             try:
-                outcomes = await self._store.persist_many([write for write, _ in batch])
+                outcomes = await self._store.persist_many([queued.write for queued in batch])
             except Exception as error:  # the transaction's outcome is unknown: for all of them
                 outcomes = [error] * len(batch)
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                if done.done():
+            for queued, outcome in zip(batch, outcomes, strict=True):
+                if queued.done.done():
                     continue
                 if outcome is None:
-                    done.set_result(None)
+                    queued.done.set_result(None)
                 else:
-                    done.set_exception(outcome)
+                    queued.done.set_exception(outcome)
         finally:
-            for _, done in batch:  # cancelled: nobody may wait for an outcome forever
-                if not done.done():
-                    done.set_exception(StoreUnavailable("the write was interrupted"))
+            for queued in batch:  # cancelled: nobody may wait for an outcome forever
+                if not queued.done.done():
+                    queued.done.set_exception(StoreUnavailable("the write was interrupted"))
             self._slot_freed()

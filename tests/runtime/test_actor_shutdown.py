@@ -23,6 +23,7 @@ from seatd.runtime.ports import (
     SystemClock,
 )
 from seatd.runtime.registry import Registry
+from seatd.runtime.writer import BatchWriter
 
 
 class _Store:
@@ -90,3 +91,30 @@ async def test_a_batch_stopped_while_its_write_is_in_flight_is_answered_as_uncon
     error = answer.exception()
     assert isinstance(error, StoreUnavailable), repr(error)
     assert "same idempotency_key" in str(error)
+
+
+async def test_a_batch_stopped_while_queued_for_a_write_slot_is_answered_shutting_down(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """A batch still waiting for the group-commit writer was never sent, so it provably changed
+    nothing: its callers hear ``shutting_down``, not that it may have been applied."""
+    writing = asyncio.Event()
+
+    async def stall_first(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        await asyncio.sleep(3600)  # holds the writer's only slot
+
+    writer = BatchWriter(cast(Any, _Store(store, persist=stall_first)), concurrency=1)
+    registry = Registry(
+        cast(Any, store), SystemClock(), Policy(300, 8, 1800), ActorSettings(), writer=writer
+    )
+    stalled_event, queued_event = await new_event(store, "stop"), await new_event(store, "stop")
+    stalled = (await registry.activate(stalled_event)).submit(PlaceHold("u1", ("S0",), "h1"))
+    await asyncio.wait_for(writing.wait(), 5)
+    queued = (await registry.activate(queued_event)).submit(PlaceHold("u2", ("S0",), "h2"))
+    await asyncio.sleep(0.05)  # its batch waits for the slot
+    await registry.close(timeout=0.2)
+    error = queued.exception()
+    assert isinstance(error, ShuttingDown), repr(error)
+    assert isinstance(stalled.exception(), StoreUnavailable)  # sent: it may have committed
+    assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", queued_event) == 0
