@@ -4,7 +4,8 @@ Why here and not only in tests: a benchmark that drives the server hard is the b
 catch a lost acknowledgement or a double booking under real concurrency, so each run ends by
 comparing the database with the load generator's acknowledgements (``acks.AckLog``):
 
-* no seat reserved twice, no seat in two live holds, no seat both held and reserved;
+* no seat reserved twice, no seat in two live holds (and the unique indexes that forbid both
+  are in place), no seat both held and reserved;
 * every acknowledged reservation exists, with exactly the acknowledged seats;
 * every acknowledged hold is live (same seats), or ended legitimately: reserved (acknowledged),
   released (acknowledged) or expired (its ``expires_at`` has passed);
@@ -121,6 +122,32 @@ async def verify_run(
     return verdict
 
 
+async def _once_per_seat(
+    conn: Any, verdict: Verdict, name: str, table: str, events: Sequence[str]
+) -> None:
+    """A seat in at most one row of ``table``: the rows say so, and a unique index on
+    (event_id, seat_id) keeps it so. Without the index the rows alone would pass by luck; with
+    it they cannot fail, so the index is what this check is about."""
+    enforced = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1::regclass "
+        "AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 2 AND (SELECT array_agg("
+        "a.attname ORDER BY a.attname) FROM pg_attribute a WHERE a.attrelid = i.indrelid "
+        "AND a.attnum = ANY (i.indkey)) = ARRAY['event_id', 'seat_id']::name[])",
+        table,
+    )
+    rows = await conn.fetch(
+        f"SELECT event_id, seat_id, count(*) FROM {table} WHERE event_id = ANY($1::text[]) "
+        "GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 10",
+        events,
+    )
+    detail = _examples(f"{r[0]}/{r[1]} x{r[2]}" for r in rows)
+    if not enforced:
+        detail = f"no unique index on {table} (event_id, seat_id); " + detail
+    else:
+        detail = detail or f"a unique index on {table} (event_id, seat_id) forbids it"
+    verdict.add(name, bool(enforced) and not rows, detail)
+
+
 async def _check(
     conn: Any,
     verdict: Verdict,
@@ -131,24 +158,11 @@ async def _check(
     events = [layout.event_id for layout in layouts]
     index = {event_id: i for i, event_id in enumerate(events)}
 
-    rows = await conn.fetch(
-        "SELECT event_id, seat_id, count(*) FROM reservations WHERE event_id = ANY($1::text[]) "
-        "GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 10",
-        events,
-    )
-    verdict.add(
-        "no seat reserved twice",
-        not rows,
-        _examples(f"{r[0]}/{r[1]} x{r[2]}" for r in rows),
-    )
-    rows = await conn.fetch(
-        "SELECT event_id, seat_id, count(*) FROM hold_seats WHERE event_id = ANY($1::text[]) "
-        "GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 10",
-        events,
-    )
-    verdict.add(
-        "no seat in two live holds", not rows, _examples(f"{r[0]}/{r[1]} x{r[2]}" for r in rows)
-    )
+    for name, table in (
+        ("no seat reserved twice", "reservations"),
+        ("no seat in two live holds", "hold_seats"),
+    ):
+        await _once_per_seat(conn, verdict, name, table, events)
     rows = await conn.fetch(
         "SELECT h.event_id, h.seat_id FROM hold_seats h JOIN reservations r "
         "ON r.event_id = h.event_id AND r.seat_id = h.seat_id "
