@@ -105,8 +105,9 @@ def test_fast_uuids_are_version_4_uuids() -> None:
 
 
 def test_every_redis_key_of_an_event_shares_its_cluster_hash_tag() -> None:
-    """Redis Cluster puts keys with the same {tag} in one slot: one event, one slot, so the
-    mirror's per-event script and the lease can run on a cluster unchanged."""
+    """Redis Cluster puts keys with the same {tag} in one slot: one event, one slot. (The
+    scripts that batch several events per call, the mirror's flush and the lease claims,
+    touch several slots: on a cluster they would need a call per slot. See ``_MIRROR``.)"""
     from seatd.adapters.redis import hold_key, lease_key, parse_hold_key, user_counts_key
 
     event_id = "gala-2026"

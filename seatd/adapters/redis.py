@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -229,39 +229,32 @@ class RedisMirror:
     async def _send(self, holds: _DirtyHolds, users: _DirtyUsers, resets: set[str]) -> None:
         """Few script calls per flush: a command per hold through redis-py costs more CPU than
         the rest of a hold's path together, and a call per event (one per event per flush with
-        many events busy) was still a tenth of the server's CPU. Each call carries the keys of
-        up to ``_MIRROR_KEYS`` and ONE JSON document: redis-py packs each argument in Python,
-        orjson encodes the document in one call."""
-        per_event: dict[str, _EventWrite] = {}
-        for event_id, event_holds in holds.items():
-            write = per_event[event_id] = _EventWrite()
-            for hold_id, hold in event_holds.items():
-                if hold is None:
-                    write.deletes.append(hold_key(event_id, hold_id))
-                else:
-                    write.sets.append(hold)
-        for event_id, event_users in users.items():
-            write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
-            write.counts += event_users.items()
-        for event_id in resets:
-            write = per_event.get(event_id) or per_event.setdefault(event_id, _EventWrite())
-            write.reset = True
+        many events busy) was still a tenth of the server's CPU. Each call carries the writes
+        to up to ``_MIRROR_KEYS`` keys in ONE JSON document, and the key names are built by the
+        script: redis-py packs each argument in Python, orjson encodes the document in one
+        call. Passing each key as an argument made packing half the flush's CPU."""
         pipe = self._client.pipeline(transaction=False)
-        keys: list[str] = []
         document: list[Any] = []
-        for event_id, write in per_event.items():
-            keys.append(user_counts_key(event_id))
-            keys += [hold_key(event_id, h.hold_id) for h in write.sets]
-            keys += write.deletes
-            sets = [
-                (_hold_value(h).decode(), str(max(int(h.expires_at * 1000), 1))) for h in write.sets
-            ]
-            document.append((len(sets), len(write.deletes), sets, write.counts, write.reset))
-            if len(keys) >= _MIRROR_KEYS:
-                pipe.evalsha(self._script_sha, len(keys), *keys, orjson.dumps(document))
-                keys, document = [], []
+        keys = 0
+        for event_id in dict.fromkeys(chain(holds, users, resets)):
+            event_holds = holds.get(event_id, {})
+            document.append(
+                (
+                    event_id,
+                    {
+                        hold_id: None if hold is None else _hold_write(hold)
+                        for hold_id, hold in event_holds.items()
+                    },
+                    users.get(event_id, {}),
+                    event_id in resets,
+                )
+            )
+            keys += 1 + len(event_holds)
+            if keys >= _MIRROR_KEYS:
+                pipe.evalsha(self._script_sha, 0, orjson.dumps(document), *_KEY_PARTS)
+                document, keys = [], 0
         if document:
-            pipe.evalsha(self._script_sha, len(keys), *keys, orjson.dumps(document))
+            pipe.evalsha(self._script_sha, 0, orjson.dumps(document), *_KEY_PARTS)
         try:
             await pipe.execute()
         except NoScriptError:  # Redis restarted and forgot the script: load it, send again
@@ -301,47 +294,65 @@ class RedisMirror:
         await pipe.execute()
 
 
-# For each event in turn, KEYS holds its counts hash, the hold keys to set, then the hold keys
-# to delete; ARGV[1] is JSON with one entry per event, in the same order:
-# [number of keys to set, number to delete, [[value, pxat], ...one per key to set],
-#  [[user, count], ...], reset] (count 0: remove the user from the counts; reset true: the
-#  counts listed are all there are, so the hash is emptied first).
+# ARGV[1] is JSON with one entry per event: [event_id, {hold_id: [value, pxat] to set, or null
+# to delete its key}, {user: count} (count 0: remove the user from the counts), reset] (reset
+# true: the counts listed are all there are, so the hash is emptied first). ARGV[2..6] are
+# ``_KEY_PARTS``, the fixed pieces of the key names: the script builds each name from them and
+# the ids, so a call has six arguments however many keys it writes (redis-py packs each
+# argument in Python), and hold_key() and user_counts_key() stay the one definition of the
+# names.
+# Redis Cluster: the script declares no keys (KEYS is empty) and one call writes several
+# events' keys, so several hash slots. Declaring the keys would not make it cluster-safe (it
+# did not when they were declared): a cluster needs calls of one event (one slot) each, which
+# declare at least one of that event's keys for routing.
 _MIRROR = """
 local doc = cjson.decode(ARGV[1])
-local k = 0
+local hold_before, hold_between, hold_after = ARGV[2], ARGV[3], ARGV[4]
+local counts_before, counts_after = ARGV[5], ARGV[6]
+local null = cjson.null
 for e = 1, #doc do
-    local n_sets, n_deletes, sets, counts = doc[e][1], doc[e][2], doc[e][3], doc[e][4]
-    local counts_key = KEYS[k + 1]
-    for i = 1, n_sets do
-        redis.call('SET', KEYS[k + 1 + i], sets[i][1], 'PXAT', sets[i][2])
-    end
-    for i = 1, n_deletes do
-        redis.call('DEL', KEYS[k + 1 + n_sets + i])
-    end
-    if doc[e][5] then
-        redis.call('DEL', counts_key)
-    end
-    for i = 1, #counts do
-        if counts[i][2] == 0 then
-            redis.call('HDEL', counts_key, counts[i][1])
+    local event_id, holds, counts = doc[e][1], doc[e][2], doc[e][3]
+    local hold_prefix = hold_before .. event_id .. hold_between
+    for hold_id, set in pairs(holds) do
+        if set == null then
+            redis.call('DEL', hold_prefix .. hold_id .. hold_after)
         else
-            redis.call('HSET', counts_key, counts[i][1], counts[i][2])
+            redis.call('SET', hold_prefix .. hold_id .. hold_after, set[1], 'PXAT', set[2])
         end
     end
-    k = k + 1 + n_sets + n_deletes
+    local counts_key = counts_before .. event_id .. counts_after
+    if doc[e][4] then
+        redis.call('DEL', counts_key)
+    end
+    for user, count in pairs(counts) do
+        if count == 0 then
+            redis.call('HDEL', counts_key, user)
+        else
+            redis.call('HSET', counts_key, user, count)
+        end
+    end
 end
 return 1
 """
-# Keys per mirror script call: Redis runs one call at a time, so a call must stay short.
+# Keys written per mirror script call (an event's hold keys and its counts hash; an event's
+# writes are never split): Redis runs one call at a time, so a call must stay short.
 _MIRROR_KEYS = 1_000
 
 
-@dataclass(slots=True)
-class _EventWrite:
-    sets: list[Hold] = field(default_factory=list)
-    deletes: list[str] = field(default_factory=list)
-    counts: list[tuple[str, int]] = field(default_factory=list)  # (user, seats held now)
-    reset: bool = False  # the counts are every user's: empty the hash first
+def _key_parts() -> tuple[str, str, str, str, str]:
+    """The pieces of the key names around the ids, as the mirror script reads them: a hold key
+    is ``[0] + event_id + [1] + hold_id + [2]``, a counts key ``[3] + event_id + [4]``."""
+    hold_before, hold_between, hold_after = hold_key("\0", "\0").split("\0")
+    counts_before, counts_after = user_counts_key("\0").split("\0")
+    return hold_before, hold_between, hold_after, counts_before, counts_after
+
+
+_KEY_PARTS = _key_parts()
+
+
+def _hold_write(hold: Hold) -> tuple[str, int]:
+    """A hold key's value and expiry (ms since the epoch) in the mirror script's document."""
+    return _hold_value(hold).decode(), max(int(hold.expires_at * 1000), 1)
 
 
 def _set_hold(pipe: Any, event_id: str, hold: Hold) -> None:

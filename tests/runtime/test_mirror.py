@@ -102,6 +102,49 @@ async def test_one_flush_mirrors_many_events_in_several_calls(
         await mirror.close()
 
 
+async def test_a_flush_names_keys_and_fields_as_the_key_functions_do_for_any_ids(
+    redis: Redis,
+) -> None:
+    """The flush script builds the key names from ids it reads in a JSON document: ids with
+    characters that JSON escapes or Lua patterns treat specially ('.', '-', '%') still land on
+    exactly the keys hold_key() and user_counts_key() name, and nothing else is written."""
+    mirror = RedisMirror(redis, list)  # nothing to resync: only the flushes write
+    event_id = ("A.b-c_d" * 10)[:64]  # the longest event id, every punctuation mark allowed
+    users = ['q"uo\\te', "ünï cødé ✓", "%d.-[^]$*+?()", "}:hold:{", "tab\tnew\nline", "7"]
+    seats = [Seat(f'seat "{n}" \\ é') for n in range(len(users))]
+    state = EventState(EventInfo(event_id, "E"), Policy(300, 8, 1800), seats)
+    now = time.time()
+    holds = []
+    for user, seat in zip(users, seats, strict=True):
+        hold = state.handle(PlaceHold(user, (seat.seat_id,), str(uuid.uuid4())), now)
+        assert isinstance(hold, Hold)
+        holds.append(hold)
+    mirror.committed(event_id, 1, state.commit(), state)
+    mirror.start()
+    try:
+        counts = user_counts_key(event_id)
+        await until(lambda: _hget(redis, counts, users[-1], b"1"), 5, "the flush")
+        assert await redis.hgetall(counts) == {user.encode(): b"1" for user in users}
+        expected = {counts} | {hold_key(event_id, hold.hold_id) for hold in holds}
+        assert {key.decode() for key in await redis.keys("*")} == expected
+        for hold in holds:
+            value = orjson.loads(await redis.get(hold_key(event_id, hold.hold_id)) or b"null")
+            assert value == {
+                "user_id": hold.user_id,
+                "seat_ids": list(hold.seat_ids),
+                "expires_at": hold.expires_at,
+            }
+        ended = holds[0]
+        state.handle(ReleaseHold(ended.user_id, ended.hold_id), now)
+        mirror.committed(event_id, 2, state.commit(), state)
+        await until(lambda: _hget(redis, counts, ended.user_id, None), 5, "the release")
+        assert {key.decode() for key in await redis.keys("*")} == expected - {
+            hold_key(event_id, ended.hold_id)
+        }
+    finally:
+        await mirror.close()
+
+
 class _FailingLater:
     """The real store, but every write after the first ``good`` ones waits for ``gate`` and
     then fails (a commit whose connection broke): the actor undoes that batch."""
