@@ -242,7 +242,7 @@ class RedisMirror:
                 (
                     event_id,
                     {
-                        hold_id: None if hold is None else _hold_write(hold)
+                        hold_id: None if hold is None else _hold_entry(hold)
                         for hold_id, hold in event_holds.items()
                     },
                     users.get(event_id, {}),
@@ -294,13 +294,17 @@ class RedisMirror:
         await pipe.execute()
 
 
-# ARGV[1] is JSON with one entry per event: [event_id, {hold_id: [value, pxat] to set, or null
-# to delete its key}, {user: count} (count 0: remove the user from the counts), reset] (reset
-# true: the counts listed are all there are, so the hash is emptied first). ARGV[2..6] are
-# ``_KEY_PARTS``, the fixed pieces of the key names: the script builds each name from them and
-# the ids, so a call has six arguments however many keys it writes (redis-py packs each
+# ARGV[1] is JSON with one entry per event: [event_id, {hold_id: [value, expires_at] to set, or
+# null to delete its key}, {user: count} (count 0: remove the user from the counts), reset]
+# (reset true: the counts listed are all there are, so the hash is emptied first). ARGV[2..6]
+# are ``_KEY_PARTS``, the fixed pieces of the key names: the script builds each name from them
+# and the ids, so a call has six arguments however many keys it writes (redis-py packs each
 # argument in Python), and hold_key() and user_counts_key() stay the one definition of the
 # names.
+# The script turns expires_at into PXAT as _pxat() does, to the millisecond (in Python it was
+# a tenth of the flush's CPU): cjson reads back the very double orjson wrote (shortest
+# round-trip digits), Lua's number is that double, the product is the same IEEE one, floor is
+# int() for what is positive, and Redis writes an integral number below 2**53 exactly.
 # Redis Cluster: the script declares no keys (KEYS is empty) and one call writes several
 # events' keys, so several hash slots. Declaring the keys would not make it cluster-safe (it
 # did not when they were declared): a cluster needs calls of one event (one slot) each, which
@@ -317,7 +321,8 @@ for e = 1, #doc do
         if set == null then
             redis.call('DEL', hold_prefix .. hold_id .. hold_after)
         else
-            redis.call('SET', hold_prefix .. hold_id .. hold_after, set[1], 'PXAT', set[2])
+            local pxat = math.max(math.floor(set[2] * 1000), 1)
+            redis.call('SET', hold_prefix .. hold_id .. hold_after, set[1], 'PXAT', pxat)
         end
     end
     local counts_key = counts_before .. event_id .. counts_after
@@ -350,14 +355,18 @@ def _key_parts() -> tuple[str, str, str, str, str]:
 _KEY_PARTS = _key_parts()
 
 
-def _hold_write(hold: Hold) -> tuple[str, int]:
-    """A hold key's value and expiry (ms since the epoch) in the mirror script's document."""
-    return _hold_value(hold).decode(), max(int(hold.expires_at * 1000), 1)
+def _hold_entry(hold: Hold) -> tuple[str, float]:
+    """A hold key's value and its hold's expiry, for the mirror script's document."""
+    return _hold_value(hold).decode(), hold.expires_at
+
+
+def _pxat(hold: Hold) -> int:
+    """When the hold's key expires, in ms since the epoch (the mirror script's math too)."""
+    return max(int(hold.expires_at * 1000), 1)
 
 
 def _set_hold(pipe: Any, event_id: str, hold: Hold) -> None:
-    pxat = max(int(hold.expires_at * 1000), 1)
-    pipe.set(hold_key(event_id, hold.hold_id), _hold_value(hold), pxat=pxat)
+    pipe.set(hold_key(event_id, hold.hold_id), _hold_value(hold), pxat=_pxat(hold))
 
 
 def _set_count(pipe: Any, key: str, user_id: str, count: int) -> None:

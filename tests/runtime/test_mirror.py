@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any, cast
@@ -141,6 +142,38 @@ async def test_a_flush_names_keys_and_fields_as_the_key_functions_do_for_any_ids
         assert {key.decode() for key in await redis.keys("*")} == expected - {
             hold_key(event_id, ended.hold_id)
         }
+    finally:
+        await mirror.close()
+
+
+async def test_a_hold_key_expires_at_its_hold_s_expiry_to_the_millisecond(redis: Redis) -> None:
+    """The flush script computes each key's PXAT from the hold's expires_at: it must be the
+    whole milliseconds Python computes, also for times on or just beside a millisecond."""
+    mirror = RedisMirror(redis, list)
+    event_id = f"expiry-{uuid.uuid4().hex[:8]}"
+    base = float(int(time.time()) + 60)
+    exact = [base + ms / 1000 for ms in (1, 499, 500, 999)]
+    beside = [math.nextafter(at, to) for at in exact for to in (0, math.inf)]
+    wanted = sorted([*exact, *beside, base + 0.1234567, base + 0.9999999])
+    state = EventState(
+        EventInfo(event_id, "E"), Policy(300, 8, 1800), [Seat(f"S{n}") for n in range(14)]
+    )
+    holds = []
+    for n, expires_at in enumerate(wanted):
+        command = PlaceHold(f"u{n}", (f"S{n}",), str(uuid.uuid4()))
+        hold = state.handle(command, expires_at - 300)  # exact: both differ by a whole 300
+        assert isinstance(hold, Hold) and hold.expires_at == expires_at
+        holds.append(hold)
+    mirror.committed(event_id, 1, state.commit(), state)
+    mirror.start()
+    try:
+        counts = user_counts_key(event_id)
+        await until(lambda: _hget(redis, counts, holds[-1].user_id, b"1"), 5, "the flush")
+        for hold in holds:
+            key = hold_key(event_id, hold.hold_id)
+            assert await redis.pexpiretime(key) == int(hold.expires_at * 1000), hold.expires_at
+            value = orjson.loads(await redis.get(key) or b"null")
+            assert value["expires_at"] == hold.expires_at
     finally:
         await mirror.close()
 
