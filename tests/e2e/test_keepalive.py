@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from support.client import client
+from support.rawsocket import RawSocket, request
 from support.server import RunningServer, base_env, in_process_server
 
 INTERVAL = TIMEOUT = 0.4
@@ -48,3 +49,20 @@ async def test_quiet_clients_that_answer_pings_stay_connected(lively: RunningSer
         await quiet.send({"id": "still-here", "type": "ping"})
         reply = await quiet.recv()
         assert reply["id"] == "still-here" and reply["ok"] is True
+
+
+async def test_a_client_that_never_answers_pings_but_keeps_talking_stays_connected(
+    lively: RunningServer,
+) -> None:
+    """Every frame that arrives counts, requests too: this client ignores the server's pings."""
+    s = await RawSocket.connect(lively.port, "chatterbox")
+    try:
+        deadline = time.monotonic() + 6 * (INTERVAL + TIMEOUT)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            s.write(request(n))
+            assert (await s.message())["id"] == n  # a close frame would fail here
+            await asyncio.sleep(0.1)
+    finally:
+        await s.aclose()
