@@ -50,6 +50,10 @@ from seatd.core import (
 
 __all__ = ["Broadcaster", "Subscriber", "seat_changes"]
 
+# Types for isinstance, as tuples made once: `A | B` in the call builds a union each time.
+_PLACED_OR_EXTENDED = (HoldCreated, HoldExtended)
+_EXTENDED_OR_ENDED = (HoldExtended, HoldEnded)
+
 
 class Subscriber(Protocol):
     def send(self, frame: bytes) -> None: ...
@@ -95,7 +99,7 @@ def seat_changes(effects: Sequence[Effect]) -> tuple[wire.SeatChange, ...]:
     """Each seat's final state after a batch (a seat changed twice appears once)."""
     changes: dict[str, wire.SeatChange] = {}
     for effect in effects:
-        if isinstance(effect, HoldCreated | HoldExtended):
+        if isinstance(effect, _PLACED_OR_EXTENDED):
             expires_at = format_time(effect.hold.expires_at)
             for sid in effect.hold.seat_ids:
                 changes[sid] = wire.SeatChange(sid, "held", expires_at)
@@ -369,7 +373,7 @@ def _hold_news(effects: Sequence[Effect]) -> list[tuple[object, ...]]:
     """The batch's extended and ended holds, compact, for instances following them."""
     news: list[tuple[object, ...]] = []
     for effect in effects:
-        if isinstance(effect, HoldExtended | HoldEnded):
+        if isinstance(effect, _EXTENDED_OR_ENDED):
             hold = effect.hold
             ended = effect.reason.value if isinstance(effect, HoldEnded) else None
             news.append(

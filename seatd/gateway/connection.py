@@ -75,6 +75,9 @@ from seatd.runtime.registry import Registry
 __all__ = ["Connection", "GatewayContext"]
 
 log = structlog.get_logger("seatd.gateway")
+# Types for isinstance, as tuples made once: `A | B` in the call builds a union each time.
+_CATALOG_REQUESTS = (wire.CreateEvent, wire.ListEvents)
+_HOLD_COMMANDS = (core.PlaceHold, core.RefreshHold, core.ReleaseHold, core.Reserve)
 # Bytes the socket may buffer before frames queue in user space (the server's write_limit).
 _WRITE_LIMIT = 64 * 1024
 _session_ids = itertools.count(1)
@@ -376,7 +379,7 @@ class Connection:
 
     def _dispatch(self, request_id: RequestId, request_type: str, request: Any, frame: str) -> None:
         """Start the work of a request; its answer comes when the work is done (``_done``)."""
-        if isinstance(request, wire.CreateEvent | wire.ListEvents):
+        if isinstance(request, _CATALOG_REQUESTS):
             served = catalog.serve(self.ctx.store, self.ctx.policy, self.identity, request)
             self._track(self._spawn(served), _Pending(request_id, request_type))
         elif isinstance(request, wire.Subscribe):
@@ -396,7 +399,7 @@ class Connection:
         to_wire = partial(result_to_wire, event_id, command)
         key = idempotency_key(self.identity, request_type, request, to_wire)
         follow = None  # only commands that place, extend or end a hold change what we follow
-        if isinstance(command, core.PlaceHold | core.RefreshHold | core.ReleaseHold | core.Reserve):
+        if isinstance(command, _HOLD_COMMANDS):
             follow = partial(self._holds.follow, event_id, command)
         pending = _Pending(request_id, request_type, to_wire, follow)
         envelope = Envelope(command, idempotency=key)
