@@ -8,6 +8,8 @@ it; an expiry is pushed), so pushes track the hold itself, not only what this co
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,20 +24,32 @@ from seatd.runtime.ports import StoredReply
 
 __all__ = ["HoldFollower"]
 
+# Types for isinstance, as tuples made once: `A | B` in the call builds a union each time.
+_ENDING = (core.ReleaseHold, core.Reserve)
+
 
 class _Sink(Subscriber, Protocol):
     """The connection: where pushes go, and who the broadcaster tells about watched holds."""
 
 
 class HoldFollower:
+    """Warnings are kept in one heap per connection with one loop timer for the earliest, not a
+    timer per hold: most holds end (reserved, released) long before their warning, and a loop
+    timer made and cancelled per hold was a few percent of the server's CPU. An ended or moved
+    hold leaves its heap entry behind, ignored when it comes up; the heap is rebuilt when such
+    entries outnumber the live ones."""
+
     __slots__ = (
+        "_armed_at",
         "_broadcaster",
         "_clock",
         "_closed",
         "_connection",
         "_followed",
-        "_timers",
+        "_heap",
+        "_timer",
         "_warning",
+        "_warnings",
     )
 
     def __init__(
@@ -51,7 +65,11 @@ class HoldFollower:
         self._warning = warning
         # The holds watched, warned or not: a warning ends the timer, not the watching.
         self._followed: set[str] | None = None  # made on first use: most connections hold nothing
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Each hold's pending warning: (loop time, sequence number, event id, hold).
+        self._warnings: dict[str, _Warning] | None = None
+        self._heap: list[tuple[float, int, str]] = []  # (loop time, sequence number, hold id)
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
         # Answers may still arrive after the connection is gone: they must not follow anything.
         self._closed = False
 
@@ -63,7 +81,7 @@ class HoldFollower:
         """
         if self._closed:
             return
-        if isinstance(command, core.ReleaseHold | core.Reserve):
+        if isinstance(command, _ENDING):
             if _succeeded(result):
                 self._cancel(command.hold_id)
                 self._unfollow(command.hold_id)
@@ -97,35 +115,83 @@ class HoldFollower:
     def close(self) -> None:
         """The connection is gone: no more warnings, no more watching."""
         self._closed = True
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._warnings, self._heap = None, []
         followed, self._followed = self._followed, None
         for hold_id in followed or ():
             self._broadcaster.unwatch_hold(hold_id, self._connection)
 
+    def pending_warnings(self) -> int:
+        """Heap entries kept, live or left behind by ended holds (bounded: see the class)."""
+        return len(self._heap)
+
     def _schedule(self, event_id: str, hold: core.Hold) -> None:
-        self._cancel(hold.hold_id)
         lifetime = hold.expires_at - self._clock()
         delay = lifetime - min(self._warning, lifetime / 4)
-        self._timers[hold.hold_id] = asyncio.get_running_loop().call_later(
-            max(delay, 0.0), self._warn, event_id, hold
-        )
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        sequence = next(_sequence)
+        warnings = self._warnings
+        if warnings is None:
+            warnings = self._warnings = {}
+        warnings[hold.hold_id] = (when, sequence, event_id, hold)
+        heap = self._heap
+        heapq.heappush(heap, (when, sequence, hold.hold_id))
+        if len(heap) > 2 * len(warnings) + _SPARE_ENTRIES:
+            self._heap = heap = [(w[0], w[1], hold_id) for hold_id, w in warnings.items()]
+            heapq.heapify(heap)
+        if self._timer is None or when < self._armed_at:
+            self._arm(loop, when)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._ring)
+        self._armed_at = when
 
     def _unfollow(self, hold_id: str) -> None:
         if self._followed is not None:
             self._followed.discard(hold_id)
 
     def _cancel(self, hold_id: str) -> None:
-        timer = self._timers.pop(hold_id, None)
-        if timer is not None:
-            timer.cancel()
+        if self._warnings is not None:
+            self._warnings.pop(hold_id, None)  # its heap entry is skipped when it comes up
+
+    def _ring(self) -> None:
+        """Send the warnings that are due; arm the timer for the next live one."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._heap
+        while heap and not self._closed:
+            when, sequence, hold_id = heap[0]
+            warning = self._live(hold_id, sequence)
+            if warning is None:
+                heapq.heappop(heap)  # the hold ended or moved since
+                continue
+            if when > now:
+                self._arm(loop, when)
+                return
+            heapq.heappop(heap)
+            del self._warnings[hold_id]  # type: ignore[union-attr]  # live: not None
+            self._warn(warning[2], warning[3])
+
+    def _live(self, hold_id: str, sequence: int) -> _Warning | None:
+        warning = self._warnings.get(hold_id) if self._warnings is not None else None
+        return warning if warning is not None and warning[1] == sequence else None
 
     def _warn(self, event_id: str, hold: core.Hold) -> None:
-        self._timers.pop(hold.hold_id, None)
         expires_at = format_time(hold.expires_at)
         warning = wire.HoldExpiring(event_id, hold.hold_id, hold.seat_ids, expires_at)
         self._connection.send(encode_push("hold_expiring", warning))
+
+
+_Warning = tuple[float, int, str, core.Hold]
+_sequence = itertools.count()
+# Heap entries of ended holds tolerated beyond the live ones before the heap is rebuilt.
+_SPARE_ENTRIES = 32
 
 
 def _succeeded(result: object) -> bool:

@@ -89,7 +89,7 @@ async def test_a_hold_answered_after_the_client_left_is_not_followed(
         gate.set()
     await until(lambda: conn.inflight == 0, what="the hold's answer")
     assert not narrow.app.gateway.ctx.broadcaster.follows_holds(event_id)
-    assert not conn._holds._timers
+    assert conn._holds.pending_warnings() == 0
 
 
 async def test_a_warned_hold_is_no_longer_followed_once_its_client_left(
