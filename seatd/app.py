@@ -15,6 +15,7 @@ import time
 import uuid
 
 import structlog
+from redis.asyncio import Redis
 
 from seatd.adapters.bus import RedisBus
 from seatd.adapters.postgres import PostgresStore, connect_pool
@@ -33,7 +34,7 @@ from seatd.runtime.ports import Clock, SystemClock
 from seatd.runtime.registry import Registry
 from seatd.runtime.writer import BatchWriter
 
-__all__ = ["App", "run"]
+__all__ = ["App", "mirror_events", "run"]
 
 log = structlog.get_logger("seatd.app")
 
@@ -112,9 +113,7 @@ class App:
         )
         self.registry = registry
         structlog.contextvars.bind_contextvars(instance=self.instance_id)
-        mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
-        registry.observers.append(mirror)
-        registry.load_listeners.append(mirror.loaded)
+        mirror = mirror_events(registry, redis)
         listener = ExpiryListener(
             redis, s.redis_db, registry.hint_expiry, lease_expired=lambda e: router.lease_expired(e)
         )
@@ -211,6 +210,17 @@ class App:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def mirror_events(registry: Registry, redis: Redis, **options: float) -> RedisMirror:
+    """A Redis mirror of the registry's events, told of every commit and every load (not
+    started: ``mirror.start()``)."""
+    mirror = RedisMirror(
+        redis, lambda: [(a.event_id, a.state) for a in registry.actors()], **options
+    )
+    registry.observers.append(mirror)
+    registry.load_listeners.append(mirror.loaded)
+    return mirror
 
 
 async def run(settings: Settings) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import asyncpg
@@ -18,6 +20,7 @@ from support.waiting import until
 from seatd.adapters import redis as redis_adapter
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import RedisMirror, hold_key, user_counts_key
+from seatd.app import mirror_events
 from seatd.core import EventInfo, EventState, Hold, PlaceHold, Policy, ReleaseHold, Seat
 from seatd.errors import StoreUnavailable
 from seatd.runtime.actor import ActorSettings
@@ -25,14 +28,30 @@ from seatd.runtime.ports import SystemClock
 from seatd.runtime.registry import Registry
 
 
+@contextlib.asynccontextmanager
+async def _mirroring(
+    registry: Registry, redis: Redis, *, start: bool = True, **options: float
+) -> AsyncIterator[RedisMirror]:
+    """The app's mirror of ``registry``'s events; the registry and the mirror closed after."""
+    mirror = mirror_events(registry, redis, **options)
+    if start:
+        mirror.start()
+    try:
+        yield mirror
+    finally:
+        await registry.close()
+        await mirror.close()
+
+
+def _registry(store: Any) -> Registry:
+    return Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+
+
 async def test_a_flush_mirrors_each_hold_and_count_and_removes_ended_holds(
     store: PostgresStore, redis: Redis
 ) -> None:
-    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
-    mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
-    registry.observers.append(mirror)
-    mirror.start()
-    try:
+    registry = _registry(store)
+    async with _mirroring(registry, redis):
         event_id = await new_event(store, "mirror")
         kept = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
         ended = await registry.ask(event_id, PlaceHold("u2", ("S2",), str(uuid.uuid4())))
@@ -52,9 +71,6 @@ async def test_a_flush_mirrors_each_hold_and_count_and_removes_ended_holds(
         await until(lambda: _hget(redis, counts, "u2", None), 5, "the release mirrored")
         assert not await redis.exists(hold_key(event_id, ended.hold_id))
         assert await redis.exists(hold_key(event_id, kept.hold_id))
-    finally:
-        await registry.close()
-        await mirror.close()
 
 
 async def _hget(redis: Redis, key: str, field: str, expected: bytes | None) -> bool:
@@ -220,35 +236,29 @@ async def test_a_flush_writes_what_was_committed_not_the_batch_being_written(
     """A flush that comes while the actor writes its next batch mirrors the state as committed:
     that batch may fail and be undone, and then nothing would correct Redis."""
     failing = _FailingLater(store, good=2)
-    registry = Registry(cast(Any, failing), SystemClock(), Policy(300, 8, 1800), ActorSettings())
-    mirror = RedisMirror(
-        redis, lambda: [(a.event_id, a.state) for a in registry.actors()], flush_interval=0.5
-    )
-    registry.observers.append(mirror)
-    mirror.start()
-    try:
-        event_id = await new_event(store, "mirror")
-        await until(lambda: mirror.healthy, 5, "the first resync")
-        first = await registry.ask(event_id, PlaceHold("u0", ("S3",), str(uuid.uuid4())))
-        assert isinstance(first, Hold)
-        await until(lambda: _hget(redis, user_counts_key(event_id), "u0", b"1"), 5, "a flush")
-        # The next flush is flush_interval away: by then the release is being written.
-        hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
-        assert isinstance(hold, Hold)
-        release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))
-        await asyncio.wait_for(failing.waiting.wait(), 5)
-        counts = user_counts_key(event_id)
-        await until(lambda: _hget(redis, counts, "u1", b"2"), 5, "the hold's flush")
-        assert await redis.exists(hold_key(event_id, hold.hold_id))
-        failing.gate.set()
-        with pytest.raises(StoreUnavailable):
-            await release
-        await asyncio.sleep(0.6)  # a flush still due has run
-        assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
-    finally:
-        failing.gate.set()
-        await registry.close()
-        await mirror.close()
+    registry = _registry(cast(Any, failing))
+    async with _mirroring(registry, redis, flush_interval=0.5) as mirror:
+        try:
+            event_id = await new_event(store, "mirror")
+            await until(lambda: mirror.healthy, 5, "the first resync")
+            first = await registry.ask(event_id, PlaceHold("u0", ("S3",), str(uuid.uuid4())))
+            assert isinstance(first, Hold)
+            await until(lambda: _hget(redis, user_counts_key(event_id), "u0", b"1"), 5, "a flush")
+            # The next flush is flush_interval away: by then the release is being written.
+            hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+            assert isinstance(hold, Hold)
+            release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))
+            await asyncio.wait_for(failing.waiting.wait(), 5)
+            counts = user_counts_key(event_id)
+            await until(lambda: _hget(redis, counts, "u1", b"2"), 5, "the hold's flush")
+            assert await redis.exists(hold_key(event_id, hold.hold_id))
+            failing.gate.set()
+            with pytest.raises(StoreUnavailable):
+                await release
+            await asyncio.sleep(0.6)  # a flush still due has run
+            assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
+        finally:
+            failing.gate.set()
 
 
 async def test_a_resync_writes_what_was_committed_not_the_batch_being_written(
@@ -257,27 +267,24 @@ async def test_a_resync_writes_what_was_committed_not_the_batch_being_written(
     """A resync (after Redis came back) that reads an actor writing a batch mirrors its state
     as committed: that batch may fail and be undone, and then nothing would correct Redis."""
     failing = _FailingLater(store, good=1)
-    registry = Registry(cast(Any, failing), SystemClock(), Policy(300, 8, 1800), ActorSettings())
-    mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
-    registry.observers.append(mirror)
-    try:
-        event_id = await new_event(store, "mirror")
-        hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
-        assert isinstance(hold, Hold)
-        release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))
-        await asyncio.wait_for(failing.waiting.wait(), 5)
-        mirror.start()  # its first resync reads the actor while the release is being written
-        await until(lambda: mirror.healthy, 5, "the resync")
-        assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
-        failing.gate.set()
-        with pytest.raises(StoreUnavailable):
-            await release
-        await asyncio.sleep(0.1)  # a flush still due has run
-        assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
-    finally:
-        failing.gate.set()
-        await registry.close()
-        await mirror.close()
+    registry = _registry(cast(Any, failing))
+    async with _mirroring(registry, redis, start=False) as mirror:
+        try:
+            event_id = await new_event(store, "mirror")
+            hold = await registry.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
+            assert isinstance(hold, Hold)
+            release = asyncio.ensure_future(registry.ask(event_id, ReleaseHold("u1", hold.hold_id)))
+            await asyncio.wait_for(failing.waiting.wait(), 5)
+            mirror.start()  # its first resync reads the actor while the release is being written
+            await until(lambda: mirror.healthy, 5, "the resync")
+            assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
+            failing.gate.set()
+            with pytest.raises(StoreUnavailable):
+                await release
+            await asyncio.sleep(0.1)  # a flush still due has run
+            assert await _mirrored(redis, pool, event_id, hold) == (1, True, b"2")
+        finally:
+            failing.gate.set()
 
 
 async def test_loading_an_event_mirrors_its_committed_holds_and_only_their_counts(
@@ -287,7 +294,7 @@ async def test_loading_an_event_mirrors_its_committed_holds_and_only_their_count
     never learned) leaves Redis behind PostgreSQL. The next owner to load the event writes the
     event's holds and counts as PostgreSQL has them, so no later commit is needed to fix them."""
     event_id = await new_event(store, "mirror")
-    behind = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
+    behind = _registry(store)
     try:  # committed, but no mirror ever flushed it
         first = await behind.ask(event_id, PlaceHold("u1", ("S0", "S1"), str(uuid.uuid4())))
         second = await behind.ask(event_id, PlaceHold("u2", ("S2",), str(uuid.uuid4())))
@@ -297,12 +304,8 @@ async def test_loading_an_event_mirrors_its_committed_holds_and_only_their_count
     counts = user_counts_key(event_id)
     await redis.hset(counts, mapping={"u1": 1, "gone": 3})  # what the lost flushes left
 
-    registry = Registry(store, SystemClock(), Policy(300, 8, 1800), ActorSettings())
-    mirror = RedisMirror(redis, lambda: [(a.event_id, a.state) for a in registry.actors()])
-    registry.load_listeners.append(mirror.loaded)
-    registry.observers.append(mirror)
-    mirror.start()
-    try:
+    registry = _registry(store)
+    async with _mirroring(registry, redis) as mirror:
         await until(lambda: mirror.healthy, 5, "the first resync")
         await registry.activate(event_id)
         await until(lambda: _hget(redis, counts, "u2", b"1"), 5, "the loaded event mirrored")
@@ -315,6 +318,3 @@ async def test_loading_an_event_mirrors_its_committed_holds_and_only_their_count
                 # PostgreSQL keeps microseconds: the loaded time is the stored one.
                 "expires_at": pytest.approx(hold.expires_at, abs=1e-5),
             }
-    finally:
-        await registry.close()
-        await mirror.close()
