@@ -143,7 +143,7 @@ class Registry:
     async def _tell_later(self, event_id: str, command: Command) -> None:
         try:
             actor = await self.activate(event_id)
-        except EventNotFound:
+        except (EventNotFound, ShuttingDown):  # gone, or this instance is stopping: nothing to do
             return
         except SeatdError as error:
             log.warning("activation_failed", event_id=event_id, error=str(error))
