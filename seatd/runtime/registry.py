@@ -143,7 +143,9 @@ class Registry:
     async def _tell_later(self, event_id: str, command: Command) -> None:
         try:
             actor = await self.activate(event_id)
-        except (EventNotFound, ShuttingDown):  # gone, or this instance is stopping: nothing to do
+        except (EventNotFound, ShuttingDown, OwnedElsewhere):
+            # Gone, this instance is stopping, or another instance took the event over (its
+            # lease ran out while it slept here): the owner times its own holds.
             return
         except SeatdError as error:
             log.warning("activation_failed", event_id=event_id, error=str(error))
