@@ -20,7 +20,6 @@ its state and an entry in the clock's heap, not a task and its frames (about 1 K
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -62,7 +61,8 @@ class ActorSettings:
     max_batch: int = 512
     mailbox_limit: int = 10_000
     idle_timeout: float = 60.0
-    # Outcomes of keyed mutations remembered in memory; older ones are looked up in PostgreSQL.
+    # Outcomes of keyed mutations remembered in memory (the latest half to all of this many);
+    # older ones are looked up in PostgreSQL.
     remembered_keys: int = 20_000
 
 
@@ -113,8 +113,11 @@ class EventActor:
         self.stopped = False  # accepts nothing more
         self.stop_reason = ""
         self._last_active = clock.now()
-        # Made on first use: most events never see a retry key.
-        self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] | None = None
+        # Outcomes of retry keys, the newest and the generation before; made on first use (most
+        # events never see a retry key). A full generation is dropped whole: a per-key eviction
+        # from an ordered dict cost more than the rest of remembering.
+        self._keys: dict[tuple[str, str], IdempotencyRecord] | None = None
+        self._older_keys: dict[tuple[str, str], IdempotencyRecord] | None = None
         self._keep_alive = keep_alive  # e.g. "someone watches this event": do not passivate
         self._stats = stats  # the instance's, shared by its actors
 
@@ -351,14 +354,17 @@ class EventActor:
     def _remembered(self, batch: list[Envelope]) -> dict[tuple[str, str], IdempotencyRecord]:
         """The outcomes this instance remembers for the batch's retry keys."""
         known: dict[tuple[str, str], IdempotencyRecord] = {}
-        remembered = self._keys
-        if remembered:
+        remembered, older = self._keys, self._older_keys
+        if remembered or older:
             for envelope in batch:
                 key = envelope.idempotency
                 if key is not None:
-                    record = remembered.get(key.scope)
+                    scope = key.scope
+                    record = remembered.get(scope) if remembered else None
+                    if record is None and older:
+                        record = older.get(scope)
                     if record is not None:
-                        known[key.scope] = record
+                        known[scope] = record
         return known
 
     async def _stored_keys(
@@ -383,10 +389,10 @@ class EventActor:
             return
         keys = self._keys
         if keys is None:
-            keys = self._keys = OrderedDict()
+            keys = self._keys = {}
         keys.update(records)
-        while len(keys) > self._settings.remembered_keys:
-            keys.popitem(last=False)
+        if len(keys) >= max(1, self._settings.remembered_keys // 2):
+            self._older_keys, self._keys = keys, {}  # between half and all of them remembered
 
     async def _persist(self, records: list[IdempotencyRecord]) -> SeatdError | None:
         """Write the batch; on failure say why (as the error every caller gets) and stop."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -79,3 +79,39 @@ async def test_a_retry_the_owner_forgot_gets_the_stored_reply_and_changes_nothin
     assert [(r["user_id"], r["n"]) for r in holds] == [("u1", 1), ("u2", 1)]
     stored_version = await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id)
     assert stored_version == version + 1  # one batch wrote, once
+
+
+async def test_every_retry_gets_its_first_reply_however_many_keys_came_after(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """An owner remembers only its latest keys (here between 2 and 4 of them); older ones are
+    found in PostgreSQL, so each retry, recent or not, replays its own first reply, and only
+    the forgotten ones cost a lookup."""
+    looked_up: list[list[tuple[str, str]]] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        async def find_idempotency(self, event_id: str, scopes: Any) -> Any:
+            looked_up.append(list(scopes))
+            return await store.find_idempotency(event_id, scopes)
+
+    event_id = await new_event(store, "keys", seats=10)
+    registry = Registry(
+        cast(Any, Counting()), SystemClock(), Policy(300, 8, 1800), ActorSettings(remembered_keys=4)
+    )
+    try:
+        firsts = []
+        for n in range(10):
+            [first] = await _ask(registry, event_id, _keyed(f"u{n}", f"k{n}", f"S{n}"))
+            assert isinstance(first, StoredReply) and first.outcome is not None
+            firsts.append(first)
+        for n in (9, 8, 0, 5):
+            [replay] = await _ask(registry, event_id, _keyed(f"u{n}", f"k{n}", f"S{n}"))
+            assert isinstance(replay, StoredReply) and replay.outcome is None, n
+            assert orjson.loads(replay.response) == orjson.loads(firsts[n].response), n
+    finally:
+        await registry.close()
+    assert looked_up == [[("u0", "k0")], [("u5", "k5")]]  # 9 and 8 were remembered
+    assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 10
