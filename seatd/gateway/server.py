@@ -258,6 +258,8 @@ def _token_from(request: Request) -> str | None:
             return value.strip()
     query = parse_qs(urlsplit(request.path).query)
     values = query.get("token") or query.get("access_token")
+    if values and len(values) > 1:  # as with two headers: which one counts would be a guess
+        raise Unauthenticated("invalid token: more than one token parameter")
     return values[0] if values else None
 
 

@@ -247,6 +247,18 @@ async def test_a_repeated_authorization_header_is_refused_with_401(
     assert orjson.loads(refused.value.response.body)["error"] == "unauthenticated"
 
 
+@pytest.mark.parametrize("query", ["token={a}&token={b}", "access_token={a}&access_token={b}"])
+async def test_a_repeated_token_parameter_is_refused_with_401(
+    strict: RunningServer, query: str
+) -> None:
+    """As with two Authorization headers, which of two tokens counts would be a guess."""
+    url = strict.url + "?" + query.format(a=token("ann"), b=token("bob"))
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, subprotocols=["seatd.v1"], open_timeout=5)  # type: ignore[list-item]
+    assert refused.value.response.status_code == 401
+    assert "more than one" in orjson.loads(refused.value.response.body)["message"]
+
+
 async def test_a_repeated_client_address_header_counts_its_last_entry(
     strict: RunningServer,
 ) -> None:
