@@ -164,23 +164,19 @@ class HoldFollower:
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        heap = self._heap
-        while heap and not self._closed:
+        heap, warnings = self._heap, self._warnings
+        while heap and warnings is not None and not self._closed:
             when, sequence, hold_id = heap[0]
-            warning = self._live(hold_id, sequence)
-            if warning is None:
+            warning = warnings.get(hold_id)
+            if warning is None or warning[1] != sequence:
                 heapq.heappop(heap)  # the hold ended or moved since
                 continue
             if when > now:
                 self._arm(loop, when)
                 return
             heapq.heappop(heap)
-            del self._warnings[hold_id]  # type: ignore[union-attr]  # live: not None
+            del warnings[hold_id]
             self._warn(warning[2], warning[3])
-
-    def _live(self, hold_id: str, sequence: int) -> _Warning | None:
-        warning = self._warnings.get(hold_id) if self._warnings is not None else None
-        return warning if warning is not None and warning[1] == sequence else None
 
     def _warn(self, event_id: str, hold: core.Hold) -> None:
         expires_at = format_time(hold.expires_at)
