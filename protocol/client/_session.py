@@ -227,9 +227,6 @@ class Session:
         subscribe, which a second time just re-bases the seat map)."""
         return [(call, self.frame(call)) for _, call in sorted(self._pending.items())]
 
-    def pending_frames(self) -> list[bytes]:
-        return [frame for _, frame in self.pending()]
-
     def forget(self, call: Call[Any]) -> None:
         """Stop waiting for ``call`` (timed out, cancelled): never resend it."""
         if call.request_id is not None and self._pending.get(call.request_id) is call:
