@@ -98,6 +98,14 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (cre
 DROP FUNCTION IF EXISTS seatd_persist_batch(
     text, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[], float8[],
     text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
+-- The signatures before the retry records travelled as one JSON document (p_keys jsonb).
+DROP FUNCTION IF EXISTS seatd_persist_batch(
+    text, bigint, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[],
+    float8[], text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
+DROP FUNCTION IF EXISTS seatd_persist_batches(
+    text[], bigint[], bigint[], bigint[], int[], uuid[], int[], uuid[], float8[], int[], uuid[],
+    text[], float8[], float8[], float8[], int[], text[], uuid[], int[], text[], uuid[], text[],
+    float8[], int[], text[], text[], text[], text[]);
 
 -- One batch of one event in one call (one round trip: a single statement is its own
 -- transaction). Returns 0 when written; -1 when p_epoch is no longer the owner's epoch (fenced);
@@ -105,7 +113,10 @@ DROP FUNCTION IF EXISTS seatd_persist_batch(
 -- (its memory and the database disagree); -3 when a retry key of the batch is already stored
 -- (the owner did not remember it: it runs the batch again with the stored outcome). Nothing is
 -- written in those cases. Deletes come first: the batch's final state is consistent, so no
--- inserted seat can collide.
+-- inserted seat can collide. The retry records come as one JSON array of [user_id, key,
+-- request_hash, response] arrays (the response being the stored reply itself): parsed once
+-- here, where four text arrays cost the service ~0.7 us per element to encode (BENCHMARKS.md,
+-- round 7), and their responses were parsed one by one all the same.
 --
 -- Every statement here must find rows by their full key. The planner's row counts for holds
 -- are always stale (a sale inserts and deletes thousands a second, autovacuum looks once a
@@ -119,7 +130,7 @@ CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_holds uuid[], p_users text[], p_created float8[], p_expires float8[], p_max_expires float8[],
     p_hold_seats text[], p_hold_seat_holds uuid[],
     p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
-    p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+    p_keys jsonb
 ) RETURNS integer LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
 SET enable_mergejoin = off
@@ -138,11 +149,11 @@ BEGIN
         RETURN -2;
     END IF;
     -- One index probe per key (LATERAL ... LIMIT 1): a join could scan every key of the event.
-    IF cardinality(p_keys) > 0 AND EXISTS (
-        SELECT 1 FROM unnest(p_key_users, p_keys) AS u(user_id, key)
+    IF jsonb_array_length(p_keys) > 0 AND EXISTS (
+        SELECT 1 FROM jsonb_array_elements(p_keys) AS u(r)
         CROSS JOIN LATERAL (
             SELECT 1 FROM idempotency_keys k
-            WHERE k.event_id = p_event AND k.user_id = u.user_id AND k.key = u.key
+            WHERE k.event_id = p_event AND k.user_id = u.r->>0 AND k.key = u.r->>1
             LIMIT 1
         ) AS stored
     ) THEN
@@ -182,11 +193,10 @@ BEGIN
     -- this event's keys takes first, and the owner sends each key once per batch, so no row can
     -- conflict. ON CONFLICT DO NOTHING cost a quarter more per key (speculative insertion);
     -- were a conflict possible after all, the batch would fail whole, never half-written.
-    IF cardinality(p_keys) > 0 THEN
+    IF jsonb_array_length(p_keys) > 0 THEN
         INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
-        SELECT p_event, u.user_id, u.key, u.request_hash, u.response::jsonb
-        FROM unnest(p_key_users, p_keys, p_key_hashes, p_key_responses)
-             AS u(user_id, key, request_hash, response);
+        SELECT p_event, u.r->>0, u.r->>1, u.r->>2, u.r->3
+        FROM jsonb_array_elements(p_keys) AS u(r);
     END IF;
     RETURN 0;
 END
@@ -231,7 +241,7 @@ CREATE OR REPLACE FUNCTION seatd_persist_batches(
     p_n_hold_seats int[], p_hold_seats text[], p_hold_seat_holds uuid[],
     p_n_reserved int[], p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[],
     p_reserved_at float8[],
-    p_n_keys int[], p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+    p_n_keys int[], p_keys jsonb
 ) RETURNS integer[] LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
 SET enable_mergejoin = off
@@ -240,6 +250,10 @@ DECLARE
     outcomes integer[];
     ok text[];
     touched integer;
+    -- The retry records of p_keys, in order, beside the event each belongs to.
+    key_rows jsonb[] := ARRAY(
+        SELECT r FROM jsonb_array_elements(p_keys) WITH ORDINALITY AS x(r, i) ORDER BY i
+    );
 BEGIN
     IF cardinality(p_events) <> (SELECT count(DISTINCT e) FROM unnest(p_events) AS e) THEN
         RAISE EXCEPTION 'seatd: an event appears twice in one call';
@@ -247,10 +261,10 @@ BEGIN
     PERFORM 1 FROM events WHERE id = ANY (p_events) ORDER BY id FOR NO KEY UPDATE;
     WITH keys_used AS (
         SELECT DISTINCT k.ev
-        FROM unnest(seatd_row_events(p_events, p_n_keys), p_key_users, p_keys) AS k(ev, usr, key)
+        FROM unnest(seatd_row_events(p_events, p_n_keys), key_rows) AS k(ev, r)
         WHERE EXISTS (
             SELECT 1 FROM idempotency_keys i
-            WHERE i.event_id = k.ev AND i.user_id = k.usr AND i.key = k.key
+            WHERE i.event_id = k.ev AND i.user_id = k.r->>0 AND i.key = k.r->>1
         )
     ), holds_gone AS (
         SELECT DISTINCT x.ev
@@ -312,9 +326,8 @@ BEGIN
     WHERE u.ev = ANY (ok);
     -- A plain INSERT, as in seatd_persist_batch: the keys were probed under the events' locks.
     INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
-    SELECT u.ev, u.user_id, u.key, u.request_hash, u.response::jsonb
-    FROM unnest(seatd_row_events(p_events, p_n_keys), p_key_users, p_keys, p_key_hashes,
-                p_key_responses) AS u(ev, user_id, key, request_hash, response)
+    SELECT u.ev, u.r->>0, u.r->>1, u.r->>2, u.r->3
+    FROM unnest(seatd_row_events(p_events, p_n_keys), key_rows) AS u(ev, r)
     WHERE u.ev = ANY (ok);
     RETURN outcomes;
 END

@@ -17,10 +17,11 @@ kind cost 6-8 round trips. Times travel as float seconds and are turned into tim
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
 from seatd.core import (
@@ -104,11 +105,8 @@ SELECT e.version,
           FROM reservations r WHERE r.event_id = e.id) AS reserved
   FROM events e WHERE e.id = $1
 """
-_PERSIST = (
-    "SELECT seatd_persist_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-    " $15, $16, $17, $18, $19, $20, $21, $22)"
-)
-_PERSIST_MANY = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 29)) + ")"
+_PERSIST = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 20)) + ")"
+_PERSIST_MANY = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 26)) + ")"
 # One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
@@ -359,10 +357,13 @@ class PostgresStore:
         *,
         previous: int,
     ) -> None:
-        rows = _rows(effects, idempotency)
+        rows = _rows(effects)
+        keys = _keys_document(idempotency)
         try:
             async with self._connection() as conn:
-                outcome = await conn.fetchval(_PERSIST, event_id, epoch, previous, version, *rows)
+                outcome = await conn.fetchval(
+                    _PERSIST, event_id, epoch, previous, version, *rows, keys
+                )
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
         refusal = _refusal(event_id, epoch, previous, outcome)
@@ -375,7 +376,7 @@ class PostgresStore:
         columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
         counts: dict[int, list[int]] = {index: [] for index in _FIRST_OF_GROUP}
         for write in writes:
-            for index, values in enumerate(_rows(write.effects, write.records)):
+            for index, values in enumerate(_rows(write.effects)):
                 columns[index].extend(values)
                 if index in counts:
                     counts[index].append(len(values))
@@ -389,6 +390,8 @@ class PostgresStore:
             if index in counts:
                 arguments.append(counts[index])
             arguments.append(column)
+        arguments.append([len(w.records) for w in writes])
+        arguments.append(_keys_document([r for w in writes for r in w.records]))
         async with self._connection() as conn:
             outcomes = await conn.fetchval(_PERSIST_MANY, *arguments)
         return [
@@ -399,19 +402,19 @@ class PostgresStore:
 
 # The row arrays of seatd_persist_batch, in its argument order, each named by its group: the
 # arrays of one group are parallel (one entry per row), and seatd_persist_batches takes each
-# group's per-event row count before the group's first array.
+# group's per-event row count before the group's first array. The retry records follow as one
+# JSON document (``_keys_document``), after their per-event counts in seatd_persist_batches.
 _ROW_GROUPS = (
     "deleted",
     "extended", "extended",
     "holds", "holds", "holds", "holds", "holds",
     "hold_seats", "hold_seats",
     "reserved", "reserved", "reserved", "reserved",
-    "keys", "keys", "keys", "keys",
 )  # fmt: skip
 _FIRST_OF_GROUP = frozenset(_ROW_GROUPS.index(group) for group in set(_ROW_GROUPS))
 
 
-def _rows(effects: Sequence[Effect], idempotency: Sequence[IdempotencyRecord]) -> list[list[Any]]:
+def _rows(effects: Sequence[Effect]) -> list[list[Any]]:
     """One batch's row arrays, in ``_ROW_GROUPS`` order."""
     net = _NetEffects(effects)
     holds = list(net.created.values())
@@ -432,11 +435,17 @@ def _rows(effects: Sequence[Effect], idempotency: Sequence[IdempotencyRecord]) -
         [r.reservation_id for r in reservations for _ in r.seat_ids],
         [r.user_id for r in reservations for _ in r.seat_ids],
         [r.reserved_at for r in reservations for _ in r.seat_ids],
-        [r.user_id for r in idempotency],
-        [r.key for r in idempotency],
-        [r.request_hash for r in idempotency],
-        [r.response.decode() for r in idempotency],
     ]
+
+
+def _keys_document(records: Iterable[IdempotencyRecord]) -> str:
+    """Retry records as one JSON array of ``[user_id, key, request_hash, response]``, each
+    response embedded as the JSON it is. One argument that PostgreSQL parses once: asyncpg
+    encoded four text arrays at ~0.7 us of the service's CPU per element (a check against the
+    collection ABCs each), ~2.8 us per keyed request (BENCHMARKS.md, round 7)."""
+    return orjson.dumps(
+        [(r.user_id, r.key, r.request_hash, orjson.Fragment(r.response)) for r in records]
+    ).decode()
 
 
 def _refusal(event_id: str, epoch: int, previous: int, outcome: int) -> Exception | None:

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import replace
 
 import asyncpg
+import orjson
 import pytest
 from support.events import new_event
 
@@ -56,6 +57,28 @@ async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
     ]
     found = await store.find_idempotency(event_id, [("u3", "k1")])
     assert found[("u3", "k1")].request_hash == "hash"
+
+
+async def test_retry_records_are_stored_exactly_as_given(store: PostgresStore) -> None:
+    """The records travel as one JSON document: user ids (any text a token may carry), keys and
+    hashes must come back exactly, and each stored reply as the same JSON, under its own user
+    and key."""
+    event_id = await _event(store)
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    odd = 'quote " back \\ slash \u00e9t\u00e9 \U0001f3ab tab\t nl\n'
+    records = [
+        IdempotencyRecord(odd, "k-1", "h1", b'{"ok":false,"error":{"message":"\\"x\\" \\u00e9"}}'),
+        IdempotencyRecord("u2", odd, "h2", b'{"ok":true,"result":{"seats":["A-1","A-2"]}}'),
+        IdempotencyRecord("u2", "k-1", "h3", b'{"ok":true,"result":{}}'),
+    ]
+    await store.persist(
+        event_id, loaded.epoch, loaded.version, [], records, previous=loaded.version
+    )
+    found = await store.find_idempotency(event_id, [(r.user_id, r.key) for r in records])
+    assert {scope: (f.request_hash, orjson.loads(f.response)) for scope, f in found.items()} == {
+        (r.user_id, r.key): (r.request_hash, orjson.loads(r.response)) for r in records
+    }
 
 
 async def test_a_stale_owner_writes_nothing(store: PostgresStore, pool: asyncpg.Pool) -> None:
@@ -233,7 +256,7 @@ async def test_a_batch_reads_only_the_holds_it_changes(
         before = await _holds_key_reads(conn)
         outcome = await conn.fetchval(
             _PERSIST, event_id, loaded.epoch, loaded.version + 1, loaded.version + 2,
-            *_rows(effects, ()),
+            *_rows(effects), "[]",
         )  # fmt: skip
         assert outcome == 0
         assert await _holds_key_reads(conn) - before <= 4  # one probe per hold, and slack
