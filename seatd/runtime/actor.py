@@ -120,6 +120,9 @@ class EventActor:
         self._older_keys: dict[tuple[str, str], IdempotencyRecord] | None = None
         self._keep_alive = keep_alive  # e.g. "someone watches this event": do not passivate
         self._stats = stats  # the instance's, shared by its actors
+        # Kept: asyncio.get_running_loop() makes a getpid system call each time on Python
+        # 3.11, and ``submit`` runs for every command.
+        self._loop = asyncio.get_running_loop()
 
     # --- the public face -------------------------------------------------------------------
 
@@ -129,7 +132,7 @@ class EventActor:
             raise ShuttingDown("the event is being handed over; retry")
         if len(self._mailbox) >= self._settings.mailbox_limit:
             raise Overloaded(f"event {self.event_id} has too many queued commands")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         if envelope is None:
             envelope = Envelope(command, future)
         else:
@@ -169,9 +172,7 @@ class EventActor:
             return
         self._clock.cancel(self._alarm)
         self._alarm = None
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"actor:{self.event_id}"
-        )
+        self._task = self._loop.create_task(self._run(), name=f"actor:{self.event_id}")
 
     def _ring(self) -> None:
         """The parked actor's alarm: an expiry or the idle deadline is due."""
