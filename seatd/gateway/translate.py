@@ -242,7 +242,9 @@ def _error_object(error: SeatdError) -> dict[str, Any]:
     """The wire ``error`` object; its code must be registered in the protocol."""
     entry = ERROR_CODES[error.code]
     details: dict[str, Any] | None = error.details
-    if details:  # times travel as RFC 3339 everywhere on the wire, details included
+    # Times travel as RFC 3339 everywhere on the wire, details included (most details have
+    # none: then the dict goes as it is).
+    if details and any(key.endswith("_at") for key in details):
         details = {
             key: format_time(value) if key.endswith("_at") and isinstance(value, float) else value
             for key, value in details.items()

@@ -328,7 +328,8 @@ class EventActor:
         for envelope in batch:
             key = envelope.idempotency
             if key is not None:
-                prior = records.get(key.scope) or known.get(key.scope)
+                scope = key.scope
+                prior = records.get(scope) or known.get(scope)
                 if prior is not None:
                     replies.append(_replay(prior, key))
                     continue
@@ -347,7 +348,7 @@ class EventActor:
                 return None
             if key is not None:
                 record = key.record(reply)
-                records[key.scope] = record
+                records[scope] = record
                 reply = StoredReply(record.response, reply)
             replies.append(reply)
         return replies, records
