@@ -217,7 +217,7 @@ class Gateway:
         self.ctx.draining = True
         if self._server is not None:
             self._server.server.close()  # stop accepting; open connections stay for now
-        pending = [c.idle.wait() for c in self.connections if not c.idle.is_set()]
+        pending = [c.wait_idle() for c in self.connections if c.inflight]
         if pending:
             _, still = await asyncio.wait(
                 [asyncio.ensure_future(p) for p in pending], timeout=timeout

@@ -92,6 +92,39 @@ async def test_a_hold_answered_after_the_client_left_is_not_followed(
     assert conn._holds.pending_warnings() == 0
 
 
+async def test_waiting_for_a_connection_to_be_idle_waits_for_its_replies(
+    narrow: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown first waits for each connection's requests in flight (``wait_idle``): it
+    returns at once for an idle connection, and otherwise only once the last reply is sent."""
+    async with client(narrow.url, "organiser-idle", "admin") as admin:
+        event_id = (await create_event(admin, seats=5))["event_id"]
+        await admin.ok("get_event", event_id=event_id)  # loaded: the holds go to its actor
+    gate = asyncio.Event()
+    writer = _writer_of(narrow)
+    persist = writer.persist
+
+    async def slow(*args: Any, **kwargs: Any) -> None:
+        await gate.wait()
+        await persist(*args, **kwargs)
+
+    async with client(narrow.url, "idle-waiter") as c:
+        conn = await narrow.session("idle-waiter")
+        await asyncio.wait_for(conn.wait_idle(), 1)  # nothing in flight
+        monkeypatch.setattr(writer, "persist", slow)
+        for n, seat in enumerate(["A-1", "A-2"]):
+            await c.send({"id": n, "type": "hold", "event_id": event_id, "seat_ids": [seat]})
+        await until(lambda: conn.inflight == 2, what="two holds in progress")
+        waiting = [asyncio.create_task(conn.wait_idle()) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        assert not any(w.done() for w in waiting)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert conn.inflight == 0
+        replies = [await c.recv(timeout=5) for _ in range(2)]
+        assert sorted((r["id"], r["ok"]) for r in replies) == [(0, True), (1, True)]
+
+
 async def test_a_warned_hold_is_no_longer_followed_once_its_client_left(
     narrow: RunningServer,
 ) -> None:
