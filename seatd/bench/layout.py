@@ -15,17 +15,23 @@ from typing import Any
 
 __all__ = ["EventLayout", "Frames", "event_blocks"]
 
-# Retry keys: a counter behind a prefix drawn once per process (workers may be forked).
+# Retry keys: a counter behind a prefix drawn once per process. A forked worker draws its own
+# (register_at_fork): checking os.getpid() per key cost a system call per request.
 _KEYS = itertools.count(1)
-_key_prefix: tuple[int, bytes] = (0, b"")
+_key_prefix = b""
+
+
+def _new_key_prefix() -> None:
+    global _key_prefix
+    _key_prefix = os.urandom(6).hex().encode() + b"-"
+
+
+_new_key_prefix()
+os.register_at_fork(after_in_child=_new_key_prefix)
 
 
 def _next_key() -> bytes:
-    global _key_prefix
-    pid, prefix = _key_prefix
-    if pid != os.getpid():
-        _key_prefix = pid, prefix = os.getpid(), os.urandom(6).hex().encode() + b"-"
-    return b"%s%d" % (prefix, next(_KEYS))
+    return b"%s%d" % (_key_prefix, next(_KEYS))
 
 
 @dataclass(frozen=True, slots=True)
