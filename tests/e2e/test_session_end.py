@@ -30,6 +30,20 @@ def _writer_of(server: RunningServer) -> BatchWriter:
     return writer
 
 
+def _hold_writes(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make the server's batch writes wait until the returned gate is set (a slow database)."""
+    gate = asyncio.Event()
+    writer = _writer_of(server)
+    persist = writer.persist
+
+    async def slow(*args: Any, **kwargs: Any) -> None:
+        await gate.wait()
+        await persist(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "persist", slow)
+    return gate
+
+
 async def _gone(server: RunningServer, conn: Connection) -> None:
     assert server.app is not None
     connections = server.app.gateway.connections
@@ -70,15 +84,7 @@ async def test_a_hold_answered_after_the_client_left_is_not_followed(
     async with client(narrow.url, "organiser-late", "admin") as admin:
         event_id = (await create_event(admin, seats=5))["event_id"]
         await admin.ok("get_event", event_id=event_id)  # loaded: the hold goes to its actor
-    gate = asyncio.Event()
-    writer = _writer_of(narrow)
-    persist = writer.persist
-
-    async def slow(*args: Any, **kwargs: Any) -> None:
-        await gate.wait()
-        await persist(*args, **kwargs)
-
-    monkeypatch.setattr(writer, "persist", slow)
+    gate = _hold_writes(narrow, monkeypatch)
     try:
         async with client(narrow.url, "late-holder") as c:
             conn = await narrow.session("late-holder")
@@ -100,18 +106,10 @@ async def test_waiting_for_a_connection_to_be_idle_waits_for_its_replies(
     async with client(narrow.url, "organiser-idle", "admin") as admin:
         event_id = (await create_event(admin, seats=5))["event_id"]
         await admin.ok("get_event", event_id=event_id)  # loaded: the holds go to its actor
-    gate = asyncio.Event()
-    writer = _writer_of(narrow)
-    persist = writer.persist
-
-    async def slow(*args: Any, **kwargs: Any) -> None:
-        await gate.wait()
-        await persist(*args, **kwargs)
-
     async with client(narrow.url, "idle-waiter") as c:
         conn = await narrow.session("idle-waiter")
         await asyncio.wait_for(conn.wait_idle(), 1)  # nothing in flight
-        monkeypatch.setattr(writer, "persist", slow)
+        gate = _hold_writes(narrow, monkeypatch)
         for n, seat in enumerate(["A-1", "A-2"]):
             await c.send({"id": n, "type": "hold", "event_id": event_id, "seat_ids": [seat]})
         await until(lambda: conn.inflight == 2, what="two holds in progress")
