@@ -98,15 +98,6 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (cre
 DROP FUNCTION IF EXISTS seatd_persist_batch(
     text, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[], float8[],
     text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
--- The signatures before the retry records travelled as one JSON document (p_keys jsonb).
-DROP FUNCTION IF EXISTS seatd_persist_batch(
-    text, bigint, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[],
-    float8[], text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
-DROP FUNCTION IF EXISTS seatd_persist_batches(
-    text[], bigint[], bigint[], bigint[], int[], uuid[], int[], uuid[], float8[], int[], uuid[],
-    text[], float8[], float8[], float8[], int[], text[], uuid[], int[], text[], uuid[], text[],
-    float8[], int[], text[], text[], text[], text[]);
-
 -- One batch of one event in one call (one round trip: a single statement is its own
 -- transaction). Returns 0 when written; -1 when p_epoch is no longer the owner's epoch (fenced);
 -- -2 when the stored version is not p_previous, the version the owner applied the batch on
@@ -331,6 +322,53 @@ BEGIN
     WHERE u.ev = ANY (ok);
     RETURN outcomes;
 END
+$fn$;
+
+-- The previous release's signatures, which sent the retry records as four text arrays: kept so
+-- that instances of that release still running during a rolling upgrade keep writing after
+-- this file was applied. Each passes its arrays on as the one document the functions above
+-- take. To be dropped in a later release.
+CREATE OR REPLACE FUNCTION seatd_keys_document(
+    p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT coalesce(jsonb_agg(jsonb_build_array(u, k, h, r::jsonb) ORDER BY i), '[]'::jsonb)
+    FROM unnest(p_key_users, p_keys, p_key_hashes, p_key_responses) WITH ORDINALITY
+         AS x(u, k, h, r, i)
+$fn$;
+
+CREATE OR REPLACE FUNCTION seatd_persist_batch(
+    p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
+    p_deleted uuid[],
+    p_extended uuid[], p_extended_until float8[],
+    p_holds uuid[], p_users text[], p_created float8[], p_expires float8[], p_max_expires float8[],
+    p_hold_seats text[], p_hold_seat_holds uuid[],
+    p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
+    p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+) RETURNS integer LANGUAGE sql AS $fn$
+    SELECT seatd_persist_batch(
+        p_event, p_epoch, p_previous, p_version, p_deleted, p_extended, p_extended_until,
+        p_holds, p_users, p_created, p_expires, p_max_expires, p_hold_seats, p_hold_seat_holds,
+        p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at,
+        seatd_keys_document(p_key_users, p_keys, p_key_hashes, p_key_responses))
+$fn$;
+
+CREATE OR REPLACE FUNCTION seatd_persist_batches(
+    p_events text[], p_epochs bigint[], p_previous bigint[], p_versions bigint[],
+    p_n_deleted int[], p_deleted uuid[],
+    p_n_extended int[], p_extended uuid[], p_extended_until float8[],
+    p_n_holds int[], p_holds uuid[], p_users text[], p_created float8[], p_expires float8[],
+    p_max_expires float8[],
+    p_n_hold_seats int[], p_hold_seats text[], p_hold_seat_holds uuid[],
+    p_n_reserved int[], p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[],
+    p_reserved_at float8[],
+    p_n_keys int[], p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
+) RETURNS integer[] LANGUAGE sql AS $fn$
+    SELECT seatd_persist_batches(
+        p_events, p_epochs, p_previous, p_versions, p_n_deleted, p_deleted, p_n_extended,
+        p_extended, p_extended_until, p_n_holds, p_holds, p_users, p_created, p_expires,
+        p_max_expires, p_n_hold_seats, p_hold_seats, p_hold_seat_holds, p_n_reserved,
+        p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at, p_n_keys,
+        seatd_keys_document(p_key_users, p_keys, p_key_hashes, p_key_responses))
 $fn$;
 
 -- Hourly safety net: the service expires holds itself (actor timer, Redis expiry notices), but

@@ -81,6 +81,37 @@ async def test_retry_records_are_stored_exactly_as_given(store: PostgresStore) -
     }
 
 
+async def test_the_previous_releases_calls_still_write_during_a_rolling_upgrade(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """Instances of the previous release send the retry records as four text arrays; after
+    init.sql is applied their calls must keep writing (and keep refusing a stale batch)."""
+    one, many = await _event(store), await _event(store)
+    first, second = await store.load_event(one), await store.load_event(many)
+    assert first is not None and second is not None
+    keys = (["u1", "u2"], ["k1", "k2"], ["h1", "h2"], ['{"ok": true}', '{"ok": false}'])
+    single = _rows([HoldCreated(_hold("u1", "S0"))])
+    r = _rows([HoldCreated(_hold("u1", "S0"))])
+    batches: list[object] = [[many], [second.epoch], [second.version], [second.version + 1]]
+    batches += [[len(r[0])], r[0], [len(r[1])], r[1], r[2], [len(r[3])], *r[3:8]]
+    batches += [[len(r[8])], r[8], r[9], [len(r[10])], *r[10:14], [len(keys[0])], *keys]
+    async with pool.acquire() as conn:
+        old_single = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 23))
+        args = (one, first.epoch, first.version, first.version + 1, *single, *keys)
+        assert await conn.fetchval(old_single + ")", *args) == 0
+        assert await conn.fetchval(old_single + ")", *args) == -2  # that version is gone
+        old_many = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 29))
+        assert await conn.fetchval(old_many + ")", *batches) == [0]
+    for event_id in (one, many):
+        found = await store.find_idempotency(event_id, [("u1", "k1"), ("u2", "k2")])
+        assert {scope: r.request_hash for scope, r in found.items()} == {
+            ("u1", "k1"): "h1",
+            ("u2", "k2"): "h2",
+        }
+        held = await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id)
+        assert held == 1
+
+
 async def test_a_stale_owner_writes_nothing(store: PostgresStore, pool: asyncpg.Pool) -> None:
     event_id = await _event(store)
     old = await store.load_event(event_id)
