@@ -479,6 +479,24 @@ def _loadgen(results: Sequence[dict[str, Any]], window_s: float, client: str) ->
     }
 
 
+def _cpu_per_request(
+    resources: dict[str, Any], loadgen: dict[str, Any], requests: int
+) -> dict[str, float]:
+    """Each process's CPU per request answered in the window, in microseconds: what an A/B of
+    two commits compares, since it moves less with the machine's hour than throughput does."""
+    if not requests:
+        return {}
+    out: dict[str, float] = {}
+    for name, entry in (
+        ("server", resources.get("server")),
+        ("postgres", resources.get("postgres")),
+        ("loadgen", loadgen),
+    ):
+        if entry:
+            out[f"{name}_cpu_us_per_request"] = round(1e6 * float(entry["cpu_s"]) / requests, 1)
+    return out
+
+
 def _closed(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for result in results:
@@ -612,14 +630,16 @@ async def _purchase(
         metrics.update(_ownership(cluster, owners, owners_after))
         notes += _cluster_notes(cluster, owners, owners_after)
     verdict = await verify_run(h.postgres_env, layouts, logs, unknown_holds=_unknown_holds(hold))
+    resources, loadgen = window.resources(), _loadgen(results, window_s, h.client)
+    metrics.update(_cpu_per_request(resources, loadgen, hold.count + reserve.count))
     return RunResult(
         scenario=scenario,
         label=label or _label(h, instances),
         params={k: v for k, v in p.items()},
         window_s=window_s,
         ops=ops,
-        resources=window.resources(),
-        loadgen=_loadgen(results, window_s, h.client),
+        resources=resources,
+        loadgen=loadgen,
         metrics=metrics,
         verdict=verdict,
         wall_s=time.monotonic() - started,
@@ -825,14 +845,16 @@ async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
     if instances > 1:
         metrics["instances"] = instances
         notes += _cluster_notes(server, [0], owners)
+    resources, loadgen = window.resources(), _loadgen(results, window_s, h.client)
+    metrics.update(_cpu_per_request(resources, loadgen, hold.count + reserve.count))
     return RunResult(
         scenario="rush",
         label=_label(h, instances),
         params=dict(p),
         window_s=window_s,
         ops=[hold_summary, reserve.summary("reserve", window_s)],
-        resources=window.resources(),
-        loadgen=_loadgen(results, window_s, h.client),
+        resources=resources,
+        loadgen=loadgen,
         metrics=metrics,
         verdict=verdict,
         wall_s=time.monotonic() - started,

@@ -133,6 +133,22 @@ def test_throughput_reserves_every_hold(smoke_all: tuple[dict[str, Any], Path]) 
     assert 1 <= actors["commits"] <= actors["batches"]
     assert actors["commit_failures"] == 0
     assert 0 < actors["commit_share"] <= 1
+    _check_cpu_per_request(run)
+
+
+def _check_cpu_per_request(run: dict[str, Any]) -> None:
+    """Each process's CPU per request: its CPU seconds over the window's requests."""
+    ops, metrics = run["ops"], run["metrics"]
+    requests = ops["hold"]["count"] + ops["reserve"]["count"]
+    for name, cpu_s in (
+        ("server", run["resources"]["server"]["cpu_s"]),
+        ("postgres", run["resources"]["postgres"]["cpu_s"]),
+        ("loadgen", run["loadgen"]["cpu_s"]),
+    ):
+        assert metrics[f"{name}_cpu_us_per_request"] == pytest.approx(
+            1e6 * cpu_s / requests, abs=0.1
+        )
+    assert metrics["server_cpu_us_per_request"] > 0
 
 
 def test_rush_sells_every_seat_exactly_once(smoke_all: tuple[dict[str, Any], Path]) -> None:
@@ -145,6 +161,7 @@ def test_rush_sells_every_seat_exactly_once(smoke_all: tuple[dict[str, Any], Pat
     assert metrics["buyers_served"] + metrics["buyers_without_seats"] == metrics["buyers"]
     assert metrics["conflicts"] == hold["errors"].get("seat_unavailable", 0)
     assert metrics["hold_attempts"] == hold["count"]
+    _check_cpu_per_request(run)
     names = {c["name"] for c in run["verification"]["checks"]}
     assert "sold out: every seat in exactly one acknowledged hold" in names
     assert "no seat reserved twice" in names
