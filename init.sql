@@ -98,6 +98,7 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (cre
 DROP FUNCTION IF EXISTS seatd_persist_batch(
     text, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[], float8[],
     text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
+
 -- One batch of one event in one call (one round trip: a single statement is its own
 -- transaction). Returns 0 when written; -1 when p_epoch is no longer the owner's epoch (fenced);
 -- -2 when the stored version is not p_previous, the version the owner applied the batch on
