@@ -373,23 +373,7 @@ class PostgresStore:
     async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
         """Several events' batches in one transaction (``seatd_persist_batches``); each gets
         its own outcome: None when written, else the exception ``persist`` would raise."""
-        columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
-        counts: dict[int, list[int]] = {index: [] for index in _FIRST_OF_GROUP}
-        for write in writes:
-            for index, values in enumerate(_rows(write.effects)):
-                columns[index].extend(values)
-                if index in counts:
-                    counts[index].append(len(values))
-        arguments: list[Any] = [
-            [w.event_id for w in writes],
-            [w.epoch for w in writes],
-            [w.previous for w in writes],
-            [w.version for w in writes],
-        ]
-        for index, column in enumerate(columns):
-            if index in counts:
-                arguments.append(counts[index])
-            arguments.append(column)
+        arguments = _many_rows(writes)
         arguments.append([len(w.records) for w in writes])
         arguments.append(_keys_document([r for w in writes for r in w.records]))
         async with self._connection() as conn:
@@ -436,6 +420,29 @@ def _rows(effects: Sequence[Effect]) -> list[list[Any]]:
         [r.user_id for r in reservations for _ in r.seat_ids],
         [r.reserved_at for r in reservations for _ in r.seat_ids],
     ]
+
+
+def _many_rows(writes: Sequence[BatchWrite]) -> list[Any]:
+    """seatd_persist_batches' arguments up to its retry records: the events, their epochs and
+    versions, then each row group's per-event counts and its arrays, all events' rows in one."""
+    columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
+    counts: dict[int, list[int]] = {index: [] for index in _FIRST_OF_GROUP}
+    for write in writes:
+        for index, values in enumerate(_rows(write.effects)):
+            columns[index].extend(values)
+            if index in counts:
+                counts[index].append(len(values))
+    arguments: list[Any] = [
+        [w.event_id for w in writes],
+        [w.epoch for w in writes],
+        [w.previous for w in writes],
+        [w.version for w in writes],
+    ]
+    for index, column in enumerate(columns):
+        if index in counts:
+            arguments.append(counts[index])
+        arguments.append(column)
+    return arguments
 
 
 def _keys_document(records: Iterable[IdempotencyRecord]) -> str:

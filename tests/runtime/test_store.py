@@ -10,7 +10,7 @@ import orjson
 import pytest
 from support.events import new_event
 
-from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _rows
+from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _many_rows, _rows
 from seatd.core import (
     Effect,
     Hold,
@@ -21,7 +21,7 @@ from seatd.core import (
     Reservation,
     ReservationCreated,
 )
-from seatd.runtime.ports import FencedOut, IdempotencyRecord, StaleVersion
+from seatd.runtime.ports import BatchWrite, FencedOut, IdempotencyRecord, StaleVersion
 
 
 async def _event(store: PostgresStore) -> str:
@@ -91,10 +91,10 @@ async def test_the_previous_releases_calls_still_write_during_a_rolling_upgrade(
     assert first is not None and second is not None
     keys = (["u1", "u2"], ["k1", "k2"], ["h1", "h2"], ['{"ok": true}', '{"ok": false}'])
     single = _rows([HoldCreated(_hold("u1", "S0"))])
-    r = _rows([HoldCreated(_hold("u1", "S0"))])
-    batches: list[object] = [[many], [second.epoch], [second.version], [second.version + 1]]
-    batches += [[len(r[0])], r[0], [len(r[1])], r[1], r[2], [len(r[3])], *r[3:8]]
-    batches += [[len(r[8])], r[8], r[9], [len(r[10])], *r[10:14], [len(keys[0])], *keys]
+    write = BatchWrite(
+        many, second.epoch, second.version, second.version + 1, [HoldCreated(_hold("u1", "S0"))]
+    )
+    batches = [*_many_rows([write]), [len(keys[0])], *keys]
     async with pool.acquire() as conn:
         old_single = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 23))
         args = (one, first.epoch, first.version, first.version + 1, *single, *keys)
@@ -104,7 +104,7 @@ async def test_the_previous_releases_calls_still_write_during_a_rolling_upgrade(
         assert await conn.fetchval(old_many + ")", *batches) == [0]
     for event_id in (one, many):
         found = await store.find_idempotency(event_id, [("u1", "k1"), ("u2", "k2")])
-        assert {scope: r.request_hash for scope, r in found.items()} == {
+        assert {scope: record.request_hash for scope, record in found.items()} == {
             ("u1", "k1"): "h1",
             ("u2", "k2"): "h2",
         }
