@@ -24,15 +24,19 @@ Role = Literal["admin", "agent", "user"]
 ROLES: tuple[Role, ...] = ("admin", "agent", "user")
 _ALGORITHM = "HS256"
 _LEEWAY_S = 5
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-SUBJECT_RULE = "sub must be 1 to 128 printable characters (no control characters)"
+# A lone UTF-16 surrogate can arrive through a JSON escape (\ud800) in the token's payload;
+# it has no UTF-8 form, so the welcome naming the user could not be sent.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+SUBJECT_RULE = (
+    "sub must be 1 to 128 printable characters (no control characters or lone surrogates)"
+)
 # 9999-12-31T23:59:59Z: an expiry is sent back as an RFC 3339 time, which has four-digit years.
 _LAST_EXPIRY = 253_402_300_799
 
 
 def valid_subject(subject: object) -> TypeGuard[str]:
     """Whether a token's ``sub`` may name a user (it becomes the connection's user_id)."""
-    return isinstance(subject, str) and 0 < len(subject) <= 128 and not _CONTROL.search(subject)
+    return isinstance(subject, str) and 0 < len(subject) <= 128 and not _UNPRINTABLE.search(subject)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,3 +36,11 @@ def test_a_token_a_few_seconds_past_expiry_is_still_accepted_and_later_refused()
     assert authority.verify(_token(exp=now - 2)).user_id == "alice"
     with pytest.raises(Unauthenticated, match="expired"):
         authority.verify(_token(exp=now - 60))
+
+
+def test_a_sub_with_a_lone_surrogate_is_refused_and_a_character_beyond_the_bmp_accepted() -> None:
+    """A JSON escape can carry half a surrogate pair, which no welcome could encode as UTF-8."""
+    authority = TokenAuthority(SECRET)
+    with pytest.raises(Unauthenticated, match="lone surrogates"):
+        authority.verify(_token(sub="kiosk-\ud800"))
+    assert authority.verify(_token(sub="kiosk-\U0001f3ab")).user_id == "kiosk-\U0001f3ab"
