@@ -47,8 +47,11 @@ PG_OS_USER = "postgres"
 DEFAULT_EXTENSIONS = ("postgis", "pg_cron")
 START_TIMEOUT_S = 60.0
 
-DEV_PG_PORT = 55432
-DEV_REDIS_PORT = 56379
+# Below the ranges operating systems draw outgoing connections' local ports from (Linux:
+# 32768-60999, macOS and Windows: 49152-65535): a port in them can be held by any client's
+# connection, or its TIME_WAIT, for a minute, and the server then cannot listen on it.
+DEV_PG_PORT = 15432
+DEV_REDIS_PORT = 16379
 DEV_DB = "seatd"
 DEV_USER = "seatd"
 DEV_PASSWORD = "seatd"  # a local dev instance, bound to 127.0.0.1 only
