@@ -62,6 +62,10 @@ class App:
                     password=s.postgres_password,
                     database=s.postgres_db,
                     max_size=s.pg_pool_size,
+                    # The batch writers' connections and one for loads and lookups stay open
+                    # and prepared: an on-sale after a quiet spell starts on them.
+                    min_size=s.pg_writers + 1,
+                    warm=True,
                 )
                 self._pool = pool
                 return PostgresStore(pool)

@@ -149,9 +149,21 @@ VALUES ($1, $2, to_timestamp($3), $4,
 
 
 async def connect_pool(
-    *, host: str, port: int, user: str, password: str, database: str, max_size: int
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    database: str,
+    max_size: int,
+    min_size: int = 1,
+    warm: bool = False,
 ) -> asyncpg.Pool:
-    """A connection pool; raises StoreUnavailable with the reason if the database is down."""
+    """A connection pool; raises StoreUnavailable with the reason if the database is down.
+
+    ``min_size`` connections stay open however long they idle (asyncpg closes the others after
+    five idle minutes). ``warm``: each new connection prepares the batch write before it is
+    used; see ``_warm``."""
     try:
         pool = await asyncpg.create_pool(
             host=host,
@@ -159,16 +171,41 @@ async def connect_pool(
             user=user,
             password=password,
             database=database,
-            min_size=1,
+            min_size=min(min_size, max_size),
             max_size=max_size,
             command_timeout=15,
             timeout=5,
             reset=_keep_session,
+            init=_warm if warm else None,
         )
     except _UNAVAILABLE as error:
         raise StoreUnavailable(f"cannot reach PostgreSQL at {host}:{port}: {error}") from error
     assert pool is not None
     return pool
+
+
+# Calls that change nothing (no event has the empty id, and no rows are given) but go through
+# the statement cache as the real ones do.
+_WARM_UP: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (_PERSIST, ("", 0, 0, 0, *([[]] * 14), "[]")),
+    (_PERSIST_MANY, (*([[]] * 24), "[]")),
+    (_FIND_KEYS, ("", [], [])),
+)
+
+
+async def _warm(conn: asyncpg.Connection) -> None:
+    """Prepare the hot statements on a new connection, before anything waits for it.
+
+    A statement's first use on a connection costs round trips of its own (parse, then a query
+    of the types it uses): at an on-sale's first batch, each waited ~0.1-0.3 s behind the
+    thousands of requests the event loop was reading (BENCHMARKS.md, round 8). A failure here
+    (an outdated schema, say) is left to the real call to report."""
+    for query, arguments in _WARM_UP:
+        try:
+            await conn.fetchval(query, *arguments)
+        except asyncpg.PostgresError as error:
+            log.warning("statement_warm_up_failed", error=repr(error))
+            return
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
