@@ -112,8 +112,15 @@ class Window:
         self._metrics_before: list[dict[str, float] | None] = []
         self._metrics_after: list[dict[str, float] | None] = []
 
-    def start(self) -> None:
+    def count_from_here(self) -> None:
+        """Read the actors' counters now, before the load starts: read once it runs, the
+        first commands would fall before the window (a read takes milliseconds, one
+        instance after another)."""
         self._metrics_before = [scrape(url) for url in self._server_urls]
+
+    def start(self) -> None:
+        if not self._metrics_before:
+            self.count_from_here()
         self.started = time.time()
         for meter in self.meters.values():
             meter.start()
@@ -380,6 +387,7 @@ class Harness:
         """
         if bucket is None:
             bucket = 1.0 if duration >= 40 else 0.5 if duration >= 20 else 0.25
+        window.count_from_here()
         t0 = time.time() + 0.3
         pool.broadcast("go", {"t0": t0, "duration": duration, "bucket": bucket})
         await asyncio.sleep(max(0.0, t0 - time.time()))
