@@ -13,6 +13,12 @@ Every frame's arrival is noted (``last_seen``) for the gateway's keep-alive (kee
 The common read, whole data frames and nothing else, skips websockets' parser too
 (``data_received``): reading the headers here and unmasking in C costs about a tenth of what
 its generators, frame objects and events do.
+
+Messages are not handled in the read itself but a few dozen at a time, in turns of the event
+loop (``_Inbox``): a single read callback per socket, thousands of them in one turn at an
+on-sale's opening, kept an actor's commit waiting that long (up to a quarter of a second)
+after PostgreSQL had answered; handled in turns, the commit's continuation waits at most one
+turn's share (BENCHMARKS.md, round 8).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import struct
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +46,12 @@ __all__ = ["Message", "MessageConnection", "text_frame_header"]
 Message = str | bytes
 # Messages queued before a sink is installed beyond which the socket stops being read.
 _EARLY_LIMIT = 16
+# Messages read from one connection and not yet handled beyond which its socket stops being
+# read (until half of them are handled).
+_QUEUED_LIMIT = 32
+# Messages handled per turn of the event loop, all connections together: about 3 ms of work.
+# 16 and 256 made an on-sale's latencies worse (BENCHMARKS.md, round 8).
+_PER_TURN = 64
 # A message split into more frames than this is refused (as websockets' own reader does).
 _MAX_FRAGMENTS = 1024
 # The first header byte of a final TEXT or BINARY frame without reserved bits (read here;
@@ -69,8 +82,11 @@ class MessageConnection(ServerConnection):
         "_early_waiter",
         "_fragments",
         "_fragments_text",
+        "_inbox",
         "_owed",
         "_partial",
+        "_pending",
+        "_queue_paused",
         "_session_paused",
         "_sink",
         "_sink_context",
@@ -95,6 +111,11 @@ class MessageConnection(ServerConnection):
         # in-flight limit). Reading resumes only when neither holds it.
         self._early_paused = False
         self._session_paused = False
+        self._queue_paused = False
+        # Messages read and not yet handled, while the connection waits in the loop's inbox
+        # (a list made per read: most connections are idle, and a deque is 0.6 KiB).
+        self._pending: list[Message] | None = None
+        self._inbox = _inbox_of(self.loop)
         # Where websockets' parser is in the byte stream (``_follow``): bytes still due of the
         # frame it is reading (-1: the handshake request has not ended yet), and the bytes
         # of a frame header, or of the request's end, that arrived without the rest.
@@ -110,7 +131,7 @@ class MessageConnection(ServerConnection):
         self._sink = sink
         early, self._early = self._early, None
         while early and self._sink is not None:
-            self._deliver(early.popleft())
+            self._handle(early.popleft())
         self._early_drained()
 
     async def first_message(self) -> Message:
@@ -135,7 +156,7 @@ class MessageConnection(ServerConnection):
 
     def resume_reading(self) -> None:
         self._session_paused = False
-        if not self._early_paused:
+        if not (self._early_paused or self._queue_paused):
             self._resume_transport()
 
     def write_text(self, data: bytes) -> None:
@@ -187,6 +208,9 @@ class MessageConnection(ServerConnection):
         ):
             frames = _data_frames(data, _size_limit(protocol))
         if frames is None:
+            # websockets' parser calls ``process_event``, which handles each message at once
+            # (a failure it finds further on closes the connection as the read ends).
+            self.take_pending()
             self._follow(data)
             super().data_received(data)
             return
@@ -202,7 +226,7 @@ class MessageConnection(ServerConnection):
         # All of them, as websockets handles every frame of a read even if the first ones
         # pause reading (or close the connection).
         for start, end, text in frames:
-            self._message(apply_mask(data[start:end], data[start - 4 : start]), text)
+            self._message(apply_mask(data[start:end], data[start - 4 : start]), text, later=True)
 
     def process_event(self, event: Any) -> None:
         self.last_seen = self.loop.time()
@@ -269,16 +293,30 @@ class MessageConnection(ServerConnection):
             pos = end
         self._owed, self._partial = pos - size, b""
 
-    def _message(self, data: bytes, text: bool) -> None:
+    def _message(self, data: bytes, text: bool, *, later: bool = False) -> None:
+        """Hand a message on: to the inbox (``later``) or the sink once a session has one,
+        else to the early queue."""
         message: Message = data
         if text:
             try:
                 message = data.decode()
             except UnicodeDecodeError as error:
+                self.take_pending()  # what came before is answered first
                 self._fail(CloseCode.INVALID_DATA, f"{error.reason} at position {error.start}")
                 return
         if self._sink is not None:
-            self._deliver(message)
+            if not later:
+                self._handle(message)
+                return
+            pending = self._pending
+            if pending is None:
+                self._pending = [message]
+                self._inbox.put(self)
+                return
+            pending.append(message)
+            if len(pending) >= _QUEUED_LIMIT and not self._queue_paused:
+                self._queue_paused = True
+                self._pause_transport()
             return
         early = self._early
         if early is None:
@@ -296,7 +334,7 @@ class MessageConnection(ServerConnection):
         messages it was handed may have taken it to its in-flight limit)."""
         if self._early_paused:
             self._early_paused = False
-            if not self._session_paused:
+            if not (self._session_paused or self._queue_paused):
                 self._resume_transport()
 
     def _pause_transport(self) -> None:
@@ -309,7 +347,24 @@ class MessageConnection(ServerConnection):
         if not transport.is_closing():
             transport.resume_reading()
 
-    def _deliver(self, message: Message) -> None:
+    def take_pending(self) -> int:
+        """Handle the messages read and not yet handled, now (the inbox's turn, or before
+        anything that must come after them); how many there were."""
+        pending = self._pending
+        if pending is None:
+            return 0
+        self._pending = None
+        if self._queue_paused:
+            self._queue_paused = False
+            if not (self._early_paused or self._session_paused):
+                self._resume_transport()
+        for message in pending:
+            if self._sink is None:  # the session failed on one of them: the rest go too
+                break
+            self._handle(message)
+        return len(pending)
+
+    def _handle(self, message: Message) -> None:
         assert self._sink is not None and self._sink_context is not None
         try:
             self._sink_context.run(self._sink, message)
@@ -322,6 +377,58 @@ class MessageConnection(ServerConnection):
         self.protocol.fail(code, reason)
         with contextlib.suppress(Exception):  # the socket is gone: connection_lost follows
             self.send_data()
+
+
+class _Inbox:
+    """The event loop's connections with messages read and not yet handled, in the order they
+    were read, handled about ``_PER_TURN`` messages at a time: each turn ends by asking for
+    another at the back of the loop's queue, behind what became ready meanwhile (an actor's
+    commit that PostgreSQL answered, a reply to send)."""
+
+    __slots__ = ("_connections", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weakly: the loop keys the inbox in ``_INBOXES``, which a strong reference would
+        # keep alive with every loop that ever had a connection (tests run many).
+        self._loop = weakref.ref(loop)
+        self._connections: deque[MessageConnection] = deque()
+        self._scheduled = False
+
+    def put(self, conn: MessageConnection) -> None:
+        self._connections.append(conn)
+        if not self._scheduled:
+            self._next_turn()
+
+    def _next_turn(self) -> None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():  # nothing will run them (nor let them go)
+            self._connections.clear()
+            self._scheduled = False
+            return
+        self._scheduled = True
+        loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        connections = self._connections
+        try:
+            left = _PER_TURN
+            while connections and left > 0:
+                left -= connections.popleft().take_pending()
+        finally:  # never left unscheduled with messages waiting, whatever a session did
+            if connections:
+                self._next_turn()
+            else:
+                self._scheduled = False
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _inbox_of(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _INBOXES.get(loop)
+    if inbox is None:
+        inbox = _INBOXES[loop] = _Inbox(loop)
+    return inbox
 
 
 def _size_limit(protocol: Protocol) -> int | None:

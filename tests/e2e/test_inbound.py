@@ -213,6 +213,18 @@ async def test_frames_in_one_write_are_answered_in_order(small: RunningServer) -
         ]
 
 
+async def test_more_frames_in_one_read_than_a_connection_may_keep_are_all_answered(
+    small: RunningServer,
+) -> None:
+    """Whole frames are handled in the loop's later turns; past the number one connection may
+    keep unhandled its socket is not read until they are handled, and then it is read on."""
+    async with raw(small, "many-in-one-write") as s:
+        s.write(b"".join(request(n) for n in range(300)))
+        assert await s.answers(300) == [(n, "ok") for n in range(300)]
+        s.write(request(300))
+        assert await s.answers(1) == [(300, "ok")]
+
+
 @pytest.mark.parametrize("length", [40, 130], ids=["7-bit-length", "16-bit-length"])
 async def test_a_frame_split_across_writes_anywhere_is_read_whole(
     small: RunningServer, length: int
