@@ -1,8 +1,8 @@
 """One client connection: decode each frame, route it, and send the reply once it is durable.
 
-Requests on one connection are pipelined: each message is handled as soon as it is read, in a
-callback (``inbound.MessageConnection``, a bounded share of the loop's messages per turn),
-without waiting for earlier replies, up to
+Requests on one connection are pipelined: each message is handled in a callback shortly after
+it is read (``inbound.MessageConnection`` hands the loop's messages over a bounded share per
+turn), without waiting for earlier replies, up to
 ``max_inflight`` requests in progress (then the socket is not read, which pushes back on the
 client through TCP). Commands for an active event go straight into the actor's
 mailbox with no task per request; the reply is encoded in the future's callback. Every frame the
