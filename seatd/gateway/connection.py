@@ -238,6 +238,7 @@ class Connection:
         and close."""
         if self._closing:
             return
+        self.ws.take_pending()  # requests read and not yet handled are answered too
         await self._stop_work()
         self.send(encode_push("goaway", wire.GoAway(reason=reason, reconnect=True)))
         self._closing = True

@@ -181,6 +181,19 @@ async def test_requests_unfinished_at_the_shutdown_timeout_are_answered_shutting
     assert answers[2] in {"shutting_down", "unavailable"}, frames
 
 
+async def test_requests_read_but_not_yet_handled_are_answered_before_the_goaway(
+    narrow: RunningServer,
+) -> None:
+    """A request the server has read waits for its turn in the loop's inbox; sending the
+    connection away hands it over first, so it is answered rather than dropped."""
+    async with client(narrow.url, "last-words") as c:
+        conn = await narrow.session("last-words")
+        conn.ws._message(b'{"id":7,"type":"ping"}', True, later=True)  # read, not yet handled
+        await conn.go_away("server restart")
+        frames = await _until_closed(c)
+    assert [(f.get("id"), f.get("type")) for f in frames] == [(7, "ping"), (None, "goaway")], frames
+
+
 async def _until_closed(c: RawClient) -> list[dict[str, Any]]:
     frames = []
     try:
