@@ -106,7 +106,8 @@ VARIABLES: tuple[Variable, ...] = (
         "pg_pool_size",
         "10",
         _int_range(1, 200),
-        "Most PostgreSQL connections this instance opens.",
+        "Most PostgreSQL connections this instance opens; up to SEATD_PG_WRITERS + 1 of them stay "
+        "open while it runs, however long they idle (the others close after five idle minutes).",
     ),
     Variable(
         "SEATD_PG_WRITERS",
