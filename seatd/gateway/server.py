@@ -150,9 +150,11 @@ class Gateway:
                 ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"}
             )
         # A header sent twice is read as all its values: Headers.get raises on a repeated one.
+        # Two name no single origin, whether or not origins are checked (websockets itself
+        # would refuse them later with a plain-text 400).
         origins = request.headers.get_all("Origin")
         allowed = self._allowed_origins
-        if allowed and origins and not (len(origins) == 1 and origins[0].rstrip("/") in allowed):
+        if len(origins) > 1 or (allowed and origins and origins[0].rstrip("/") not in allowed):
             origin = ", ".join(origins)
             return _json_response(
                 ws,

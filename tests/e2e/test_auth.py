@@ -66,6 +66,16 @@ async def _closed(ws: ClientConnection, timeout: float = 5) -> int | None:
 # --- a token in the first message ------------------------------------------------------------
 
 
+async def test_an_authorization_header_of_another_scheme_is_no_token(strict: RunningServer) -> None:
+    """A proxy's own Basic credentials pass through: the client authenticates in band."""
+    ws = await _open(strict, additional_headers={"Authorization": f"Basic {token('ann')}"})
+    try:
+        await ws.send(_text({"id": 1, "type": "authenticate", "token": token("bob")}))
+        assert (await _frame(ws))["result"]["user_id"] == "bob"
+    finally:
+        await ws.close()
+
+
 async def test_the_first_message_can_carry_the_token(strict: RunningServer) -> None:
     ws = await _open(strict)
     try:
@@ -233,6 +243,18 @@ async def test_a_repeated_origin_header_is_refused_with_403(strict: RunningServe
     with pytest.raises(InvalidStatus) as refused:
         await _open(strict, additional_headers=[("Origin", ORIGIN), ("Origin", ORIGIN)])
     assert refused.value.response.status_code == 403
+
+
+async def test_a_repeated_origin_header_is_refused_with_403_when_origins_are_not_checked(
+    server: RunningServer,
+) -> None:
+    """Without an allow list too, as JSON: websockets would refuse it with a plain-text 400."""
+    with pytest.raises(InvalidStatus) as refused:
+        await _open(
+            server, additional_headers=[("Origin", ORIGIN), ("Origin", "https://b.example")]
+        )
+    assert refused.value.response.status_code == 403
+    assert orjson.loads(refused.value.response.body)["error"] == "forbidden"
 
 
 async def test_a_repeated_authorization_header_is_refused_with_401(
