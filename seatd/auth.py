@@ -3,7 +3,8 @@
 Identity always comes from a verified token, never from a request field: a ``user`` acts as
 itself, an ``agent`` (a box office, a kiosk) acts for the customer each request names in
 ``on_behalf_of``, and only an ``admin`` creates events. PyJWT does the signing and the claim
-checks (expiry, required claims) so we do not hand-roll cryptography.
+checks for required claims, so we do not hand-roll cryptography; the times are checked here,
+after their types (``_check_times``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import jwt
 
@@ -82,31 +83,46 @@ class TokenAuthority:
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
-                # iat is informational (PROTOCOL.md): an issuer whose clock runs ahead must not
-                # lock its users out. exp and nbf are checked, with the leeway.
-                options={"require": ["sub", "exp"], "verify_iat": False},
-                leeway=_LEEWAY_S,
+                # The times are checked below, once their types are: PyJWT takes "exp": "17..."
+                # (a string) as a time, and "exp": true as 1 (an expired token, not a bad one).
+                options={
+                    "require": ["sub", "exp"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the token has expired") from None
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(f"invalid token: {error}") from None
+        expires_at = _check_times(claims, time.time())
+        if "aud" in claims:  # PyJWT lets "aud": null and "aud": [] through
+            raise Unauthenticated("invalid token: an audience (aud) claim is not accepted")
         subject, role = claims.get("sub"), claims.get("role", "user")
         if not valid_subject(subject):
             raise Unauthenticated(f"invalid token: {SUBJECT_RULE}")
         if role not in ROLES:
             raise Unauthenticated(f"invalid token: role must be one of {', '.join(ROLES)}")
-        return Identity(subject, role, _expiry(claims["exp"]))
+        return Identity(subject, role, expires_at)
 
 
-def _expiry(exp: int | float | str) -> float:
-    """The token's ``exp`` (PyJWT checked that it converts to an integer) as POSIX seconds.
-    One that cannot be written back as a time, e.g. given in milliseconds by mistake, makes
-    the token invalid rather than failing the connection later."""
+def _check_times(claims: dict[str, Any], now: float) -> float:
+    """``exp`` (and ``nbf``, ``iat`` when present) must be JSON numbers of POSIX seconds;
+    ``exp`` is returned. ``iat`` is informational (PROTOCOL.md): an issuer whose clock runs
+    ahead must not lock its users out. An ``exp`` that cannot be written back as a time, e.g.
+    given in milliseconds by mistake, makes the token invalid rather than failing the
+    connection later."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise Unauthenticated(f"invalid token: {name} must be a number of POSIX seconds")
     try:
-        expires_at = float(exp)
-    except (OverflowError, ValueError):
+        expires_at = float(claims["exp"])
+    except OverflowError:  # an integer beyond any float
         expires_at = math.inf
     if not expires_at <= _LAST_EXPIRY:
         raise Unauthenticated("invalid token: exp must be a time before the year 10000")
+    if expires_at <= now - _LEEWAY_S:
+        raise Unauthenticated("the token has expired")
+    if claims.get("nbf", -math.inf) > now + _LEEWAY_S:
+        raise Unauthenticated("invalid token: the token is not yet valid (nbf)")
     return expires_at

@@ -1,4 +1,5 @@
-"""Token claims as PROTOCOL.md lists them: sub and exp required, nbf checked, iat ignored."""
+"""Token claims as PROTOCOL.md lists them: sub and exp required, nbf checked, iat ignored,
+aud refused; the times are JSON numbers."""
 
 from __future__ import annotations
 
@@ -44,3 +45,29 @@ def test_a_sub_with_a_lone_surrogate_is_refused_and_a_character_beyond_the_bmp_a
     with pytest.raises(Unauthenticated, match="lone surrogates"):
         authority.verify(_token(sub="kiosk-\ud800"))
     assert authority.verify(_token(sub="kiosk-\U0001f3ab")).user_id == "kiosk-\U0001f3ab"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": str(int(time.time()) + 3600)},  # PyJWT alone takes a numeric string
+        {"exp": True},  # PyJWT alone reads it as 1: "expired", not "invalid"
+        {"exp": [1]},
+        {"nbf": "0"},
+        {"iat": "yesterday"},
+    ],
+)
+def test_times_that_are_not_numbers_make_the_token_invalid(claims: dict[str, object]) -> None:
+    with pytest.raises(Unauthenticated, match=r"invalid token: \w+ must be a number"):
+        TokenAuthority(SECRET).verify(_token(**claims))
+
+
+@pytest.mark.parametrize("audience", [None, [], "", "seatd", ["seatd"]])
+def test_any_audience_claim_is_refused(audience: object) -> None:
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        TokenAuthority(SECRET).verify(_token(aud=audience))
+
+
+def test_a_fractional_expiry_is_a_time() -> None:
+    expires = time.time() + 3600.5
+    assert TokenAuthority(SECRET).verify(_token(exp=expires)).expires_at == expires
