@@ -90,11 +90,12 @@ def decode_request(frame: str | bytes) -> tuple[RequestId, str, Request]:
     request_id = _request_id(raw_id)
     raw_type = data.get("type")
     if request_id is None:
-        problem = (
-            "is missing"
-            if raw_id is None
-            else "must be a non-empty string (at most 64 characters) or an integer"
-        )
+        if "id" not in data:
+            problem = "is missing"
+        elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            problem = "must be an integer in the signed 64-bit range"
+        else:
+            problem = "must be a non-empty string (at most 64 characters) or an integer"
         raise DecodeError(
             "invalid_request",
             f"$.id {problem}",

@@ -215,15 +215,15 @@ def new_event(request: wire.CreateEvent) -> NewEvent:
             "an event needs seats: give seats or blocks", details={"path": "$.seats"}
         )
     seen: set[str] = set()
-    duplicates: list[str] = []
+    duplicates: dict[str, None] = {}  # each repeated id once, in the order first repeated
     for seat in seats:
         if seat.seat_id in seen:
-            duplicates.append(seat.seat_id)
+            duplicates[seat.seat_id] = None
         seen.add(seat.seat_id)
     if duplicates:
         raise InvalidRequest(
-            f"seat ids must be unique; repeated: {', '.join(duplicates[:10])}",
-            details={"path": "$.seats", "seat_ids": duplicates[:100]},
+            f"seat ids must be unique; repeated: {', '.join(list(duplicates)[:10])}",
+            details={"path": "$.seats", "seat_ids": list(duplicates)[:100]},
         )
     location = request.location
     info = core.EventInfo(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import tracemalloc
 
 import orjson
+import pytest
 
-from protocol.codec import exact_bytes
+from protocol.codec import DecodeError, decode_request, exact_bytes
 
 
 def test_kept_output_occupies_its_length() -> None:
@@ -41,3 +42,20 @@ def test_format_time_is_exactly_the_datetime_formatting() -> None:
     values += [base + k / 1e6 for k in range(-1500, 1500)]  # around a second's edges
     values += [0.0, -0.5, -1e-7, base + 0.9995, base + 0.9999995, base - 5e-7, base + 0.1234565]
     assert [v for v in values if format_time(v) != reference(v)] == []
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ('{"type": "ping"}', "$.id is missing"),
+        ('{"id": null, "type": "ping"}', "$.id must be a non-empty string"),
+        ('{"id": 9223372036854775808, "type": "ping"}', "$.id must be an integer in the signed"),
+        ('{"id": true, "type": "ping"}', "$.id must be a non-empty string"),
+    ],
+)
+def test_a_bad_id_is_named_for_what_is_wrong_with_it(frame: str, message: str) -> None:
+    with pytest.raises(DecodeError) as refused:
+        decode_request(frame)
+    assert refused.value.code == "invalid_request" and str(refused.value.message).startswith(
+        message
+    ), refused.value.message
