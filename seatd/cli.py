@@ -124,6 +124,61 @@ def _create_event(args: argparse.Namespace) -> int:
     return 0 if created or args.demo else 1
 
 
+def _close_event(args: argparse.Namespace) -> int:
+    """Store the status, then tell the running instances over Redis: the event's actor stops
+    (or resumes) taking holds at once. Without Redis the row is changed all the same and the
+    instances read it when they next load the event; the command says so and exits 1."""
+    from redis.exceptions import RedisError
+
+    from seatd.adapters.bus import STATUS_CHANNEL, status_notice
+    from seatd.adapters.postgres import PostgresStore, connect_pool
+    from seatd.adapters.redis import make_client
+    from seatd.config import Settings
+
+    settings = _settings_or_exit(need_secret=False)
+    assert isinstance(settings, Settings)
+    status = "open" if args.reopen else "closed"
+
+    async def change() -> bool:
+        pool = await connect_pool(
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            user=settings.postgres_user,
+            password=settings.postgres_password,
+            database=settings.postgres_db,
+            max_size=1,
+        )
+        try:
+            return await PostgresStore(pool).set_event_status(args.event_id, status)
+        finally:
+            await pool.close()
+
+    async def announce() -> int:
+        s = settings
+        redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
+        try:
+            return int(await redis.publish(STATUS_CHANNEL, status_notice(args.event_id, status)))
+        finally:
+            await redis.aclose()
+
+    if not asyncio.run(change()):
+        print(f"seatd {args.command}: no event {args.event_id}", file=sys.stderr)
+        return 1
+    try:
+        told = asyncio.run(announce())
+    except (RedisError, OSError) as error:
+        print(
+            f"seatd {args.command}: event {args.event_id} is {status} in PostgreSQL, but Redis "
+            f"did not take the notice ({_one_line(error)}): a running instance that has the "
+            "event loaded keeps its old status until it loads the event again; run this "
+            "again once Redis is back",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"event {args.event_id} is {status} ({told} running instance(s) told)")
+    return 0
+
+
 def _event_or_exit(args: argparse.Namespace) -> NewEvent:
     """The event the options describe, checked as the server checks a ``create_event``: a bad
     option is the user's mistake, said in one line (exit 2), not a traceback."""
@@ -229,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections", default="floor:standard,balcony:premium", help="section[:category],..."
     )
     create.set_defaults(func=_create_event)
+
+    close = sub.add_parser(
+        "close-event", help="stop an event taking holds now (existing holds stay); --reopen"
+    )
+    close.add_argument("event_id")
+    close.add_argument("--reopen", action="store_true", help="take holds again")
+    close.set_defaults(func=_close_event)
 
     token = sub.add_parser("token", help="mint an access token signed with SEATD_JWT_SECRET")
     token.add_argument("--sub", required=True, help="the user id (or agent/admin id)")

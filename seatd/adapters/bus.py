@@ -14,6 +14,9 @@ a request nobody receives fails at once (``PeerGone``), one not answered in time
 run: the caller's idempotency key makes its retry safe), and a lost push shows up as
 a version gap the client repairs by resubscribing (PROTOCOL.md).
 
+- ``seatd:event-status``: every instance listens. ``seatd close-event`` announces there that it
+  opened or closed an event in PostgreSQL, so that the event's actor, wherever it runs, stops
+  (or resumes) taking holds at once (``status_notice``).
 - ``seatd:instances``: every instance listens. On each (re)connection an instance says hello
   there; every instance that hears it answers in the newcomer's inbox. An instance that has
   never heard of another (``has_peers`` is False) publishes no pushes at all: nobody could relay
@@ -41,10 +44,18 @@ import redis.asyncio as aioredis
 import structlog
 
 from seatd.adapters.resp import RespConnection, RespError, open_like
+from seatd.core import EVENT_STATUSES
 from seatd.runtime.ports import BusError, PeerGone, PeerLost, PeerTimeout
 from seatd.runtime.tasks import stop_tasks
 
-__all__ = ["PEERS_CHANNEL", "RedisBus", "availability_channel", "inbox_channel"]
+__all__ = [
+    "PEERS_CHANNEL",
+    "STATUS_CHANNEL",
+    "RedisBus",
+    "availability_channel",
+    "inbox_channel",
+    "status_notice",
+]
 
 log = structlog.get_logger("seatd.bus")
 
@@ -53,11 +64,13 @@ RequestHandler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
 _AVAILABILITY = ("seatd:{", "}:availability")
 _AVAILABILITY_BYTES = (_AVAILABILITY[0].encode(), _AVAILABILITY[1].encode())
 PEERS_CHANNEL = "seatd:instances"
+STATUS_CHANNEL = "seatd:event-status"
 # How long a newcomer waits for the instances that heard its hello (one may be stalled).
 _INTRODUCTION_TIMEOUT = 1.0
 # Silence on the subscription for this long sends a PING; no answer for as long again: lost.
 _PING_INTERVAL = 5.0
 _PEERS = PEERS_CHANNEL.encode()
+_STATUS = STATUS_CHANNEL.encode()
 
 
 def inbox_channel(instance_id: str) -> str:
@@ -73,6 +86,11 @@ def _event_of(channel: bytes) -> str | None:
     if channel.startswith(start) and channel.endswith(end):
         return channel[len(start) : -len(end)].decode()
     return None
+
+
+def status_notice(event_id: str, status: str) -> bytes:
+    """What ``seatd close-event`` publishes on ``STATUS_CHANNEL`` once the row is changed."""
+    return _pack({"t": "status", "e": event_id, "s": status}, b"")
 
 
 def _give_up(answer: asyncio.Future[tuple[Header, bytes]], why: str) -> None:
@@ -122,6 +140,7 @@ class RedisBus:
         self._handlers: set[asyncio.Task[None]] = set()
         self.on_request: RequestHandler | None = None
         self.on_push: Callable[[str, bytes], None] | None = None
+        self.on_status: Callable[[str, str], None] | None = None  # (event id, status)
         self.healthy = False
         self.has_peers = False  # another instance was heard from: publish pushes (never reset)
         self._introduced = asyncio.Event()  # the first hello was answered (or timed out)
@@ -291,7 +310,7 @@ class RedisBus:
             connections.append(publisher := await open_like(self._client))
             connections.append(pubsub := await open_like(self._client, self._on_reply))
             heard = self._acks[PEERS_CHANNEL] = asyncio.get_running_loop().create_future()
-            pubsub.send(b"SUBSCRIBE", self._inbox, PEERS_CHANNEL, *self._followed)
+            pubsub.send(b"SUBSCRIBE", self._inbox, PEERS_CHANNEL, STATUS_CHANNEL, *self._followed)
             self._publisher, self._pubsub = publisher, pubsub
             self.healthy = True
             log.info("bus_listening", inbox=self._inbox, followed=len(self._followed))
@@ -376,12 +395,33 @@ class RedisBus:
         if channel == _PEERS:
             self._hello(data)
             return
+        if channel == _STATUS:
+            self._status(data)
+            return
         event_id = _event_of(channel)
         if event_id is not None and self.on_push is not None:
             try:
                 self.on_push(event_id, data)
             except Exception:
                 log.exception("bus_push_failed", event_id=event_id)
+
+    def _status(self, data: bytes) -> None:
+        try:
+            header, _ = _unpack(data)
+        except ValueError:
+            log.warning("bus_bad_message", size=len(data))
+            return
+        event_id, status = header.get("e"), header.get("s")
+        if (
+            header.get("t") != "status"
+            or not isinstance(event_id, str)
+            or status not in EVENT_STATUSES
+        ):
+            log.warning("bus_bad_message", size=len(data))
+            return
+        log.info("event_status_changed", event_id=event_id, status=status)
+        if self.on_status is not None:
+            self.on_status(event_id, status)
 
     def _hello(self, data: bytes) -> None:
         """Another instance (re)connected: from now on publish for it, and answer it."""

@@ -258,6 +258,14 @@ class PostgresStore:
             )
         return {(r[0], r[1]): IdempotencyRecord(r[0], r[1], r[2], r[3].encode()) for r in rows}
 
+    async def set_event_status(self, event_id: str, status: str) -> bool:
+        """Open or close an event (``seatd close-event``); False when there is no such event."""
+        async with self._connection() as conn:
+            changed = await conn.fetchval(
+                "UPDATE events SET status = $2 WHERE id = $1 RETURNING 1", event_id, status
+            )
+        return changed is not None
+
     async def create_event(
         self, event: NewEvent, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:

@@ -14,6 +14,7 @@ Invariants (checked by the property tests):
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +41,16 @@ from seatd.core.commands import (
     Result,
     SeatSnapshot,
 )
-from seatd.core.model import EventInfo, Hold, HoldEndReason, Policy, Reservation, Seat, SeatState
+from seatd.core.model import (
+    EVENT_STATUSES,
+    EventInfo,
+    Hold,
+    HoldEndReason,
+    Policy,
+    Reservation,
+    Seat,
+    SeatState,
+)
 from seatd.errors import (
     EventClosed,
     Forbidden,
@@ -146,6 +156,13 @@ class EventState:
     def handle(self, command: Command, now: float) -> Result:
         """Apply one command; raise a ``RequestError`` (and change nothing) if it is refused."""
         return _HANDLERS[type(command)](self, command, now)
+
+    def change_status(self, status: str) -> None:
+        """An operator opened or closed the event (already stored: not an effect). A closed
+        event refuses new holds from the next command on; what it holds or reserved stays."""
+        if status not in EVENT_STATUSES:
+            raise ValueError(f"an event is {' or '.join(EVENT_STATUSES)}, not {status!r}")
+        self.info = dataclasses.replace(self.info, status=status)
 
     @property
     def effects(self) -> list[Effect]:

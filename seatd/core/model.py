@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "EVENT_STATUSES",
     "EventInfo",
     "Hold",
     "HoldEndReason",
@@ -34,6 +35,10 @@ class Seat:
     category: str = ""
     x: float | None = None
     y: float | None = None
+
+
+# "closed": no new holds (an operator's `seatd close-event`); what is held or reserved stays.
+EVENT_STATUSES = ("open", "closed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,11 @@ class EventActor:
             self._mailbox.append(Envelope(command))
             self._nudge()
 
+    def change_status(self, status: str) -> None:
+        """Open or close the event between two batches: commands applied from now on see it.
+        Not through the mailbox, which may be full (and drops what it cannot take)."""
+        self.state.change_status(status)
+
     def request_stop(self, reason: str = "shutdown") -> None:
         """Finish what is queued, then stop (graceful shutdown, or the lease went elsewhere)."""
         self._stopping = True

@@ -72,6 +72,8 @@ class Registry:
         self.observers: list[CommitObserver] = list(observers)
         self._actors: dict[str, EventActor] = {}
         self._loading: dict[str, asyncio.Task[EventActor]] = {}
+        # Status notices that came while the event was loading (see status_changed).
+        self._statuses_heard: dict[str, str] = {}
         # Passivated events with holds: (when to wake the event, the clock's alarm for it).
         self._dormant: dict[str, tuple[float, object]] = {}
         # One callable for every actor (``keep_alive`` may be replaced after they start).
@@ -174,6 +176,7 @@ class Registry:
     def _loaded(self, event_id: str, loading: asyncio.Task[EventActor]) -> None:
         if self._loading.get(event_id) is loading:
             del self._loading[event_id]
+            self._statuses_heard.pop(event_id, None)  # applied by _load, or nothing loaded
         if not loading.cancelled():
             loading.exception()  # retrieved here: whoever still waits re-raises it
 
@@ -198,6 +201,9 @@ class Registry:
             loaded.reservations,
             loaded.version,
         )
+        heard = self._statuses_heard.pop(event_id, None)
+        if heard is not None:
+            state.change_status(heard)
         actor = EventActor(
             event_id,
             state,
@@ -399,6 +405,16 @@ class Registry:
         the events with holds in PostgreSQL, each with its earliest expiry)."""
         for event_id, wake_at in events:
             self._sleep_until(event_id, wake_at)
+
+    def status_changed(self, event_id: str, status: str) -> None:
+        """An operator opened or closed the event in PostgreSQL (``seatd close-event``). An
+        actor here applies it at once; one loading may have read the row before the change,
+        so the notice waits for it. Elsewhere the next load reads the stored status."""
+        actor = self.active(event_id)
+        if actor is not None:
+            actor.change_status(status)
+        elif event_id in self._loading:
+            self._statuses_heard[event_id] = status
 
     def hint_expiry(self, event_id: str, command: Command) -> None:
         """A Redis expiry notice: acted on for events this instance holds, active or dormant.

@@ -388,6 +388,28 @@ def test_place_hold_closed_check_comes_before_seat_checks() -> None:
         state.handle(PlaceHold("u1", ("Z9",), "h1"), 0.0)
 
 
+def test_closing_stops_new_holds_and_keeps_the_ones_made() -> None:
+    """An operator's close (``seatd close-event``): holds made before it can still be
+    refreshed and reserved; reopening takes holds again. It is no effect of a batch."""
+    state = make_state()
+    place(state, "u1", "A1", hold_id="h1")
+    state.commit()
+    state.change_status("closed")
+    assert state.info.status == "closed" and state.effects == []
+    with pytest.raises(EventClosed):
+        state.handle(PlaceHold("u2", ("A2",), "h2"), 1.0)
+    state.handle(RefreshHold("u1", "h1"), 2.0)
+    state.handle(Reserve("u1", "h1", "r1"), 3.0)
+    assert state.seat_state("A1") is SeatState.RESERVED
+    state.change_status("open")
+    assert place(state, "u2", "A2", hold_id="h2", now=4.0).seat_ids == ("A2",)
+
+
+def test_a_status_is_open_or_closed() -> None:
+    with pytest.raises(ValueError, match="open or closed"):
+        make_state().change_status("paused")
+
+
 # --- RefreshHold ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,75 @@
+"""An operator's close reaching the registry: applied by an active actor at once, and not lost
+when it arrives while the event is loading (the load may have read the row before the change)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from support.events import new_event
+
+from seatd.adapters.postgres import PostgresStore
+from seatd.core import PlaceHold, Policy
+from seatd.errors import EventClosed
+from seatd.runtime.actor import ActorSettings
+from seatd.runtime.ports import SystemClock
+from seatd.runtime.registry import Registry
+
+POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
+
+
+class _PausedLoads(PostgresStore):
+    """The real store, whose loads wait (after reading) until the test lets them finish."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.read = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def load_event(self, event_id: str) -> Any:
+        loaded = await super().load_event(event_id)
+        self.read.set()
+        await self.go_on.wait()
+        return loaded
+
+
+async def _hold(registry: Registry, event_id: str, seat: str) -> object:
+    return await registry.ask(event_id, PlaceHold("u1", (seat,), str(uuid.uuid4())))
+
+
+async def test_an_active_actor_applies_a_status_at_once(store: PostgresStore) -> None:
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings())
+    try:
+        event_id = await new_event(store, "status")
+        await _hold(registry, event_id, "S0")
+        registry.status_changed(event_id, "closed")
+        with pytest.raises(EventClosed):
+            await _hold(registry, event_id, "S1")
+        registry.status_changed(event_id, "open")
+        await _hold(registry, event_id, "S1")
+        registry.status_changed("not-loaded-here", "closed")  # nothing to do, nothing kept
+    finally:
+        await registry.close()
+
+
+async def test_a_status_heard_while_loading_is_applied_once_loaded(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    paused = _PausedLoads(pool)
+    registry = Registry(paused, SystemClock(), POLICY, ActorSettings())
+    try:
+        event_id = await new_event(store, "status")
+        first = asyncio.ensure_future(_hold(registry, event_id, "S0"))
+        await asyncio.wait_for(paused.read.wait(), 5)  # read as "open"; not active yet
+        assert registry.active(event_id) is None
+        registry.status_changed(event_id, "closed")
+        paused.go_on.set()
+        with pytest.raises(EventClosed):
+            await first
+        assert registry._statuses_heard == {}
+    finally:
+        paused.go_on.set()
+        await registry.close()
