@@ -136,6 +136,7 @@ class RedisBus:
         self._publisher: RespConnection | None = None
         self._inbox_bytes = self._inbox.encode()
         self._heard = 0.0  # when the subscription last received anything (loop time)
+        self._publish_failing = False  # a fire-and-forget publish failed (logged once)
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self.on_request: RequestHandler | None = None
@@ -289,7 +290,9 @@ class RedisBus:
         try:
             publisher.send(b"PUBLISH", channel, message)
         except RespError as error:
-            log.warning("bus_publish_failed", channel=channel, error=repr(error))
+            if not self._publish_failing:  # once, not once per message, until it reconnects
+                log.warning("bus_publish_failed", channel=channel, error=repr(error))
+            self._publish_failing = True
 
     async def _listen_forever(self) -> None:
         while True:
@@ -312,7 +315,7 @@ class RedisBus:
             heard = self._acks[PEERS_CHANNEL] = asyncio.get_running_loop().create_future()
             pubsub.send(b"SUBSCRIBE", self._inbox, PEERS_CHANNEL, STATUS_CHANNEL, *self._followed)
             self._publisher, self._pubsub = publisher, pubsub
-            self.healthy = True
+            self.healthy, self._publish_failing = True, False
             log.info("bus_listening", inbox=self._inbox, followed=len(self._followed))
             introduction = asyncio.get_running_loop().create_task(self._introduce(heard))
             await self._watch(publisher, pubsub)

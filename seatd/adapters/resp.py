@@ -23,6 +23,9 @@ __all__ = ["RespConnection", "RespError", "encode_command", "open_like"]
 
 Reply = Any
 _NO_ANSWER = None  # a queue slot for a command whose reply nobody waits for
+# Bytes written but not yet taken by Redis beyond which commands are refused: a stopped Redis
+# must not make the process buffer every publish until the bus notices (a PING unanswered).
+HIGH_WATER = 16 * 1024 * 1024
 
 
 class RespError(ConnectionError):
@@ -42,8 +45,11 @@ class RespConnection(asyncio.Protocol):
     """One connection. Without ``on_reply``, each reply resolves its command's future in
     order; with it (a subscriber), every reply, pushed messages included, goes there."""
 
-    def __init__(self, on_reply: Callable[[Reply], None] | None = None) -> None:
+    def __init__(
+        self, on_reply: Callable[[Reply], None] | None = None, *, high_water: int = HIGH_WATER
+    ) -> None:
         self._on_reply = on_reply
+        self._high_water = high_water
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Reply] | None] = deque()
         self._out: list[bytes] = []
@@ -105,8 +111,11 @@ class RespConnection(asyncio.Protocol):
         self._write(encode_command(*args), _NO_ANSWER)
 
     def _write(self, command: bytes, answer: asyncio.Future[Reply] | None) -> None:
-        if not self.open:
+        transport = self._transport
+        if transport is None or transport.is_closing():
             raise RespError("not connected to Redis")
+        if transport.get_write_buffer_size() > self._high_water:
+            raise RespError("Redis is not taking what is sent (it may be stopped)")
         if self._on_reply is None:
             self._waiting.append(answer)
         elif answer is not None:
@@ -131,14 +140,17 @@ class RespConnection(asyncio.Protocol):
 
 
 async def open_like(
-    client: Redis, on_reply: Callable[[Reply], None] | None = None
+    client: Redis,
+    on_reply: Callable[[Reply], None] | None = None,
+    *,
+    high_water: int = HIGH_WATER,
 ) -> RespConnection:
     """A connection to the server ``client`` uses, authenticated as it is (its database does
     not matter: the bus only publishes and subscribes, and channels span databases)."""
     kwargs = client.connection_pool.connection_kwargs
     loop = asyncio.get_running_loop()
     timeout = kwargs.get("socket_connect_timeout") or 5.0
-    connecting = RespConnection()  # plain replies until authenticated
+    connecting = RespConnection(high_water=high_water)  # plain replies until authenticated
     async with asyncio.timeout(timeout):
         if kwargs.get("path"):
             await loop.create_unix_connection(lambda: connecting, kwargs["path"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -73,6 +75,28 @@ async def test_a_lost_connection_fails_what_waits_and_says_so(redis: Redis) -> N
     assert not connection.open
     with pytest.raises(RespError):
         connection.call("PING")
+
+
+async def test_a_stopped_redis_makes_commands_fail_instead_of_piling_up(
+    private_redis: RedisServer, redis: Redis
+) -> None:
+    """Once more than the high-water mark waits unread, new commands are refused at once."""
+    connection = await open_like(redis, high_water=1 << 20)
+    process = private_redis._proc
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        chunk = b"x" * 100_000
+        with pytest.raises(RespError, match="not taking what is sent"):
+            async with asyncio.timeout(10):
+                while True:  # the kernel's buffers first, then ours
+                    connection.send("PUBLISH", "nowhere", chunk)
+                    await asyncio.sleep(0)
+        buffered = connection._transport.get_write_buffer_size() if connection._transport else 0
+        assert 1 << 20 < buffered < (1 << 20) + 2 * len(chunk) + 100
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        connection.close()
 
 
 async def test_a_subscriber_hears_messages_and_confirmations(redis: Redis) -> None:
