@@ -6,13 +6,22 @@ asks for them. Teardown stops and deletes both servers even when tests fail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 
 import pytest
+import uvloop
 from support.services import service_env as build_service_env
 from support.services import start_postgres, start_redis
 
 from seatd.devstack import PostgresServer, RedisServer
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """``seatd serve`` runs on uvloop, whose transports are not asyncio's: so do the tests."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

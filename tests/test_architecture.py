@@ -115,3 +115,12 @@ def test_every_redis_key_of_an_event_shares_its_cluster_hash_tag() -> None:
     assert all(key.count("{") == 1 and "{gala-2026}" in key for key in keys), keys
     assert parse_hold_key(hold_key(event_id, "h1")) == (event_id, "h1")
     assert parse_hold_key(user_counts_key(event_id)) is None
+
+
+async def test_the_suite_runs_on_the_loop_the_service_runs_on() -> None:
+    """``seatd serve`` runs on uvloop (seatd/cli.py); conftest.py gives the tests the same."""
+    import asyncio
+
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
