@@ -1,16 +1,19 @@
-"""The ``seatd`` command: serve, init-db, create-event, token."""
+"""The ``seatd`` command: serve, init-db, create-event, close-event, token, bench."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from seatd.adapters.postgres import PostgresStore
+    from seatd.config import Settings
     from seatd.runtime.ports import NewEvent
 
 __all__ = ["main"]
@@ -90,8 +93,26 @@ def _bundled_schema() -> str:
     raise SystemExit("seatd: init.sql not found; pass --file PATH")
 
 
-def _create_event(args: argparse.Namespace) -> int:
+@contextlib.asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[PostgresStore]:
+    """One connection to the settings' PostgreSQL, for a command's few statements."""
     from seatd.adapters.postgres import PostgresStore, connect_pool
+
+    pool = await connect_pool(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        user=settings.postgres_user,
+        password=settings.postgres_password,
+        database=settings.postgres_db,
+        max_size=1,
+    )
+    try:
+        yield PostgresStore(pool)
+    finally:
+        await pool.close()
+
+
+def _create_event(args: argparse.Namespace) -> int:
     from seatd.config import Settings
     from seatd.errors import EventExists
 
@@ -100,20 +121,11 @@ def _create_event(args: argparse.Namespace) -> int:
     event = _event_or_exit(args)
 
     async def create() -> bool:
-        pool = await connect_pool(
-            host=settings.postgres_host,
-            port=settings.postgres_port,
-            user=settings.postgres_user,
-            password=settings.postgres_password,
-            database=settings.postgres_db,
-            max_size=1,
-        )
-        try:
-            await PostgresStore(pool).create_event(event)
-        except EventExists:
-            return False
-        finally:
-            await pool.close()
+        async with _store(settings) as store:
+            try:
+                await store.create_event(event)
+            except EventExists:
+                return False
         return True
 
     created = asyncio.run(create())
@@ -131,7 +143,6 @@ def _close_event(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from seatd.adapters.bus import STATUS_CHANNEL, status_notice
-    from seatd.adapters.postgres import PostgresStore, connect_pool
     from seatd.adapters.redis import make_client
     from seatd.config import Settings
 
@@ -140,18 +151,8 @@ def _close_event(args: argparse.Namespace) -> int:
     status = "open" if args.reopen else "closed"
 
     async def change() -> bool:
-        pool = await connect_pool(
-            host=settings.postgres_host,
-            port=settings.postgres_port,
-            user=settings.postgres_user,
-            password=settings.postgres_password,
-            database=settings.postgres_db,
-            max_size=1,
-        )
-        try:
-            return await PostgresStore(pool).set_event_status(args.event_id, status)
-        finally:
-            await pool.close()
+        async with _store(settings) as store:
+            return await store.set_event_status(args.event_id, status)
 
     async def announce() -> int:
         s = settings

@@ -88,3 +88,18 @@ async def test_without_redis_the_row_changes_and_the_command_says_who_was_not_to
     assert "run this again once Redis is back" in err
     refused = await alice.error("hold", event_id=event_id, seat_ids=["A-1"])  # loads: closed
     assert refused["code"] == "event_closed", refused
+
+
+async def test_an_event_created_by_the_command_can_be_closed_by_it(
+    alice: RawClient, service_env: dict[str, str]
+) -> None:
+    event_id = new_event_id("cli")
+    layout = ("--event-id", event_id, "--sections", "floor", "--rows", "1", "--seats-per-row", "3")
+    code, out, err = await _seatd("create-event", *layout, env=service_env)
+    assert code == 0 and f"event created {event_id} (3 seats)" in out, (out, err)
+    code, out, _ = await _seatd("create-event", *layout, env=service_env)
+    assert code == 1 and f"event already exists: {event_id}" in out, out
+    code, _, err = await _seatd("close-event", event_id, env=service_env)
+    assert code == 0, err
+    refused = await alice.error("hold", event_id=event_id, seat_ids=["floor-A-1"])
+    assert refused["code"] == "event_closed", refused
