@@ -29,14 +29,67 @@ _EXTRA_HINT = "install the bench extra: pip install -e '.[bench]' (or make venv)
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     out: TextIO = sys.stderr if options.json else sys.stdout
+    from seatd.bench.workers import WorkerError
+
     try:
         return asyncio.run(_cancel_on_sigterm(_main(options, out)))
     except BenchError as error:
         print(f"seatd bench: {error}", file=sys.stderr)
         return 2
+    except WorkerError as error:
+        print(f"seatd bench: {_worker_failure(str(error))}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("seatd bench: interrupted; the throwaway services were stopped", file=sys.stderr)
         return 130
+
+
+def _worker_failure(message: str) -> str:
+    """One line for a load worker's failure (its message ends with the worker's traceback)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    head, last = lines[0], lines[-1]
+    line = head if head == last else f"{head} {last}"
+    if "429" in last:
+        line += (
+            " (HTTP 429: the server refused more connections from this address or user; "
+            "a seatd started by the bench has those limits off, a running one keeps "
+            "SEATD_MAX_CONNECTIONS_PER_ADDRESS, default 1000: raise it there or use fewer "
+            "--connections)"
+        )
+    return line
+
+
+async def _preflight(url: str, secret: str) -> None:
+    """One connection before the load, so that a wrong URL or secret is said in one line and
+    not as a worker's traceback once the run has begun."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+    from seatd.auth import TokenAuthority
+
+    token = TokenAuthority(secret).mint("bench-preflight", "user", ttl_s=60)
+    try:
+        async with connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            subprotocols=["seatd.v1"],  # type: ignore[list-item]
+            open_timeout=10,
+        ) as ws:
+            welcome = await asyncio.wait_for(ws.recv(), 10)
+    except InvalidStatus as error:
+        status = error.response.status_code
+        if status == 401:
+            raise BenchError(
+                f"{url} refused the bench's token (HTTP 401): --secret (or SEATD_JWT_SECRET) "
+                "must be that server's SEATD_JWT_SECRET"
+            ) from None
+        raise BenchError(f"{url} refused the WebSocket handshake: HTTP {status}") from None
+    except (InvalidHandshake, TimeoutError, EOFError) as error:
+        raise BenchError(f"{url} does not answer as a seatd server: {error}") from None
+    except OSError as error:
+        raise BenchError(f"cannot reach {url}: {error}") from None
+    if b'"welcome"' not in (welcome if isinstance(welcome, bytes) else welcome.encode()):
+        raise BenchError(f"{url} does not answer as a seatd server (no welcome)")
 
 
 async def _cancel_on_sigterm(main: Coroutine[Any, Any, int]) -> int:
@@ -130,6 +183,7 @@ async def _main(options: Options, out: TextIO) -> int:
         secret = options.secret or os.environ.get("SEATD_JWT_SECRET", "")
         if len(secret.encode()) < 32:
             raise BenchError("--url needs the server's secret: --secret or SEATD_JWT_SECRET")
+        await _preflight(options.url, secret)
     else:
         secret = new_secret()
         print(
@@ -205,6 +259,7 @@ async def _main(options: Options, out: TextIO) -> int:
             write_plot(result, path)
             print(f"plot: {path}", file=out)
     ok = all(r.verdict.ok for r in results)
+    unverified = any(r.verdict.error for r in results)
     total = time.monotonic() - started
     summary = ", ".join(f"{r.scenario} {r.wall_s:.1f}s" for r in results)
     verdict = overall([r.verdict for r in results])
@@ -216,4 +271,4 @@ async def _main(options: Options, out: TextIO) -> int:
     if options.json:
         document.update(ok=ok, wall_s=round(total, 2), runs=[r.as_json() for r in results])
         print(json.dumps(document))
-    return 0 if ok else 1
+    return 1 if not ok else 2 if unverified else 0

@@ -9,8 +9,11 @@ correctness run for the test suite. Any explicit option overrides the preset.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -142,10 +145,33 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, not {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
+
+
+def _plot_file(text: str) -> str:
+    """A .png in a folder that exists and can be written: checked before the load runs, not
+    after it (when a bad path would cost the run's figures)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"expects a file name ending in .png, not {text!r}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{str(folder)!r} is not a folder")
+    existed = path.exists()
+    try:  # the only sure test (permissions, read-only or special file systems)
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {error.strerror}") from None
+    if not existed:
+        path.unlink()
+    return text
 
 
 def _instance_counts(text: str) -> tuple[int, ...]:
@@ -267,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object on stdout (human text on stderr)"
     )
     out.add_argument(
-        "--plot", metavar="FILE.png", help="latency over time and latency distribution"
+        "--plot",
+        metavar="FILE.png",
+        type=_plot_file,
+        help="latency over time and latency distribution",
     )
     bar = out.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
@@ -312,6 +341,10 @@ def parse_options(argv: Sequence[str]) -> Options:
         server_env.append((name, value))
     if args.url and server_env:
         parser.error("--server-env needs a server started here")
+    if not args.url and (args.secret or args.server_pid):
+        parser.error("--secret and --server-pid go with --url (a server started here has its own)")
+    if args.server_pid is not None and not _is_process(args.server_pid):
+        parser.error(f"--server-pid {args.server_pid}: no such process")
     return Options(
         scenario=args.scenario,
         preset="quick" if args.quick else "smoke" if args.smoke else "full",
@@ -340,3 +373,15 @@ def parse_options(argv: Sequence[str]) -> Options:
         client=args.client,
         seed=args.seed,
     )
+
+
+def _is_process(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -67,7 +67,7 @@ def format_run(result: RunResult) -> str:
     lines = [
         f"== {result.scenario} ({result.label}): {_LABELS.get(result.scenario, '')}",
         f"   {_params(result)}; window {result.window_s:.2f}s, wall {result.wall_s:.1f}s",
-        f"   {'op':<17}{'ok':>9}{'errors':>8}{'ops/s':>10}"
+        f"   {'op':<17}{'ok':>9}{'errors':>8}{'ok/s':>10}"
         f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}  (ms)",
     ]
     errors: dict[str, int] = {}
@@ -100,6 +100,8 @@ def format_run(result: RunResult) -> str:
         lines.append(f"     {mark} {check.name}" + (f" ({check.detail})" if check.detail else ""))
     if verdict.skipped:
         lines.append(f"     skipped: {verdict.skipped}")
+    if verdict.error:
+        lines.append(f"     error: {verdict.error}")
     return "\n".join(lines)
 
 
@@ -214,11 +216,15 @@ def format_instances(runs: Sequence[RunResult]) -> str:
     first = rows[0]
     counts = " vs ".join(str(r["instances"]) for r in rows)
     width = max(14, len(first["headline"]) + 2)
+    # A rush is judged by when it sold out: its reserves/s only says how fast holds turned
+    # into reservations once they were won.
+    sold_out = any("time_to_sell_out_s" in row for row in rows)
     lines = [
         f"== {runs[0].scenario} on {counts} instances (latency: {first['latency_op']}, ms; "
         "cpu: % of one core, servers summed)",
         f"   {'instances':>9}{first['headline']:>{width}}{'ratio':>8}{'p50':>8}{'p99':>8}"
-        f"{'servers':>9}{'postgres':>10}{'redis':>7}{'forwarded':>11}",
+        + (f"{'sold out':>10}" if sold_out else "")
+        + f"{'servers':>9}{'postgres':>10}{'redis':>7}{'forwarded':>11}",
     ]
     for row in rows:
         cpu = [row[f"{n}_cpu_percent"] for n in ("server", "postgres", "redis")]
@@ -226,6 +232,7 @@ def format_instances(runs: Sequence[RunResult]) -> str:
         lines.append(
             f"   {row['instances']:>9}{row['ops_per_s']:>{width}.1f}"
             f"{(row['ratio'] or 0):>7.2f}x{_ms(row['p50_ms']):>8}{_ms(row['p99_ms']):>8}"
+            + (_sold_out(row.get("time_to_sell_out_s")) if sold_out else "")
             + "".join(
                 f"{(f'{c:.0f}%' if c is not None else '-'):>{w}}"
                 for c, w in zip(cpu, (9, 10, 7), strict=True)
@@ -234,6 +241,10 @@ def format_instances(runs: Sequence[RunResult]) -> str:
             + ("" if row["verified"] else "  VERIFICATION FAILED")
         )
     return "\n".join(lines)
+
+
+def _sold_out(seconds: float | None) -> str:
+    return f"{(f'{seconds:.3f}s' if seconds is not None else 'no'):>10}"
 
 
 def format_baseline(on: RunResult, off: RunResult) -> str:
@@ -393,7 +404,6 @@ def write_plot(result: RunResult, path: Path) -> None:
     spread.legend(fontsize=8)
     spread.set_title("latency distribution")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -175,7 +175,9 @@ class SeatdProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"seatd exited with {self.proc.returncode}:\n{self.log_tail()}")
+                tail, code = self.log_tail(), self.proc.returncode
+                self.stop()  # deletes the log: its tail is in the error
+                raise BenchError(f"seatd exited with {code}:\n{tail}")
             try:
                 with urllib.request.urlopen(
                     f"http://127.0.0.1:{self.port}/readyz", timeout=2
@@ -185,8 +187,9 @@ class SeatdProcess:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.05)
+        tail = self.log_tail()
         self.stop()
-        raise BenchError(f"seatd did not become ready within {timeout:.0f}s:\n{self.log_tail()}")
+        raise BenchError(f"seatd did not become ready within {timeout:.0f}s:\n{tail}")
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

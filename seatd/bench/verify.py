@@ -42,7 +42,8 @@ class Check:
 @dataclass(slots=True)
 class Verdict:
     checks: list[Check] = field(default_factory=list)
-    skipped: str | None = None
+    skipped: str | None = None  # no database was named: nothing to check against
+    error: str | None = None  # a database was named but could not be reached
 
     @property
     def ok(self) -> bool:
@@ -50,6 +51,8 @@ class Verdict:
 
     @property
     def label(self) -> str:
+        if self.error:
+            return "NOT CHECKED"
         if self.skipped and not self.checks:
             return "SKIPPED"
         label = "PASS" if self.ok else "FAIL"
@@ -63,6 +66,7 @@ class Verdict:
             "ok": self.ok,
             "verdict": self.label,
             "skipped": self.skipped,
+            "error": self.error,
             "checks": [c.as_json() for c in self.checks],
         }
 
@@ -72,6 +76,9 @@ def overall(verdicts: Sequence[Verdict]) -> str:
     could not check the database, so a pass nothing was compared for is not taken for one."""
     if not all(v.ok for v in verdicts):
         return "FAIL"
+    unreached = sum(1 for v in verdicts if v.error)
+    if unreached:
+        return f"NOT VERIFIED (the database could not be reached in {unreached} of {len(verdicts)} runs)"
     unchecked = sum(1 for v in verdicts if v.skipped)
     if unchecked:
         return f"PASS (database checks skipped in {unchecked} of {len(verdicts)} runs)"
@@ -114,7 +121,14 @@ async def verify_run(
     if not postgres_env or "POSTGRES_PORT" not in postgres_env:
         verdict.skipped = "no POSTGRES_* environment to reach the database"
         return verdict
-    conn = await connect(postgres_env)
+    import asyncpg
+
+    try:
+        conn = await connect(postgres_env)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        where = f"{postgres_env.get('POSTGRES_HOST', '127.0.0.1')}:{postgres_env['POSTGRES_PORT']}"
+        verdict.error = f"could not reach the database named by POSTGRES_* ({where}): {error}"
+        return verdict
     try:
         await _check(conn, verdict, layouts, logs, unknown_holds)
     finally:

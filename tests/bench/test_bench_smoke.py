@@ -307,6 +307,53 @@ def test_usage_errors_exit_2() -> None:
     assert "bench" in listed.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--plot", "/tmp/figures.txt"], "expects a file name ending in .png"),
+        (["--plot", "/no/such/folder/x.png"], "is not a folder"),
+        (["--duration", "inf"], "must be a positive number"),
+        (["--duration", "5s"], "expects a number"),
+        (["--secret", "x" * 40], "--secret and --server-pid go with --url"),
+        (["--url", "ws://127.0.0.1:9/", "--secret", "x" * 40, "--server-pid", "0"], "no such"),
+        (["--url", "ws://127.0.0.1:9/", "--secret", "x" * 40], "cannot reach ws://127.0.0.1:9/"),
+    ],
+)
+def test_a_mistake_is_one_line_and_exit_2_before_any_load(args: list[str], said: str) -> None:
+    """Checked before the run: a bad plot path found after it would cost the run's figures."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "seatd", "bench", "throughput", "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "starting" not in proc.stdout, "the load began"
+
+
+def test_a_worker_refused_for_too_many_connections_says_which_limit() -> None:
+    from seatd.bench.cli import _worker_failure
+
+    message = (
+        "worker 0 (rush) failed:\nTraceback (most recent call last):\n  File ...\n"
+        "ConnectionError: could not connect b1001: WSInvalidStatusError('... received 429')\n"
+    )
+    line = _worker_failure(message)
+    assert "\n" not in line and line.startswith("worker 0 (rush) failed:")
+    assert "SEATD_MAX_CONNECTIONS_PER_ADDRESS" in line
+
+
+async def test_an_unreachable_database_is_not_verified_rather_than_passed() -> None:
+    from seatd.devstack import free_port
+
+    verdict = await verify_run({"POSTGRES_PORT": str(free_port())}, [], [])
+    assert verdict.error is not None and "could not reach the database" in verdict.error
+    assert verdict.label == "NOT CHECKED" and verdict.ok  # nothing failed: nothing was checked
+    assert overall([verdict]).startswith("NOT VERIFIED")
+
+
 def test_events_on_two_instances_forward_and_verify(service_env: dict[str, str]) -> None:
     """Two seatd instances on the same services: connections round-robin, events owned by
     both, so about half the holds are forwarded; the database must still agree."""
@@ -358,3 +405,15 @@ def test_via_non_owner_forwards_every_command(service_env: dict[str, str]) -> No
         summary["on_owner"]["purchases_per_s"] > 0 and summary["forwarded"]["purchases_per_s"] > 0
     )
     assert "== forwarding" in stderr
+
+
+def test_a_server_that_cannot_start_is_said_and_leaves_no_log(service_env: dict[str, str]) -> None:
+    import tempfile
+
+    logs = Path(tempfile.gettempdir())
+    before = set(logs.glob("seatd-bench-server-*.log"))
+    code, _, stderr = bench(
+        ["throughput", "--smoke", "--server-env", "SEATD_MAX_BATCH=abc"], service_env
+    )
+    assert code == 2 and "seatd exited with 2" in stderr and "SEATD_MAX_BATCH" in stderr, stderr
+    assert set(logs.glob("seatd-bench-server-*.log")) <= before
