@@ -299,8 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="latency over time and latency distribution",
     )
     bar = out.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    bar.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     out.add_argument(
         "--client",
         choices=["auto", "picows", "websockets"],

@@ -158,7 +158,11 @@ def _resources(result: RunResult) -> str:
 
 def _actors(actors: dict[str, Any]) -> str:
     """The servers' own account: how batches grew and what their commits cost."""
-    text = f"actors: {actors['batches']:,} batches of {actors['mean_batch']:g} commands on average"
+    mean = actors["mean_batch"]
+    text = (
+        f"actors: {actors['batches']:,} batches of {mean:g} "
+        f"command{'' if mean == 1 else 's'} on average"
+    )
     commit = actors["commit_ms"]
     if actors["commits"]:
         text += (

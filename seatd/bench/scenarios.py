@@ -740,6 +740,8 @@ def _ownership(cluster: Cluster, before: list[int], after: list[int]) -> dict[st
 
 
 def _label(h: Harness, instances: int) -> str:
+    if h.url is not None:  # the server's own settings: not known here
+        return "running server"
     if instances == 1:
         return "group commit" if h.group_commit else "no group commit"
     return f"{instances} instances" + ("" if h.group_commit else ", no group commit")
@@ -1272,7 +1274,7 @@ async def run_idle(h: Harness, p: dict[str, Any]) -> RunResult:
         )
     return RunResult(
         scenario="idle",
-        label="group commit" if h.group_commit else "no group commit",
+        label=_label(h, 1),
         params=dict(p),
         window_s=max(window.stopped - window.started, 1e-3),
         ops=[get_summary],
