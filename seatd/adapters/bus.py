@@ -136,6 +136,9 @@ class RedisBus:
         self._publisher: RespConnection | None = None
         self._inbox_bytes = self._inbox.encode()
         self._heard = 0.0  # when the subscription last received anything (loop time)
+        # Kept: asyncio.get_running_loop() is a getpid() system call each time on Python 3.11,
+        # and the bus needs the loop for every forwarded command and every message.
+        self._loop = asyncio.get_running_loop()
         self._publish_failing = False  # a fire-and-forget publish failed (logged once)
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
@@ -149,8 +152,7 @@ class RedisBus:
         self._welcomed = asyncio.Event()  # set by each answer to our hello
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._listen_forever(), name="bus:listen")]
+        self._tasks = [self._loop.create_task(self._listen_forever(), name="bus:listen")]
 
     async def close(self) -> None:
         await stop_tasks([*self._tasks, *self._handlers])
@@ -167,7 +169,7 @@ class RedisBus:
         if not self.healthy:
             raise BusError("the message bus (Redis) is unavailable")
         correlation = next(self._ids)
-        answer: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
         self._waiting[correlation] = (instance_id, answer)
         try:
             message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
@@ -175,7 +177,7 @@ class RedisBus:
             if receivers == 0:
                 raise PeerGone(f"instance {instance_id} is not listening")
             # A bare timer, cheaper than asyncio.timeout() on this per-command path.
-            timer = asyncio.get_running_loop().call_later(
+            timer = self._loop.call_later(
                 timeout, _give_up, answer, f"instance {instance_id} did not answer in {timeout} s"
             )
             try:
@@ -211,9 +213,7 @@ class RedisBus:
         reply_to, correlation = header.get("r"), header.get("c")
         if handler is None or not isinstance(reply_to, str) or not isinstance(correlation, int):
             return
-        task = asyncio.get_running_loop().create_task(
-            self._answer(handler, header, body, reply_to, correlation)
-        )
+        task = self._loop.create_task(self._answer(handler, header, body, reply_to, correlation))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
@@ -364,7 +364,7 @@ class RedisBus:
 
     def _on_reply(self, reply: Any) -> None:
         """Everything the subscription receives: messages, confirmations, PING's answer."""
-        self._heard = asyncio.get_running_loop().time()
+        self._heard = self._loop.time()
         if isinstance(reply, list) and len(reply) == 3:
             kind, channel, data = reply
             if kind == b"message":
