@@ -352,7 +352,7 @@ def write_plot(result: RunResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     fig, (over_time, spread) = plt.subplots(1, 2, figsize=(14, 5.5))
     fig.suptitle(f"seatd bench {result.scenario} ({result.label}): {_params(result)}", fontsize=10)
@@ -403,7 +403,16 @@ def write_plot(result: RunResult, path: Path) -> None:
     spread.set_ylabel("latency (ms), log scale")
     spread.set_yscale("log")
     spread.yaxis.set_major_formatter(plain)
-    spread.yaxis.set_minor_formatter(plain)
+    values = [v for op in result.ops for _, v in op.distribution if v > 0]
+    if values:
+        # Latencies clipped at 0 (fanout's reply->push) sit at the histogram's floor, 1 us:
+        # start the axis at 0.01 ms, and label minor ticks only over a narrow range.
+        low = max(min(values), 0.01)
+        spread.set_ylim(bottom=low)
+        if max(values) / low <= 100:
+            spread.yaxis.set_minor_formatter(plain)
+        else:
+            spread.yaxis.set_minor_formatter(NullFormatter())
     spread.grid(True, which="both", alpha=0.3)
     spread.legend(fontsize=8)
     spread.set_title("latency distribution")

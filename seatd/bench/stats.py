@@ -243,11 +243,18 @@ class OpAggregate:
 
     def summary(self, name: str, window_s: float) -> OpSummary:
         width = self._bucket
+
+        def span(start: float) -> float:
+            """The bucket's time inside the window: the last one is cut short by the window's
+            end, and its rate counted over its whole width would plunge to near zero."""
+            left = window_s - start
+            return left if 0 < left < width else width
+
         timeline = [
             (
                 second * width,
-                b[0] / width,
-                b[1] / width,
+                b[0] / span(second * width),
+                b[1] / span(second * width),
                 b[2].get_value_at_percentile(50.0) / 1000,
                 b[2].get_value_at_percentile(99.0) / 1000,
             )

@@ -47,3 +47,15 @@ def test_latencies_recorded_later_give_the_histograms_recorded_at_once(
     for bucket, (ok, errors, blob) in data.timeline.items():
         assert ok + errors == len(per_bucket[bucket])
         assert decode_histogram(blob).get_total_count() == len(per_bucket[bucket])
+
+
+def test_the_last_timeline_bucket_is_a_rate_over_the_time_it_covers() -> None:
+    """A steady 100 replies/s over 2.25 s in 1 s buckets: the last bucket holds a quarter
+    second; counted over a whole second its rate would read 25/s, a plunge that never was."""
+    recorder = OpRecorder(bucket_s=1.0)
+    for i in range(225):
+        recorder.record(0.001, i / 100 + 0.005)
+    aggregate = stats.OpAggregate()
+    aggregate.add(recorder.data())
+    rates = [rate for _, rate, *_ in aggregate.summary("hold", window_s=2.25).timeline]
+    assert rates == pytest.approx([100.0, 100.0, 100.0])
