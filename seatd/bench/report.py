@@ -67,7 +67,7 @@ def format_run(result: RunResult) -> str:
     lines = [
         f"== {result.scenario} ({result.label}): {_LABELS.get(result.scenario, '')}",
         f"   {_params(result)}; window {result.window_s:.2f}s, wall {result.wall_s:.1f}s",
-        f"   {'op':<17}{'ok':>9}{'errors':>8}{'ok/s':>10}"
+        f"   {'op':<17}{'ok':>9}{'errors':>8}{'ops/s':>10}{'ok/s':>10}"
         f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}  (ms)",
     ]
     errors: dict[str, int] = {}
@@ -75,7 +75,7 @@ def format_run(result: RunResult) -> str:
         lat = op.latency_ms
         failed = op.count - op.ok
         lines.append(
-            f"   {op.name:<17}{op.ok:>9}{failed:>8}{op.ops_per_s:>10.1f}"
+            f"   {op.name:<17}{op.ok:>9}{failed:>8}{op.replies_per_s:>10.1f}{op.ops_per_s:>10.1f}"
             f"{_ms(lat['p50']):>9}{_ms(lat['p95']):>9}{_ms(lat['p99']):>9}{_ms(lat['max']):>9}"
         )
         for code, n in op.errors.items():

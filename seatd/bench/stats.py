@@ -166,8 +166,9 @@ class OpSummary:
     count: int
     ok: int
     errors: dict[str, int]
-    ops_per_s: float
+    ops_per_s: float  # successful replies per second
     latency_ms: dict[str, float]
+    replies_per_s: float = 0.0  # every reply, refusals too: what the server answered
     # (seconds since the start, ok/s, errors/s, p50 ms, p99 ms) per timeline bucket
     timeline: list[tuple[float, float, float, float, float]] = field(default_factory=list)
     # (percentile, latency ms) points of the whole distribution, for the plot
@@ -179,6 +180,7 @@ class OpSummary:
             "ok": self.ok,
             "errors": dict(sorted(self.errors.items())),
             "ops_per_s": round(self.ops_per_s, 1),
+            "replies_per_s": round(self.replies_per_s, 1),
             "latency_ms": self.latency_ms,
         }
 
@@ -266,6 +268,7 @@ class OpAggregate:
             ok=self.ok,
             errors=dict(self._errors),
             ops_per_s=self.ok / window_s if window_s > 0 else 0.0,
+            replies_per_s=self.count / window_s if window_s > 0 else 0.0,
             latency_ms=summary_percentiles(self._hist),
             timeline=timeline,
             distribution=_distribution(self._hist),

@@ -77,7 +77,8 @@ def check_run_shape(run: dict[str, Any]) -> None:
         "notes",
     }
     for op in run["ops"].values():
-        assert set(op) == {"count", "ok", "errors", "ops_per_s", "latency_ms"}
+        assert set(op) == {"count", "ok", "errors", "ops_per_s", "replies_per_s", "latency_ms"}
+        assert op["replies_per_s"] >= op["ops_per_s"]
         assert set(op["latency_ms"]) == LATENCY_KEYS
         assert op["ok"] + sum(op["errors"].values()) == op["count"]
         lat = op["latency_ms"]
