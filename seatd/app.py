@@ -139,6 +139,7 @@ class App:
         router = Router(registry, store, broadcaster, bus, s.forward_timeout)
         bus.on_request = router.serve
         bus.on_status = registry.status_changed
+        bus.on_statuses_heard = registry.recheck_statuses
         bus.on_push = broadcaster.relayed
         bus.start()
         running.push_async_callback(bus.close)

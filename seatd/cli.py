@@ -171,8 +171,8 @@ def _close_event(args: argparse.Namespace) -> int:
         print(
             f"seatd {args.command}: event {args.event_id} is {status} in PostgreSQL, but Redis "
             f"did not take the notice ({_one_line(error)}): a running instance that has the "
-            "event loaded keeps its old status until it loads the event again; run this "
-            "again once Redis is back",
+            "event loaded keeps its old status until it reconnects to Redis or loads the event "
+            "again; run this again once this command can reach Redis",
             file=sys.stderr,
         )
         return 1

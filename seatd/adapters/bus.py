@@ -145,6 +145,9 @@ class RedisBus:
         self.on_request: RequestHandler | None = None
         self.on_push: Callable[[str, bytes], None] | None = None
         self.on_status: Callable[[str, str], None] | None = None  # (event id, status)
+        # Redis confirmed the status channel (at start, and after every reconnection): notices
+        # from now on arrive; one sent while not listening is lost, and must be read instead.
+        self.on_statuses_heard: Callable[[], None] | None = None
         self.healthy = False
         self.has_peers = False  # another instance was heard from: publish pushes (never reset)
         self._introduced = asyncio.Event()  # the first hello was answered (or timed out)
@@ -373,6 +376,8 @@ class RedisBus:
                 confirmed = self._acks.pop(channel.decode(), None)
                 if confirmed is not None and not confirmed.done():
                     confirmed.set_result(None)
+                if channel == _STATUS and self.on_statuses_heard is not None:
+                    self.on_statuses_heard()
         elif isinstance(reply, hiredis.ReplyError):
             log.warning("bus_subscription_refused", error=str(reply))
 

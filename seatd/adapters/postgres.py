@@ -258,6 +258,13 @@ class PostgresStore:
             )
         return {(r[0], r[1]): IdempotencyRecord(r[0], r[1], r[2], r[3].encode()) for r in rows}
 
+    async def event_statuses(self, event_ids: Sequence[str]) -> dict[str, str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, status FROM events WHERE id = ANY ($1::text[])", list(event_ids)
+            )
+        return {row[0]: row[1] for row in rows}
+
     async def set_event_status(self, event_id: str, status: str) -> bool:
         """Open or close an event (``seatd close-event``); False when there is no such event."""
         async with self._connection() as conn:

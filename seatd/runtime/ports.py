@@ -203,6 +203,10 @@ class SeatStore(BatchStore, Protocol):
         """Each event with live holds in storage, with its earliest hold expiry."""
         ...
 
+    async def event_statuses(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """The stored status (``open``, ``closed``) of each of these events that exists."""
+        ...
+
     async def read_snapshot(self, event_id: str) -> SeatSnapshot | None:
         """The event's committed seat state and version, read without owning the event (for
         subscribers on an instance that does not own it); None if it does not exist."""

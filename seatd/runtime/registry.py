@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from seatd.core import Command, EventState, Expire, Policy, Result
-from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown
+from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown, StoreUnavailable
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
 from seatd.runtime.ports import (
     BatchStore,
@@ -415,6 +415,26 @@ class Registry:
             actor.change_status(status)
         elif event_id in self._loading:
             self._statuses_heard[event_id] = status
+
+    def recheck_statuses(self) -> None:
+        """Read the stored status of every active event and apply what changed: a notice
+        sent while this instance was not listening (Redis down or reconnecting) is lost, and
+        the status it carried is in PostgreSQL. Called once notices are heard again."""
+        event_ids = [actor.event_id for actor in self.actors()]
+        if event_ids:
+            self._spawn(self._recheck_statuses(event_ids))
+
+    async def _recheck_statuses(self, event_ids: list[str]) -> None:
+        try:
+            stored = await self._store.event_statuses(event_ids)
+        except StoreUnavailable as error:  # the next reconnection tries again
+            log.warning("event_status_recheck_failed", error=str(error))
+            return
+        for event_id, status in stored.items():
+            actor = self.active(event_id)
+            if actor is not None and actor.state.info.status != status:
+                log.info("event_status_changed", event_id=event_id, status=status, heard="db")
+                actor.change_status(status)
 
     def hint_expiry(self, event_id: str, command: Command) -> None:
         """A Redis expiry notice: acted on for events this instance holds, active or dormant.

@@ -85,7 +85,7 @@ async def test_without_redis_the_row_changes_and_the_command_says_who_was_not_to
     code, _, err = await _seatd("close-event", event_id, env=no_redis)
     assert code == 1, err
     assert f"event {event_id} is closed in PostgreSQL, but Redis did not take the notice" in err
-    assert "run this again once Redis is back" in err
+    assert "run this again once this command can reach Redis" in err
     refused = await alice.error("hold", event_id=event_id, seat_ids=["A-1"])  # loads: closed
     assert refused["code"] == "event_closed", refused
 

@@ -114,6 +114,8 @@ async def test_after_a_redis_restart_inbox_and_follows_come_back(
     first, second = buses
     received: list[bytes] = []
     first.on_push = lambda _, frame: received.append(frame)
+    heard: list[bool] = []
+    first.on_statuses_heard = lambda: heard.append(True)  # lost notices are read back then
     await first.follow("ev-9")
 
     async def answer(header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -142,6 +144,7 @@ async def test_after_a_redis_restart_inbox_and_follows_come_back(
 
     await until(asked, timeout=10, what="a request over the bus to be answered")
     assert replies == [b"pong"]
+    assert heard, "the status channel's new subscription was not announced"
 
     async def pushed() -> bool:
         second.publish("ev-9", b"after")

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 from support.events import new_event
+from support.waiting import until
 
 from seatd.adapters.postgres import PostgresStore
 from seatd.core import PlaceHold, Policy
@@ -72,4 +73,23 @@ async def test_a_status_heard_while_loading_is_applied_once_loaded(
         assert registry._statuses_heard == {}
     finally:
         paused.go_on.set()
+        await registry.close()
+
+
+async def test_a_recheck_applies_what_the_database_says_to_active_events(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """A notice lost while the bus was away from Redis: the status is read back instead."""
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings())
+    try:
+        closed, untouched = await new_event(store, "status"), await new_event(store, "status")
+        for event_id in (closed, untouched):
+            await _hold(registry, event_id, "S0")
+        await store.set_event_status(closed, "closed")  # as seatd close-event does
+        registry.recheck_statuses()
+        await until(lambda: registry.active(closed).state.info.status == "closed")  # type: ignore[union-attr]
+        with pytest.raises(EventClosed):
+            await _hold(registry, closed, "S1")
+        await _hold(registry, untouched, "S1")
+    finally:
         await registry.close()
