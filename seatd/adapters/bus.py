@@ -93,9 +93,10 @@ def status_notice(event_id: str, status: str) -> bytes:
     return _pack({"t": "status", "e": event_id, "s": status}, b"")
 
 
-def _give_up(answer: asyncio.Future[tuple[Header, bytes]], why: str) -> None:
-    if not answer.done():
-        answer.set_exception(PeerTimeout(why))
+def _give_up(waits: tuple[asyncio.Future[Any], ...], why: str) -> None:
+    for wait in waits:
+        if not wait.done():
+            wait.set_exception(PeerTimeout(why))
 
 
 def _pack(header: Header, body: bytes) -> bytes:
@@ -171,24 +172,42 @@ class RedisBus:
         """Send a request to another instance's inbox and wait for its answer."""
         if not self.healthy:
             raise BusError("the message bus (Redis) is unavailable")
+        publisher = self._publisher
+        if publisher is None:
+            raise BusError("the message bus (Redis) is unavailable")
         correlation = next(self._ids)
         answer: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
-        self._waiting[correlation] = (instance_id, answer)
+        message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
         try:
-            message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
-            receivers = await self._publish(inbox_channel(instance_id), message)
+            published = publisher.call(b"PUBLISH", inbox_channel(instance_id), message)
+        except RespError as error:
+            raise BusError(f"could not reach Redis: {error}") from None
+        self._waiting[correlation] = (instance_id, answer)
+        # One deadline for the publish and the answer: a Redis that stopped reading must not
+        # hold the caller longer than an owner that stopped answering. A bare timer, cheaper
+        # than asyncio.timeout() on this per-command path.
+        timer = self._loop.call_later(
+            timeout,
+            _give_up,
+            (published, answer),
+            f"instance {instance_id} did not answer in {timeout} s",
+        )
+        try:
+            try:
+                receivers = await published
+            except RespError as error:
+                raise BusError(f"could not reach Redis: {error}") from None
+            if not isinstance(receivers, int):
+                raise BusError(f"Redis refused a publish: {receivers!r}")
             if receivers == 0:
                 raise PeerGone(f"instance {instance_id} is not listening")
-            # A bare timer, cheaper than asyncio.timeout() on this per-command path.
-            timer = self._loop.call_later(
-                timeout, _give_up, answer, f"instance {instance_id} did not answer in {timeout} s"
-            )
-            try:
-                return await answer
-            finally:
-                timer.cancel()
+            return await answer
         finally:
+            timer.cancel()
             self._waiting.pop(correlation, None)
+            for wait in (published, answer):  # failed by the timer but not awaited: seen
+                if wait.done() and not wait.cancelled():
+                    wait.exception()
 
     def abandon(self, instance_id: str) -> None:
         """That instance lost its leases (it died or stalled): fail what waits for its answers
@@ -315,12 +334,18 @@ class RedisBus:
         try:
             connections.append(publisher := await open_like(self._client))
             connections.append(pubsub := await open_like(self._client, self._on_reply))
-            heard = self._acks[PEERS_CHANNEL] = asyncio.get_running_loop().create_future()
+            heard = self._acks[PEERS_CHANNEL] = self._loop.create_future()
             pubsub.send(b"SUBSCRIBE", self._inbox, PEERS_CHANNEL, STATUS_CHANNEL, *self._followed)
+            # Healthy once Redis answers, not once the kernel accepted the connection (it does
+            # for a stopped Redis): until then requests fail at once rather than stall.
+            try:
+                await asyncio.wait_for(asyncio.shield(heard), self._ping_interval)
+            except TimeoutError:
+                raise RespError("Redis did not confirm the subscription") from None
             self._publisher, self._pubsub = publisher, pubsub
             self.healthy, self._publish_failing = True, False
             log.info("bus_listening", inbox=self._inbox, followed=len(self._followed))
-            introduction = asyncio.get_running_loop().create_task(self._introduce(heard))
+            introduction = self._loop.create_task(self._introduce(heard))
             await self._watch(publisher, pubsub)
         finally:
             self._acks.pop(PEERS_CHANNEL, None)
@@ -331,22 +356,38 @@ class RedisBus:
 
     async def _watch(self, publisher: RespConnection, pubsub: RespConnection) -> None:
         """Return when either connection ends; PING the subscription when it has been quiet,
-        and give it up when the PING goes unanswered (a peer gone without a word)."""
-        loop, interval = asyncio.get_running_loop(), self._ping_interval
+        and the publisher every interval (its replies come in order, so a PING unanswered
+        means nothing sent before it was answered either): either PING unanswered for an
+        interval gives the connections up (a peer gone without a word, a stopped Redis)."""
+        loop, interval = self._loop, self._ping_interval
         self._heard = pinged = loop.time()
         ended = (publisher.closed, pubsub.closed)
-        while True:
-            done, _ = await asyncio.wait(ended, timeout=interval / 2)
-            if done:
-                raise RespError("connection to Redis closed")
-            now = loop.time()
-            if now - self._heard < interval:
-                continue
-            if pinged > self._heard and now - pinged >= interval:
-                raise RespError(f"Redis did not answer a PING in {interval} s")
-            if pinged <= self._heard:
-                pubsub.send(b"PING")
-                pinged = now
+        pong: asyncio.Future[Any] | None = None
+        pong_sent = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait(ended, timeout=interval / 2)
+                if done:
+                    raise RespError("connection to Redis closed")
+                now = loop.time()
+                if pong is None or pong.done():
+                    if pong is not None and pong.exception() is not None:
+                        raise RespError(f"the publishing connection failed: {pong.exception()!r}")
+                    pong, pong_sent = publisher.call(b"PING"), now
+                elif now - pong_sent >= interval:
+                    raise RespError(f"Redis did not answer a PING in {interval} s (publishing)")
+                if now - self._heard < interval:
+                    continue
+                if pinged > self._heard and now - pinged >= interval:
+                    raise RespError(f"Redis did not answer a PING in {interval} s")
+                if pinged <= self._heard:
+                    pubsub.send(b"PING")
+                    pinged = now
+        finally:
+            if pong is not None and not pong.done():
+                pong.cancel()  # its connection is about to be closed: nobody will read it
+            elif pong is not None and not pong.cancelled():
+                pong.exception()  # seen (a failure is why we are leaving)
 
     async def _introduce(self, heard: asyncio.Future[None]) -> None:
         """Say hello once our own subscription to the peers channel is confirmed, then wait
@@ -366,8 +407,16 @@ class RedisBus:
             self._introduced.set()
 
     def _on_reply(self, reply: Any) -> None:
-        """Everything the subscription receives: messages, confirmations, PING's answer."""
+        """Everything the subscription receives: messages, confirmations, PING's answer. A
+        message that breaks its handler is logged and dropped: raised here it would end the
+        subscription (and a repeated one would keep ending it)."""
         self._heard = self._loop.time()
+        try:
+            self._take(reply)
+        except Exception:
+            log.exception("bus_message_failed", reply=repr(reply)[:200])
+
+    def _take(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3:
             kind, channel, data = reply
             if kind == b"message":

@@ -53,6 +53,7 @@ class RespConnection(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Reply] | None] = deque()
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -85,7 +86,10 @@ class RespConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        error = RespError(f"connection to Redis lost: {exc!r}" if exc else "connection closed")
+        if isinstance(exc, RespError):
+            error = exc
+        else:
+            error = RespError(f"connection to Redis lost: {exc!r}" if exc else "connection closed")
         while self._waiting:
             answer = self._waiting.popleft()
             if answer is not None and not answer.done():
@@ -114,7 +118,7 @@ class RespConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             raise RespError("not connected to Redis")
-        if transport.get_write_buffer_size() > self._high_water:
+        if transport.get_write_buffer_size() + self._out_bytes > self._high_water:
             raise RespError("Redis is not taking what is sent (it may be stopped)")
         if self._on_reply is None:
             self._waiting.append(answer)
@@ -123,19 +127,23 @@ class RespConnection(asyncio.Protocol):
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(command)
+        self._out_bytes += len(command)
 
     def _flush(self) -> None:
-        out, self._out = self._out, []
+        out, self._out, self._out_bytes = self._out, [], 0
         if self._transport is not None and out:
             self._transport.write(b"".join(out))
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Drop the connection now, unsent data too, and fail every command still waiting:
+        a graceful close would wait for Redis to take the buffer, which a stopped Redis
+        never does, and leave its callers waiting with it."""
+        self._fail(RespError("connection to Redis closed"))
 
     def _fail(self, error: Exception) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()  # its connection_lost comes later and finds nothing waiting
         self.connection_lost(error)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -211,3 +213,24 @@ async def test_a_peer_that_never_answers_delays_follow_only_briefly(redis: Redis
     finally:
         await newcomer.close()
         await stalled.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_a_request_to_a_stopped_redis_fails_at_its_deadline(
+    redis: Redis, private_redis: RedisServer
+) -> None:
+    """The deadline covers the publish too: a Redis that stopped reading (SIGSTOP, a dead
+    route) must not hold the caller past it."""
+    bus = RedisBus(redis, "asker", ping_interval=30.0)  # only the deadline can end the wait
+    bus.start()
+    process = private_redis._proc
+    assert process is not None
+    try:
+        await until(lambda: bus.healthy)
+        os.kill(process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(PeerTimeout):
+            await asyncio.wait_for(bus.request("owner", {}, b"{}", 0.5), 5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        await bus.close()
