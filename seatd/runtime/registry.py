@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from seatd.core import Command, EventState, Expire, Policy, Result
-from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown, StoreUnavailable
+from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
 from seatd.runtime.ports import (
     BatchStore,
@@ -74,6 +74,10 @@ class Registry:
         self._loading: dict[str, asyncio.Task[EventActor]] = {}
         # Status notices that came while the event was loading (see status_changed).
         self._statuses_heard: dict[str, str] = {}
+        # Status notices heard so far, and the number of each event's latest: a recheck that
+        # read PostgreSQL before a notice must not undo it (see _recheck_statuses).
+        self._status_notices = 0
+        self._noticed_at: dict[str, int] = {}
         # Passivated events with holds: (when to wake the event, the clock's alarm for it).
         self._dormant: dict[str, tuple[float, object]] = {}
         # One callable for every actor (``keep_alive`` may be replaced after they start).
@@ -410,6 +414,8 @@ class Registry:
         """An operator opened or closed the event in PostgreSQL (``seatd close-event``). An
         actor here applies it at once; one loading may have read the row before the change,
         so the notice waits for it. Elsewhere the next load reads the stored status."""
+        self._status_notices += 1
+        self._noticed_at[event_id] = self._status_notices
         actor = self.active(event_id)
         if actor is not None:
             actor.change_status(status)
@@ -425,12 +431,21 @@ class Registry:
             self._spawn(self._recheck_statuses(event_ids))
 
     async def _recheck_statuses(self, event_ids: list[str]) -> None:
-        try:
-            stored = await self._store.event_statuses(event_ids)
-        except StoreUnavailable as error:  # the next reconnection tries again
-            log.warning("event_status_recheck_failed", error=str(error))
-            return
+        """Until PostgreSQL answers (backing off up to a minute): a close made while Redis and
+        PostgreSQL were both out of reach must still take effect once they are back."""
+        delay = 0.5
+        while True:
+            started = self._status_notices
+            try:
+                stored = await self._store.event_statuses(event_ids)
+                break
+            except Exception as error:  # logged, and tried again
+                log.warning("event_status_recheck_failed", error=repr(error), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
         for event_id, status in stored.items():
+            if self._noticed_at.get(event_id, 0) > started:
+                continue  # a notice came meanwhile: newer than what was read
             actor = self.active(event_id)
             if actor is not None and actor.state.info.status != status:
                 log.info("event_status_changed", event_id=event_id, status=status, heard="db")

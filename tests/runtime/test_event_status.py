@@ -93,3 +93,37 @@ async def test_a_recheck_applies_what_the_database_says_to_active_events(
         await _hold(registry, untouched, "S1")
     finally:
         await registry.close()
+
+
+class _SlowStatuses(PostgresStore):
+    """The real store, whose status reads wait (after reading) until the test lets them go."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.read = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def event_statuses(self, event_ids: Any) -> dict[str, str]:
+        stored = await super().event_statuses(event_ids)
+        self.read.set()
+        await self.go_on.wait()
+        return stored
+
+
+async def test_a_recheck_read_before_a_notice_does_not_undo_it(pool: asyncpg.Pool) -> None:
+    slow = _SlowStatuses(pool)
+    registry = Registry(slow, SystemClock(), POLICY, ActorSettings())
+    try:
+        event_id = await new_event(slow, "status")
+        await _hold(registry, event_id, "S0")
+        registry.recheck_statuses()
+        await asyncio.wait_for(slow.read.wait(), 5)  # read "open"
+        await slow.set_event_status(event_id, "closed")
+        registry.status_changed(event_id, "closed")  # the notice, after the read
+        slow.go_on.set()
+        await asyncio.sleep(0.1)  # the recheck's answer is handled
+        with pytest.raises(EventClosed):
+            await _hold(registry, event_id, "S1")
+    finally:
+        slow.go_on.set()
+        await registry.close()
