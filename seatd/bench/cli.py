@@ -63,7 +63,7 @@ async def _preflight(url: str, secret: str) -> None:
     """One connection before the load, so that a wrong URL or secret is said in one line and
     not as a worker's traceback once the run has begun."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidHandshake, InvalidStatus
+    from websockets.exceptions import InvalidStatus, WebSocketException
 
     from seatd.auth import TokenAuthority
 
@@ -84,7 +84,7 @@ async def _preflight(url: str, secret: str) -> None:
                 "must be that server's SEATD_JWT_SECRET"
             ) from None
         raise BenchError(f"{url} refused the WebSocket handshake: HTTP {status}") from None
-    except (InvalidHandshake, TimeoutError, EOFError) as error:
+    except (WebSocketException, TimeoutError, EOFError) as error:  # a bad URL, a close, ...
         raise BenchError(f"{url} does not answer as a seatd server: {error}") from None
     except OSError as error:
         raise BenchError(f"cannot reach {url}: {error}") from None
@@ -269,6 +269,8 @@ async def _main(options: Options, out: TextIO) -> int:
         flush=True,
     )
     if options.json:
-        document.update(ok=ok, wall_s=round(total, 2), runs=[r.as_json() for r in results])
+        document.update(
+            ok=ok and not unverified, wall_s=round(total, 2), runs=[r.as_json() for r in results]
+        )
         print(json.dumps(document))
     return 1 if not ok else 2 if unverified else 0
