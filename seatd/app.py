@@ -56,11 +56,7 @@ class App:
         while True:
             try:
                 pool = await connect_pool(
-                    host=s.postgres_host,
-                    port=s.postgres_port,
-                    user=s.postgres_user,
-                    password=s.postgres_password,
-                    database=s.postgres_db,
+                    **s.postgres_connection,
                     max_size=s.pg_pool_size,
                     # The batch writers' connections and one for loads and lookups stay open
                     # and prepared: an on-sale after a quiet spell starts on them.

@@ -65,13 +65,7 @@ def _init_db(args: argparse.Namespace) -> int:
 
     async def apply() -> None:
         try:
-            conn = await asyncpg.connect(
-                host=settings.postgres_host,
-                port=settings.postgres_port,
-                user=settings.postgres_user,
-                password=settings.postgres_password,
-                database=settings.postgres_db,
-            )
+            conn = await asyncpg.connect(**settings.postgres_connection)
         except OSError as error:
             where = f"{settings.postgres_host}:{settings.postgres_port}"
             raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {error}") from error
@@ -98,14 +92,7 @@ async def _store(settings: Settings) -> AsyncIterator[PostgresStore]:
     """One connection to the settings' PostgreSQL, for a command's few statements."""
     from seatd.adapters.postgres import PostgresStore, connect_pool
 
-    pool = await connect_pool(
-        host=settings.postgres_host,
-        port=settings.postgres_port,
-        user=settings.postgres_user,
-        password=settings.postgres_password,
-        database=settings.postgres_db,
-        max_size=1,
-    )
+    pool = await connect_pool(**settings.postgres_connection, max_size=1)
     try:
         yield PostgresStore(pool)
     finally:

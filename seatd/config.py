@@ -473,6 +473,17 @@ class Settings:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return cls(**values)
 
+    @property
+    def postgres_connection(self) -> dict[str, Any]:
+        """What asyncpg needs to reach POSTGRES_* (``connect``, ``connect_pool``)."""
+        return {
+            "host": self.postgres_host,
+            "port": self.postgres_port,
+            "user": self.postgres_user,
+            "password": self.postgres_password,
+            "database": self.postgres_db,
+        }
+
     def public(self) -> dict[str, Any]:
         """Settings safe to log (secrets masked)."""
         masked = {v.field for v in VARIABLES if v.name in _SECRETS}
