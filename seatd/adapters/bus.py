@@ -131,8 +131,10 @@ class RedisBus:
         # Requests awaiting an answer: correlation id -> (the instance asked, the answer).
         self._waiting: dict[int, tuple[str, asyncio.Future[tuple[Header, bytes]]]] = {}
         self._followed: set[str] = set()
-        # Subscriptions sent but not yet confirmed by Redis, by channel.
+        # Subscriptions sent but not yet confirmed by Redis, by channel; and how many SUBSCRIBEs
+        # of a channel are on their way (a follow, unfollow and follow sends two).
         self._acks: dict[str, asyncio.Future[None]] = {}
+        self._subscribing: dict[str, int] = {}
         self._pubsub: RespConnection | None = None  # subscribed: the inbox, peers, follows
         self._publisher: RespConnection | None = None
         self._inbox_bytes = self._inbox.encode()
@@ -269,20 +271,25 @@ class RedisBus:
             await self._introduced.wait()  # until then the owner may not publish for us
         channel = availability_channel(event_id)
         confirmed = self._acks.get(channel)
-        if channel in self._followed and confirmed is None:
-            return  # confirmed earlier
-        if confirmed is None:
+        if channel in self._followed:
+            if confirmed is None:
+                return  # confirmed earlier
+        else:
+            # Not followed, even if a SUBSCRIBE is still on its way: an unfollow may have sent
+            # an UNSUBSCRIBE after it, which Redis would apply last. Subscribe again, and wait
+            # for this SUBSCRIBE's confirmation (they come in order: see _take).
             self._followed.add(channel)
             pubsub = self._pubsub
             if pubsub is None or not self.healthy:
                 return
-            confirmed = self._acks[channel] = asyncio.get_running_loop().create_future()
             try:
                 pubsub.send(b"SUBSCRIBE", channel)
             except RespError as error:  # the subscription is made again on reconnecting
                 log.warning("bus_follow_unconfirmed", event_id=event_id, error=repr(error))
-                del self._acks[channel]
                 return
+            if confirmed is None:
+                confirmed = self._acks[channel] = self._loop.create_future()
+            self._subscribing[channel] = self._subscribing.get(channel, 0) + 1
         try:  # a second caller for the same channel waits for the same confirmation
             async with asyncio.timeout(2.0):
                 await asyncio.shield(confirmed)
@@ -291,6 +298,7 @@ class RedisBus:
         finally:
             if self._acks.get(channel) is confirmed:  # given up on: later callers do not wait
                 del self._acks[channel]
+                self._subscribing.pop(channel, None)
 
     def unfollow(self, event_id: str) -> None:
         channel = availability_channel(event_id)
@@ -334,6 +342,7 @@ class RedisBus:
         try:
             connections.append(publisher := await open_like(self._client))
             connections.append(pubsub := await open_like(self._client, self._on_reply))
+            self._subscribing.clear()  # a new connection: one SUBSCRIBE for everything
             heard = self._acks[PEERS_CHANNEL] = self._loop.create_future()
             pubsub.send(b"SUBSCRIBE", self._inbox, PEERS_CHANNEL, STATUS_CHANNEL, *self._followed)
             # Healthy once Redis answers, not once the kernel accepted the connection (it does
@@ -422,7 +431,12 @@ class RedisBus:
             if kind == b"message":
                 self._dispatch(channel, data)
             elif kind == b"subscribe":
-                confirmed = self._acks.pop(channel.decode(), None)
+                name = channel.decode()
+                waiting = self._subscribing.pop(name, 1) - 1
+                if waiting > 0:  # a later SUBSCRIBE of this channel is still on its way
+                    self._subscribing[name] = waiting
+                    return
+                confirmed = self._acks.pop(name, None)
                 if confirmed is not None and not confirmed.done():
                     confirmed.set_result(None)
                 if channel == _STATUS and self.on_statuses_heard is not None:

@@ -234,3 +234,21 @@ async def test_a_request_to_a_stopped_redis_fails_at_its_deadline(
     finally:
         os.kill(process.pid, signal.SIGCONT)
         await bus.close()
+
+
+async def test_follow_unfollow_follow_within_one_round_trip_stays_subscribed(
+    buses: tuple[RedisBus, RedisBus], redis: Redis
+) -> None:
+    """The second follow finds the first one's SUBSCRIBE unconfirmed and an UNSUBSCRIBE sent
+    after it: it must subscribe again, and return only once that is confirmed."""
+    first, second = buses
+    received: list[bytes] = []
+    second.on_push = lambda _, frame: received.append(frame)
+    await redis.execute_command("CLIENT", "PAUSE", "300", "ALL")  # type: ignore[no-untyped-call]
+    following = asyncio.create_task(second.follow("ev-race"))
+    await asyncio.sleep(0.05)  # its SUBSCRIBE is sent, not yet answered
+    second.unfollow("ev-race")
+    await second.follow("ev-race")
+    await following
+    first.publish("ev-race", b"after")
+    await until(lambda: received == [b"after"], what="the push to the follower")
