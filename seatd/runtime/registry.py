@@ -419,6 +419,9 @@ class Registry:
         actor = self.active(event_id)
         if actor is not None:
             actor.change_status(status)
+            # Then read it back: notices come in the order they were published, which two
+            # operators' commands at once need not share with their commits.
+            self._spawn(self._recheck_statuses([event_id]))
         elif event_id in self._loading:
             self._statuses_heard[event_id] = status
 

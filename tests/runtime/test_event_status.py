@@ -127,3 +127,20 @@ async def test_a_recheck_read_before_a_notice_does_not_undo_it(pool: asyncpg.Poo
     finally:
         slow.go_on.set()
         await registry.close()
+
+
+async def test_notices_out_of_order_end_with_what_the_database_says(store: PostgresStore) -> None:
+    """Two operators close and reopen at once: the notices may arrive in the other order
+    than the commits. Each notice is applied, then the stored status is read back."""
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings())
+    try:
+        event_id = await new_event(store, "status")
+        await _hold(registry, event_id, "S0")
+        await store.set_event_status(event_id, "closed")  # committed last
+        registry.status_changed(event_id, "closed")
+        registry.status_changed(event_id, "open")  # a stale notice, heard last
+        await until(lambda: registry.active(event_id).state.info.status == "closed")  # type: ignore[union-attr]
+        with pytest.raises(EventClosed):
+            await _hold(registry, event_id, "S1")
+    finally:
+        await registry.close()
