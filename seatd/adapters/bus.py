@@ -93,6 +93,17 @@ def status_notice(event_id: str, status: str) -> bytes:
     return _pack({"t": "status", "e": event_id, "s": status}, b"")
 
 
+async def _receivers(published: Awaitable[Any]) -> int:
+    """How many subscribers a PUBLISH reached, or BusError."""
+    try:
+        count = await published
+    except RespError as error:
+        raise BusError(f"could not reach Redis: {error}") from None
+    if not isinstance(count, int):
+        raise BusError(f"Redis refused a publish: {count!r}")
+    return count
+
+
 def _give_up(waits: tuple[asyncio.Future[Any], ...], why: str) -> None:
     for wait in waits:
         if not wait.done():
@@ -174,16 +185,10 @@ class RedisBus:
         """Send a request to another instance's inbox and wait for its answer."""
         if not self.healthy:
             raise BusError("the message bus (Redis) is unavailable")
-        publisher = self._publisher
-        if publisher is None:
-            raise BusError("the message bus (Redis) is unavailable")
         correlation = next(self._ids)
         answer: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
         message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
-        try:
-            published = publisher.call(b"PUBLISH", inbox_channel(instance_id), message)
-        except RespError as error:
-            raise BusError(f"could not reach Redis: {error}") from None
+        published = self._call_publish(inbox_channel(instance_id), message)
         self._waiting[correlation] = (instance_id, answer)
         # One deadline for the publish and the answer: a Redis that stopped reading must not
         # hold the caller longer than an owner that stopped answering. A bare timer, cheaper
@@ -195,13 +200,7 @@ class RedisBus:
             f"instance {instance_id} did not answer in {timeout} s",
         )
         try:
-            try:
-                receivers = await published
-            except RespError as error:
-                raise BusError(f"could not reach Redis: {error}") from None
-            if not isinstance(receivers, int):
-                raise BusError(f"Redis refused a publish: {receivers!r}")
-            if receivers == 0:
+            if await _receivers(published) == 0:
                 raise PeerGone(f"instance {instance_id} is not listening")
             return await answer
         finally:
@@ -219,18 +218,15 @@ class RedisBus:
             if asked == instance_id and not answer.done():
                 answer.set_exception(PeerLost(f"instance {instance_id} lost its events"))
 
-    async def _publish(self, channel: str, message: bytes) -> int:
-        """Publish; the number of subscribers that received it."""
+    def _call_publish(self, channel: str, message: bytes) -> asyncio.Future[Any]:
+        """Send a PUBLISH whose count is wanted (``_receivers``); BusError if it cannot go."""
         publisher = self._publisher
         if publisher is None:
             raise BusError("the message bus (Redis) is unavailable")
         try:
-            count = await publisher.call(b"PUBLISH", channel, message)
+            return publisher.call(b"PUBLISH", channel, message)
         except RespError as error:
             raise BusError(f"could not reach Redis: {error}") from None
-        if not isinstance(count, int):
-            raise BusError(f"Redis refused a publish: {count!r}")
-        return count
 
     def _serve(self, header: Header, body: bytes) -> None:
         handler = self.on_request
@@ -354,7 +350,7 @@ class RedisBus:
             self._publisher, self._pubsub = publisher, pubsub
             self.healthy, self._publish_failing = True, False
             log.info("bus_listening", inbox=self._inbox, followed=len(self._followed))
-            introduction = self._loop.create_task(self._introduce(heard))
+            introduction = self._loop.create_task(self._introduce())
             await self._watch(publisher, pubsub)
         finally:
             self._acks.pop(PEERS_CHANNEL, None)
@@ -398,14 +394,14 @@ class RedisBus:
             elif pong is not None and not pong.cancelled():
                 pong.exception()  # seen (a failure is why we are leaving)
 
-    async def _introduce(self, heard: asyncio.Future[None]) -> None:
-        """Say hello once our own subscription to the peers channel is confirmed, then wait
-        (briefly) for an answer from every other instance that heard it."""
+    async def _introduce(self) -> None:
+        """Say hello (our subscription to the peers channel is confirmed: see _listen), then
+        wait (briefly) for an answer from every other instance that heard it."""
         try:
-            await asyncio.wait_for(heard, _INTRODUCTION_TIMEOUT)
             self._welcomes = 0
             hello = _pack({"t": "hello", "from": self.instance_id}, b"")
-            others = await self._publish(PEERS_CHANNEL, hello) - 1  # we hear it too
+            heard_by = await _receivers(self._call_publish(PEERS_CHANNEL, hello))
+            others = heard_by - 1  # we hear it too
             async with asyncio.timeout(_INTRODUCTION_TIMEOUT):
                 while self._welcomes < others:
                     self._welcomed.clear()
@@ -471,10 +467,7 @@ class RedisBus:
             return
         event_id = _event_of(channel)
         if event_id is not None and self.on_push is not None:
-            try:
-                self.on_push(event_id, data)
-            except Exception:
-                log.exception("bus_push_failed", event_id=event_id)
+            self.on_push(event_id, data)  # a failure is logged by _on_reply
 
     def _status(self, data: bytes) -> None:
         try:
