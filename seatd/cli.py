@@ -126,7 +126,8 @@ def _create_event(args: argparse.Namespace) -> int:
 def _close_event(args: argparse.Namespace) -> int:
     """Store the status, then tell the running instances over Redis: the event's actor stops
     (or resumes) taking holds at once. Without Redis the row is changed all the same and the
-    instances read it when they next load the event; the command says so and exits 1."""
+    instances read it when they reconnect to Redis or next load the event; the command says
+    so and exits 1."""
     from redis.exceptions import RedisError
 
     from seatd.adapters.bus import STATUS_CHANNEL, status_notice

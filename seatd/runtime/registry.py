@@ -221,6 +221,8 @@ class Registry:
             stats=self.stats,
         )
         self._actors[event_id] = actor
+        if heard is not None:  # read back, as for a notice to an active event
+            self._spawn(self._recheck_statuses([event_id]))
         for listener in self.load_listeners:
             listener(event_id, state)
         self._wake_dormant(event_id)  # loaded: the actor times its holds itself now
@@ -412,8 +414,9 @@ class Registry:
 
     def status_changed(self, event_id: str, status: str) -> None:
         """An operator opened or closed the event in PostgreSQL (``seatd close-event``). An
-        actor here applies it at once; one loading may have read the row before the change,
-        so the notice waits for it. Elsewhere the next load reads the stored status."""
+        actor here applies it at once, then reads the stored status back; one loading may have
+        read the row before the change, so the notice waits for it (and is read back too).
+        Elsewhere the next load reads the stored status."""
         self._status_notices += 1
         self._noticed_at[event_id] = self._status_notices
         actor = self.active(event_id)
