@@ -135,6 +135,8 @@ def test_throughput_reserves_every_hold(smoke_all: tuple[dict[str, Any], Path]) 
     assert actors["commit_failures"] == 0
     assert 0 < actors["commit_share"] <= 1
     _check_cpu_per_request(run)
+    # Only a window of seconds is sure to span a CPU clock tick; a smoke rush sells out in ms.
+    assert run["metrics"]["server_cpu_us_per_request"] > 0
 
 
 def _check_cpu_per_request(run: dict[str, Any]) -> None:
@@ -149,7 +151,6 @@ def _check_cpu_per_request(run: dict[str, Any]) -> None:
         assert metrics[f"{name}_cpu_us_per_request"] == pytest.approx(
             1e6 * cpu_s / requests, abs=0.1
         )
-    assert metrics["server_cpu_us_per_request"] > 0
 
 
 def test_rush_sells_every_seat_exactly_once(smoke_all: tuple[dict[str, Any], Path]) -> None:
