@@ -1,11 +1,11 @@
-"""How a rush buyer picks seats (``seatd.bench.loads.RushRun._pick``)."""
+"""How a rush buyer picks seats (``seatd.bench.loads.rush.RushRun._pick``)."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from seatd.bench.loads import RushRun
+from seatd.bench.loads.rush import RushRun
 from seatd.bench.workers import WorkerSpec
 
 
