@@ -44,30 +44,64 @@ CREATE TABLE IF NOT EXISTS seats (
     PRIMARY KEY (event_id, seat_id)
 );
 
-CREATE TABLE IF NOT EXISTS holds (
-    event_id        text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+-- Every held seat, one row each, with its hold's fields: a hold is the rows of one hold_id, all
+-- written, refreshed and deleted together by one statement. The primary key makes a seat part of
+-- at most one hold: a row exists only while its hold is live (expired, released and reserved
+-- holds are deleted). Earlier releases kept each hold as a row of its own in a table `holds`, its
+-- seats here behind two foreign keys, whose row-by-row checks and cascade were a third of
+-- PostgreSQL's work in a sale (BENCHMARKS.md, round 10). `holds` is now a view (below).
+-- No index on expires_at either: only the hourly clean-up asks, and it reads live holds only.
+CREATE TABLE IF NOT EXISTS hold_seats (
+    event_id        text NOT NULL,
+    seat_id         text NOT NULL,
     hold_id         uuid NOT NULL,
     user_id         text NOT NULL,
     created_at      timestamptz NOT NULL,
     expires_at      timestamptz NOT NULL,
     -- Refreshing never extends a hold past this instant.
     max_expires_at  timestamptz NOT NULL,
-    PRIMARY KEY (event_id, hold_id),
+    PRIMARY KEY (event_id, seat_id),
+    FOREIGN KEY (event_id, seat_id) REFERENCES seats (event_id, seat_id) ON DELETE CASCADE,
     CHECK (expires_at <= max_expires_at)
 );
-CREATE INDEX IF NOT EXISTS holds_expires_at_idx ON holds (expires_at);
+-- No index on (event_id, hold_id): the batch functions find every row by its primary key (the
+-- owner knows each hold's seats), and whole events are read along the primary key.
+DROP INDEX IF EXISTS hold_seats_hold_idx;
 
--- The seats a hold covers. The primary key makes a seat part of at most one hold: a hold row
--- exists only while it is live (expired, released and reserved holds are deleted).
-CREATE TABLE IF NOT EXISTS hold_seats (
-    event_id  text NOT NULL,
-    seat_id   text NOT NULL,
-    hold_id   uuid NOT NULL,
-    PRIMARY KEY (event_id, seat_id),
-    FOREIGN KEY (event_id, hold_id) REFERENCES holds (event_id, hold_id) ON DELETE CASCADE,
-    FOREIGN KEY (event_id, seat_id) REFERENCES seats (event_id, seat_id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS hold_seats_hold_idx ON hold_seats (event_id, hold_id);
+-- A database of an earlier release keeps each hold in a table `holds` and its seats here:
+-- give each seat its hold's fields and drop that table. Both tables are locked first, so an
+-- instance of the earlier release still writing either finished its batch before or sees its
+-- batch fail whole (and reloads the event), never half-written.
+DO $migrate$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('holds')) = 'r' THEN
+        LOCK TABLE holds, hold_seats IN ACCESS EXCLUSIVE MODE;
+        ALTER TABLE hold_seats
+            ADD COLUMN IF NOT EXISTS user_id text,
+            ADD COLUMN IF NOT EXISTS created_at timestamptz,
+            ADD COLUMN IF NOT EXISTS expires_at timestamptz,
+            ADD COLUMN IF NOT EXISTS max_expires_at timestamptz;
+        UPDATE hold_seats s
+        SET user_id = h.user_id, created_at = h.created_at, expires_at = h.expires_at,
+            max_expires_at = h.max_expires_at
+        FROM holds h WHERE h.event_id = s.event_id AND h.hold_id = s.hold_id;
+        ALTER TABLE hold_seats
+            ALTER COLUMN user_id SET NOT NULL,
+            ALTER COLUMN created_at SET NOT NULL,
+            ALTER COLUMN expires_at SET NOT NULL,
+            ALTER COLUMN max_expires_at SET NOT NULL,
+            ADD CHECK (expires_at <= max_expires_at);
+        DROP TABLE holds CASCADE;
+    END IF;
+END
+$migrate$;
+
+-- One row per live hold, for reading (and for the loader of an earlier release's instances
+-- during a rolling upgrade): the fields every seat of the hold carries.
+CREATE OR REPLACE VIEW holds AS
+SELECT DISTINCT ON (event_id, hold_id)
+       event_id, hold_id, user_id, created_at, expires_at, max_expires_at
+FROM hold_seats ORDER BY event_id, hold_id;
 
 -- One row per reserved seat; the primary key forbids reserving a seat twice.
 CREATE TABLE IF NOT EXISTS reservations (
@@ -110,17 +144,21 @@ DROP FUNCTION IF EXISTS seatd_persist_batch(
 -- here, where four text arrays cost the service ~0.7 us per element to encode (BENCHMARKS.md,
 -- round 7), and their responses were parsed one by one all the same.
 --
--- Every statement here must find rows by their full key. The planner's row counts for holds
+-- Held seats come one row each, with their hold's fields; an ended or refreshed hold comes as
+-- its seats (the owner knows them), each beside its hold id, which must still match.
+--
+-- Every statement here must find rows by their full key. The planner's row counts for held seats
 -- are always stale (a sale inserts and deletes thousands a second, autovacuum looks once a
 -- minute), and with them it used to scan every hold row of the event, dead ones included, to
--- end or refresh a few: each batch then cost more than the last until the next vacuum. The SET
--- clauses take scans and joins that could do that off the table for this function only.
-CREATE OR REPLACE FUNCTION seatd_persist_batch(
+-- end or refresh a few: each batch then cost more than the last until the next vacuum. So rows
+-- are named by their primary key, and the SET clauses take scans and joins that could still do
+-- that off the table for this function only.
+CREATE OR REPLACE FUNCTION seatd_write_batch(
     p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
-    p_deleted uuid[],
-    p_extended uuid[], p_extended_until float8[],
-    p_holds uuid[], p_users text[], p_created float8[], p_expires float8[], p_max_expires float8[],
-    p_hold_seats text[], p_hold_seat_holds uuid[],
+    p_deleted_seats text[], p_deleted_holds uuid[],
+    p_extended_seats text[], p_extended_holds uuid[], p_extended_until float8[],
+    p_seats text[], p_seat_holds uuid[], p_seat_users text[], p_seat_created float8[],
+    p_seat_expires float8[], p_seat_max_expires float8[],
     p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
     p_keys jsonb
 ) RETURNS integer LANGUAGE plpgsql
@@ -152,28 +190,30 @@ BEGIN
         RETURN -3;
     END IF;
     UPDATE events SET version = p_version WHERE id = p_event;
-    IF cardinality(p_deleted) > 0 THEN
-        DELETE FROM holds WHERE event_id = p_event AND hold_id = ANY (p_deleted);
+    IF cardinality(p_deleted_seats) > 0 THEN
+        DELETE FROM hold_seats s
+        USING unnest(p_deleted_seats, p_deleted_holds) AS d(seat_id, hold_id)
+        WHERE s.event_id = p_event AND s.seat_id = d.seat_id AND s.hold_id = d.hold_id;
     END IF;
-    IF cardinality(p_extended) > 0 THEN
-        UPDATE holds h SET expires_at = to_timestamp(u.until)
-        FROM unnest(p_extended, p_extended_until) AS u(hold_id, until)
-        WHERE h.event_id = p_event AND h.hold_id = ANY (p_extended) AND h.hold_id = u.hold_id;
+    IF cardinality(p_extended_seats) > 0 THEN
+        UPDATE hold_seats s SET expires_at = to_timestamp(u.until)
+        FROM unnest(p_extended_seats, p_extended_holds, p_extended_until)
+             AS u(seat_id, hold_id, until)
+        WHERE s.event_id = p_event AND s.seat_id = u.seat_id AND s.hold_id = u.hold_id;
         GET DIAGNOSTICS touched = ROW_COUNT;
-        IF touched <> cardinality(p_extended) THEN
+        IF touched <> cardinality(p_extended_seats) THEN
             -- A hold the owner believes live is gone (the hourly clean-up, under clock skew).
             RAISE EXCEPTION 'seatd: a refreshed hold no longer exists';
         END IF;
     END IF;
-    IF cardinality(p_holds) > 0 THEN
-        INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at, max_expires_at)
-        SELECT p_event, u.hold_id, u.user_id, to_timestamp(u.created_at),
+    IF cardinality(p_seats) > 0 THEN
+        INSERT INTO hold_seats (
+            event_id, seat_id, hold_id, user_id, created_at, expires_at, max_expires_at)
+        SELECT p_event, u.seat_id, u.hold_id, u.user_id, to_timestamp(u.created_at),
                to_timestamp(u.expires_at), to_timestamp(u.max_expires_at)
-        FROM unnest(p_holds, p_users, p_created, p_expires, p_max_expires)
-             AS u(hold_id, user_id, created_at, expires_at, max_expires_at);
-        INSERT INTO hold_seats (event_id, seat_id, hold_id)
-        SELECT p_event, u.seat_id, u.hold_id
-        FROM unnest(p_hold_seats, p_hold_seat_holds) AS u(seat_id, hold_id);
+        FROM unnest(p_seats, p_seat_holds, p_seat_users, p_seat_created, p_seat_expires,
+                    p_seat_max_expires)
+             AS u(seat_id, hold_id, user_id, created_at, expires_at, max_expires_at);
     END IF;
     IF cardinality(p_reserved_seats) > 0 THEN
         INSERT INTO reservations (event_id, seat_id, reservation_id, user_id, reserved_at)
@@ -215,22 +255,22 @@ $fn$;
 -- Several events' batches in one call and one transaction (one commit for all: group commit
 -- across events). p_n_* give each event's number of rows in each row array, in p_events order
 -- (the service sends each event once per call). Returns one outcome per event, as
--- seatd_persist_batch would: every event is checked first (its row locked, its epoch, its
+-- seatd_write_batch would: every event is checked first (its row locked, its epoch, its
 -- version, its retry keys, its refreshed holds: -1, -2, -3, -4), and only the events that pass
--- are written, each table with one statement for all of them: the writes of seatd_persist_batch,
+-- are written, each table with one statement for all of them: the writes of seatd_write_batch,
 -- set-based (change both together; a lone event's batch stays on that function, a sixth cheaper
 -- per purchase). So a refusal writes nothing for its event and leaves the others alone, without
 -- a subtransaction per event; a per-event call cost PostgreSQL 115-140 us per event
 -- (BENCHMARKS.md, round 4). An error that no check
 -- foresaw (a hold deleted by the hourly clean-up between the check and the update) fails the
 -- whole call, and every event of it reloads.
-CREATE OR REPLACE FUNCTION seatd_persist_batches(
+CREATE OR REPLACE FUNCTION seatd_write_batches(
     p_events text[], p_epochs bigint[], p_previous bigint[], p_versions bigint[],
-    p_n_deleted int[], p_deleted uuid[],
-    p_n_extended int[], p_extended uuid[], p_extended_until float8[],
-    p_n_holds int[], p_holds uuid[], p_users text[], p_created float8[], p_expires float8[],
-    p_max_expires float8[],
-    p_n_hold_seats int[], p_hold_seats text[], p_hold_seat_holds uuid[],
+    p_n_deleted int[], p_deleted_seats text[], p_deleted_holds uuid[],
+    p_n_extended int[], p_extended_seats text[], p_extended_holds uuid[],
+    p_extended_until float8[],
+    p_n_seats int[], p_seats text[], p_seat_holds uuid[], p_seat_users text[],
+    p_seat_created float8[], p_seat_expires float8[], p_seat_max_expires float8[],
     p_n_reserved int[], p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[],
     p_reserved_at float8[],
     p_n_keys int[], p_keys jsonb
@@ -260,9 +300,11 @@ BEGIN
         )
     ), holds_gone AS (
         SELECT DISTINCT x.ev
-        FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended) AS x(ev, hold_id)
+        FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended_seats, p_extended_holds)
+             AS x(ev, seat_id, hold_id)
         WHERE NOT EXISTS (
-            SELECT 1 FROM holds h WHERE h.event_id = x.ev AND h.hold_id = x.hold_id
+            SELECT 1 FROM hold_seats h
+            WHERE h.event_id = x.ev AND h.seat_id = x.seat_id AND h.hold_id = x.hold_id
         )
     )
     SELECT array_agg(
@@ -285,13 +327,16 @@ BEGIN
     UPDATE events e SET version = v.version
     FROM unnest(p_events, p_versions) AS v(id, version)
     WHERE e.id = v.id AND v.id = ANY (ok);
-    DELETE FROM holds h
-    USING unnest(seatd_row_events(p_events, p_n_deleted), p_deleted) AS d(ev, hold_id)
-    WHERE d.ev = ANY (ok) AND h.event_id = d.ev AND h.hold_id = d.hold_id;
-    UPDATE holds h SET expires_at = to_timestamp(x.until)
-    FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended, p_extended_until)
-         AS x(ev, hold_id, until)
-    WHERE x.ev = ANY (ok) AND h.event_id = x.ev AND h.hold_id = x.hold_id;
+    DELETE FROM hold_seats h
+    USING unnest(seatd_row_events(p_events, p_n_deleted), p_deleted_seats, p_deleted_holds)
+          AS d(ev, seat_id, hold_id)
+    WHERE d.ev = ANY (ok) AND h.event_id = d.ev AND h.seat_id = d.seat_id
+      AND h.hold_id = d.hold_id;
+    UPDATE hold_seats h SET expires_at = to_timestamp(x.until)
+    FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended_seats, p_extended_holds,
+                p_extended_until) AS x(ev, seat_id, hold_id, until)
+    WHERE x.ev = ANY (ok) AND h.event_id = x.ev AND h.seat_id = x.seat_id
+      AND h.hold_id = x.hold_id;
     GET DIAGNOSTICS touched = ROW_COUNT;
     IF touched <> (
         SELECT count(*) FROM unnest(seatd_row_events(p_events, p_n_extended)) AS x(ev)
@@ -299,16 +344,13 @@ BEGIN
     ) THEN
         RAISE EXCEPTION 'seatd: a refreshed hold no longer exists';
     END IF;
-    INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at, max_expires_at)
-    SELECT u.ev, u.hold_id, u.user_id, to_timestamp(u.created_at), to_timestamp(u.expires_at),
-           to_timestamp(u.max_expires_at)
-    FROM unnest(seatd_row_events(p_events, p_n_holds), p_holds, p_users, p_created, p_expires,
-                p_max_expires) AS u(ev, hold_id, user_id, created_at, expires_at, max_expires_at)
-    WHERE u.ev = ANY (ok);
-    INSERT INTO hold_seats (event_id, seat_id, hold_id)
-    SELECT u.ev, u.seat_id, u.hold_id
-    FROM unnest(seatd_row_events(p_events, p_n_hold_seats), p_hold_seats, p_hold_seat_holds)
-         AS u(ev, seat_id, hold_id)
+    INSERT INTO hold_seats (
+        event_id, seat_id, hold_id, user_id, created_at, expires_at, max_expires_at)
+    SELECT u.ev, u.seat_id, u.hold_id, u.user_id, to_timestamp(u.created_at),
+           to_timestamp(u.expires_at), to_timestamp(u.max_expires_at)
+    FROM unnest(seatd_row_events(p_events, p_n_seats), p_seats, p_seat_holds, p_seat_users,
+                p_seat_created, p_seat_expires, p_seat_max_expires)
+         AS u(ev, seat_id, hold_id, user_id, created_at, expires_at, max_expires_at)
     WHERE u.ev = ANY (ok);
     INSERT INTO reservations (event_id, seat_id, reservation_id, user_id, reserved_at)
     SELECT u.ev, u.seat_id, u.reservation_id, u.user_id, to_timestamp(u.reserved_at)
@@ -316,7 +358,7 @@ BEGIN
                 p_reserved_users, p_reserved_at)
          AS u(ev, seat_id, reservation_id, user_id, reserved_at)
     WHERE u.ev = ANY (ok);
-    -- A plain INSERT, as in seatd_persist_batch: the keys were probed under the events' locks.
+    -- A plain INSERT, as in seatd_write_batch: the keys were probed under the events' locks.
     INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
     SELECT u.ev, u.r->>0, u.r->>1, u.r->>2, u.r->3
     FROM unnest(seatd_row_events(p_events, p_n_keys), key_rows) AS u(ev, r)
@@ -325,18 +367,22 @@ BEGIN
 END
 $fn$;
 
--- The previous release's signatures, which sent the retry records as four text arrays: kept so
--- that instances of that release still running during a rolling upgrade keep writing after
--- this file was applied. Each passes its arrays on as the one document the functions above
--- take. To be dropped in a later release.
-CREATE OR REPLACE FUNCTION seatd_keys_document(
-    p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
-) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
-    SELECT coalesce(jsonb_agg(jsonb_build_array(u, k, h, r::jsonb) ORDER BY i), '[]'::jsonb)
-    FROM unnest(p_key_users, p_keys, p_key_hashes, p_key_responses) WITH ORDINALITY
-         AS x(u, k, h, r, i)
-$fn$;
+-- Two releases ago the retry records came as four text arrays. Those instances are gone by now.
+DROP FUNCTION IF EXISTS seatd_persist_batch(
+    text, bigint, bigint, bigint, uuid[], uuid[], float8[], uuid[], text[], float8[], float8[],
+    float8[], text[], uuid[], text[], uuid[], text[], float8[], text[], text[], text[], text[]);
+DROP FUNCTION IF EXISTS seatd_persist_batches(
+    text[], bigint[], bigint[], bigint[], int[], uuid[], int[], uuid[], float8[], int[], uuid[],
+    text[], float8[], float8[], float8[], int[], text[], uuid[], int[], text[], uuid[], text[],
+    float8[], int[], text[], text[], text[], text[]);
+DROP FUNCTION IF EXISTS seatd_keys_document(text[], text[], text[], text[]);
 
+-- The previous release's functions, which named ended and refreshed holds by their ids and sent
+-- each hold's fields once per hold (there was a holds table): kept so that instances of that
+-- release still running during a rolling upgrade keep writing after this file was applied.
+-- Each turns its arguments into the rows above and calls the functions above (the events of a
+-- call one by one, in the order of their ids, as the locks were taken). To be dropped in a later
+-- release.
 CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
     p_deleted uuid[],
@@ -344,13 +390,40 @@ CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_holds uuid[], p_users text[], p_created float8[], p_expires float8[], p_max_expires float8[],
     p_hold_seats text[], p_hold_seat_holds uuid[],
     p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
-    p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
-) RETURNS integer LANGUAGE sql AS $fn$
-    SELECT seatd_persist_batch(
-        p_event, p_epoch, p_previous, p_version, p_deleted, p_extended, p_extended_until,
-        p_holds, p_users, p_created, p_expires, p_max_expires, p_hold_seats, p_hold_seat_holds,
-        p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at,
-        seatd_keys_document(p_key_users, p_keys, p_key_hashes, p_key_responses))
+    p_keys jsonb
+) RETURNS integer LANGUAGE plpgsql AS $fn$
+DECLARE
+    gone record;
+    moved record;
+    held record;
+BEGIN
+    SELECT coalesce(array_agg(s.seat_id), '{}') AS seats,
+           coalesce(array_agg(s.hold_id), '{}') AS holds
+    INTO gone
+    FROM hold_seats s WHERE s.event_id = p_event AND s.hold_id = ANY (p_deleted);
+    SELECT coalesce(array_agg(s.seat_id), '{}') AS seats,
+           coalesce(array_agg(s.hold_id), '{}') AS holds,
+           coalesce(array_agg(u.until), '{}') AS until,
+           count(DISTINCT s.hold_id) AS found
+    INTO moved
+    FROM unnest(p_extended, p_extended_until) AS u(hold_id, until)
+    JOIN hold_seats s ON s.event_id = p_event AND s.hold_id = u.hold_id;
+    IF moved.found <> coalesce(cardinality(p_extended), 0) THEN
+        RAISE EXCEPTION 'seatd: a refreshed hold no longer exists';
+    END IF;
+    SELECT coalesce(array_agg(p_users[k] ORDER BY i), '{}') AS users,
+           coalesce(array_agg(p_created[k] ORDER BY i), '{}') AS created,
+           coalesce(array_agg(p_expires[k] ORDER BY i), '{}') AS expires,
+           coalesce(array_agg(p_max_expires[k] ORDER BY i), '{}') AS max_expires
+    INTO held
+    FROM unnest(p_hold_seat_holds) WITH ORDINALITY AS s(hold_id, i)
+    CROSS JOIN LATERAL (SELECT array_position(p_holds, s.hold_id) AS k) AS pos;
+    RETURN seatd_write_batch(
+        p_event, p_epoch, p_previous, p_version, gone.seats, gone.holds,
+        moved.seats, moved.holds, moved.until,
+        p_hold_seats, p_hold_seat_holds, held.users, held.created, held.expires, held.max_expires,
+        p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at, p_keys);
+END
 $fn$;
 
 CREATE OR REPLACE FUNCTION seatd_persist_batches(
@@ -362,24 +435,62 @@ CREATE OR REPLACE FUNCTION seatd_persist_batches(
     p_n_hold_seats int[], p_hold_seats text[], p_hold_seat_holds uuid[],
     p_n_reserved int[], p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[],
     p_reserved_at float8[],
-    p_n_keys int[], p_key_users text[], p_keys text[], p_key_hashes text[], p_key_responses text[]
-) RETURNS integer[] LANGUAGE sql AS $fn$
-    SELECT seatd_persist_batches(
-        p_events, p_epochs, p_previous, p_versions, p_n_deleted, p_deleted, p_n_extended,
-        p_extended, p_extended_until, p_n_holds, p_holds, p_users, p_created, p_expires,
-        p_max_expires, p_n_hold_seats, p_hold_seats, p_hold_seat_holds, p_n_reserved,
-        p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at, p_n_keys,
-        seatd_keys_document(p_key_users, p_keys, p_key_hashes, p_key_responses))
+    p_n_keys int[], p_keys jsonb
+) RETURNS integer[] LANGUAGE plpgsql AS $fn$
+DECLARE
+    outcomes integer[] := array_fill(0, ARRAY[cardinality(p_events)]);
+    e record;
+BEGIN
+    IF cardinality(p_events) <> (SELECT count(DISTINCT x) FROM unnest(p_events) AS x) THEN
+        RAISE EXCEPTION 'seatd: an event appears twice in one call';
+    END IF;
+    -- Each event's first row in each row array (arrays are 1-based), then the events by id.
+    FOR e IN
+        SELECT x.*
+        FROM (
+            SELECT i, id,
+                   1 + sum(p_n_deleted[i]) OVER w - p_n_deleted[i] AS d,
+                   1 + sum(p_n_extended[i]) OVER w - p_n_extended[i] AS x,
+                   1 + sum(p_n_holds[i]) OVER w - p_n_holds[i] AS h,
+                   1 + sum(p_n_hold_seats[i]) OVER w - p_n_hold_seats[i] AS s,
+                   1 + sum(p_n_reserved[i]) OVER w - p_n_reserved[i] AS r,
+                   sum(p_n_keys[i]) OVER w - p_n_keys[i] AS k
+            FROM unnest(p_events) WITH ORDINALITY AS u(id, i)
+            WINDOW w AS (ORDER BY i)
+        ) AS x
+        ORDER BY x.id
+    LOOP
+        outcomes[e.i] := seatd_persist_batch(
+            e.id, p_epochs[e.i], p_previous[e.i], p_versions[e.i],
+            p_deleted[e.d : e.d + p_n_deleted[e.i] - 1],
+            p_extended[e.x : e.x + p_n_extended[e.i] - 1],
+            p_extended_until[e.x : e.x + p_n_extended[e.i] - 1],
+            p_holds[e.h : e.h + p_n_holds[e.i] - 1], p_users[e.h : e.h + p_n_holds[e.i] - 1],
+            p_created[e.h : e.h + p_n_holds[e.i] - 1], p_expires[e.h : e.h + p_n_holds[e.i] - 1],
+            p_max_expires[e.h : e.h + p_n_holds[e.i] - 1],
+            p_hold_seats[e.s : e.s + p_n_hold_seats[e.i] - 1],
+            p_hold_seat_holds[e.s : e.s + p_n_hold_seats[e.i] - 1],
+            p_reserved_seats[e.r : e.r + p_n_reserved[e.i] - 1],
+            p_reservations[e.r : e.r + p_n_reserved[e.i] - 1],
+            p_reserved_users[e.r : e.r + p_n_reserved[e.i] - 1],
+            p_reserved_at[e.r : e.r + p_n_reserved[e.i] - 1],
+            (SELECT coalesce(jsonb_agg(j.r ORDER BY j.n), '[]'::jsonb)
+             FROM jsonb_array_elements(p_keys) WITH ORDINALITY AS j(r, n)
+             WHERE j.n > e.k AND j.n <= e.k + p_n_keys[e.i]));
+    END LOOP;
+    RETURN outcomes;
+END
 $fn$;
 
 -- Hourly safety net: the service expires holds itself (actor timer, Redis expiry notices), but
 -- holds of an event whose owner crashed stay behind until the event is loaded again. This job
--- deletes exactly those rows; their hold_seats rows go with them (ON DELETE CASCADE).
+-- deletes exactly those rows: every seat of a hold carries the hold's expiry, so a hold's seats
+-- go together.
 -- cron.schedule() with a job name replaces an existing job of that name, so re-running is safe.
 SELECT cron.schedule(
     'seatd-expire-holds',
     '0 * * * *',
-    $$DELETE FROM holds WHERE expires_at < now()$$
+    $$DELETE FROM hold_seats WHERE expires_at < now()$$
 );
 
 -- Idempotency keys outlive every hold (MAX_HOLD_LIFETIME is at most 24 hours), so a retry of

@@ -50,18 +50,14 @@ async def event_id(conn: Any) -> AsyncIterator[str]:
 async def add_hold(
     conn: Any, event_id: str, seats: list[str], *, expires_in: timedelta
 ) -> uuid.UUID:
-    """Insert a hold over `seats` that expires `expires_in` from now (negative: already past)."""
+    """Insert a hold over `seats` that expires `expires_in` from now (negative: already past):
+    one hold_seats row per seat, each carrying the hold's fields."""
     hold_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at, max_expires_at) "
-        "VALUES ($1, $2, 'u1', now() - interval '1 hour', now() + $3, now() + $3)",
-        event_id,
-        hold_id,
-        expires_in,
-    )
     await conn.executemany(
-        "INSERT INTO hold_seats (event_id, seat_id, hold_id) VALUES ($1, $2, $3)",
-        [(event_id, seat, hold_id) for seat in seats],
+        "INSERT INTO hold_seats (event_id, seat_id, hold_id, user_id, created_at, expires_at,"
+        " max_expires_at) VALUES ($1, $2, $3, 'u1', now() - interval '1 hour', now() + $4,"
+        " now() + $4)",
+        [(event_id, seat, hold_id, expires_in) for seat in seats],
     )
     return hold_id
 
@@ -95,6 +91,92 @@ async def test_init_sql_applies_twice(postgres: PostgresServer, conn: Any, event
     # Re-scheduling replaced the job instead of adding one (checked across all roles).
     jobs = postgres.psql(f"SELECT count(*) FROM cron.job WHERE jobname = '{CRON_JOB}'")
     assert jobs.strip() == "1"
+
+
+# How an earlier release kept holds: a row per hold, its seats in hold_seats behind foreign keys.
+EARLIER_HOLDS = """
+CREATE TABLE holds (
+    event_id        text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    hold_id         uuid NOT NULL,
+    user_id         text NOT NULL,
+    created_at      timestamptz NOT NULL,
+    expires_at      timestamptz NOT NULL,
+    max_expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (event_id, hold_id),
+    CHECK (expires_at <= max_expires_at)
+);
+CREATE INDEX holds_expires_at_idx ON holds (expires_at);
+CREATE TABLE hold_seats (
+    event_id  text NOT NULL,
+    seat_id   text NOT NULL,
+    hold_id   uuid NOT NULL,
+    PRIMARY KEY (event_id, seat_id),
+    FOREIGN KEY (event_id, hold_id) REFERENCES holds (event_id, hold_id) ON DELETE CASCADE,
+    FOREIGN KEY (event_id, seat_id) REFERENCES seats (event_id, seat_id) ON DELETE CASCADE
+);
+CREATE INDEX hold_seats_hold_idx ON hold_seats (event_id, hold_id);
+"""
+
+
+async def test_init_sql_moves_an_earlier_releases_holds_onto_their_seats(
+    conn: Any, event_id: str
+) -> None:
+    """Applied to a database of an earlier release, init.sql gives each held seat its hold's
+    fields, drops the holds table and its keys, and reads holds back through the view."""
+    hold_id = uuid.uuid4()
+    # Rolled back afterwards: the tables are the whole suite's.
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(
+            "DROP VIEW holds; ALTER TABLE hold_seats RENAME TO hold_seats_now;"
+            " ALTER INDEX hold_seats_pkey RENAME TO hold_seats_now_pkey;" + EARLIER_HOLDS
+        )
+        await conn.execute(
+            "INSERT INTO holds VALUES ($1, $2, 'u1', now() - interval '1 minute',"
+            " now() + interval '5 minutes', now() + interval '1 hour')",
+            event_id,
+            hold_id,
+        )
+        await conn.executemany(
+            "INSERT INTO hold_seats VALUES ($1, $2, $3)",
+            [(event_id, seat, hold_id) for seat in ("s1", "s3")],
+        )
+
+        await conn.execute(INIT_SQL_TEXT)
+        await conn.execute(INIT_SQL_TEXT)  # and again: nothing left to move
+
+        kinds = await conn.fetch(
+            "SELECT relname, relkind::text FROM pg_class WHERE relname IN ('holds', 'hold_seats')"
+        )
+        assert {row["relname"]: row["relkind"] for row in kinds} == {
+            "holds": "v",
+            "hold_seats": "r",
+        }
+        seats = await conn.fetch(
+            "SELECT seat_id, hold_id, user_id, expires_at > now() AS live,"
+            " max_expires_at > expires_at AS capped FROM hold_seats WHERE event_id = $1"
+            " ORDER BY seat_id",
+            event_id,
+        )
+        assert [tuple(row) for row in seats] == [
+            ("s1", hold_id, "u1", True, True),
+            ("s3", hold_id, "u1", True, True),
+        ]
+        holds = await conn.fetch("SELECT hold_id, user_id FROM holds WHERE event_id = $1", event_id)
+        assert [tuple(row) for row in holds] == [(hold_id, "u1")]
+        keys = await conn.fetch(
+            "SELECT confrelid::regclass::text AS target FROM pg_constraint"
+            " WHERE conrelid = 'hold_seats'::regclass AND contype = 'f'"
+        )
+        assert [row["target"] for row in keys] == ["seats"]
+        indexes = await conn.fetch(
+            "SELECT indexrelid::regclass::text AS name FROM pg_index"
+            " WHERE indrelid = 'hold_seats'::regclass"
+        )
+        assert [row["name"] for row in indexes] == ["hold_seats_pkey"]
+    finally:
+        await tx.rollback()
 
 
 async def test_cron_job_is_scheduled_hourly(conn: Any) -> None:

@@ -8,7 +8,7 @@ applied on (``previous``), else ``StaleVersion``: the actor's memory and the dat
 and the event must reload rather than write on top of a state it has not seen.
 
 A batch's effects are netted first (a hold created and released in the same batch never touches
-the database) and then written by one call of ``seatd_persist_batch`` (init.sql) with arrays:
+the database) and then written by one call of ``seatd_write_batch`` (init.sql) with arrays:
 one round trip and one implicit transaction per batch, however large, where one statement per
 kind cost 6-8 round trips. Times travel as float seconds and are turned into timestamps by
 ``to_timestamp`` in SQL, which avoids building datetimes in Python.
@@ -78,35 +78,33 @@ SELECT seat_id, section, row, number, category, x, y FROM seats
 WHERE event_id = $1 ORDER BY ordinal, seat_id
 """
 _HOLDS = """
-SELECT h.hold_id::text, h.user_id, extract(epoch FROM h.created_at)::float8,
-       extract(epoch FROM h.expires_at)::float8, extract(epoch FROM h.max_expires_at)::float8,
-       array_agg(s.seat_id ORDER BY s.seat_id)
-FROM holds h JOIN hold_seats s ON s.event_id = h.event_id AND s.hold_id = h.hold_id
-WHERE h.event_id = $1
-GROUP BY h.hold_id, h.user_id, h.created_at, h.expires_at, h.max_expires_at
+SELECT hold_id::text, user_id, extract(epoch FROM created_at)::float8,
+       extract(epoch FROM expires_at)::float8, extract(epoch FROM max_expires_at)::float8,
+       array_agg(seat_id ORDER BY seat_id)
+FROM hold_seats WHERE event_id = $1
+GROUP BY hold_id, user_id, created_at, expires_at, max_expires_at
 """
 _RESERVATIONS = """
 SELECT reservation_id::text, user_id, array_agg(seat_id ORDER BY seat_id),
        extract(epoch FROM min(reserved_at))::float8
 FROM reservations WHERE event_id = $1 GROUP BY reservation_id, user_id
 """
-# The whole batch in one round trip: see seatd_persist_batch in init.sql.
+# The whole batch in one round trip: see seatd_write_batch in init.sql.
 # One statement, so one consistent snapshot of the event's committed state at its version.
 _SNAPSHOT = """
 SELECT e.version,
        (SELECT count(*) FROM seats s WHERE s.event_id = e.id)::int AS total_seats,
        (SELECT coalesce(array_agg(hs.seat_id ORDER BY hs.seat_id), '{}')
           FROM hold_seats hs WHERE hs.event_id = e.id) AS held_seats,
-       (SELECT coalesce(array_agg(extract(epoch FROM h.expires_at)::float8 ORDER BY hs.seat_id),
-                        '{}')
-          FROM hold_seats hs JOIN holds h ON h.event_id = hs.event_id AND h.hold_id = hs.hold_id
-         WHERE hs.event_id = e.id) AS held_until,
+       (SELECT coalesce(array_agg(extract(epoch FROM hs.expires_at)::float8
+                                  ORDER BY hs.seat_id), '{}')
+          FROM hold_seats hs WHERE hs.event_id = e.id) AS held_until,
        (SELECT coalesce(array_agg(r.seat_id ORDER BY r.seat_id), '{}')
           FROM reservations r WHERE r.event_id = e.id) AS reserved
   FROM events e WHERE e.id = $1
 """
-_PERSIST = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 20)) + ")"
-_PERSIST_MANY = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 26)) + ")"
+_PERSIST = "SELECT seatd_write_batch(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
+_PERSIST_MANY = "SELECT seatd_write_batches(" + ", ".join(f"${n}" for n in range(1, 26)) + ")"
 # One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
@@ -187,7 +185,7 @@ async def connect_pool(
 # Calls that change nothing (no event has the empty id, and no rows are given) but go through
 # the statement cache as the real ones do.
 _WARM_UP: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    (_PERSIST, ("", 0, 0, 0, *([[]] * 14), "[]")),
+    (_PERSIST, ("", 0, 0, 0, *([[]] * 15), "[]")),
     (_PERSIST_MANY, (*([[]] * 24), "[]")),
     (_FIND_KEYS, ("", [], [])),
 )
@@ -347,7 +345,7 @@ class PostgresStore:
     async def earliest_expiries(self) -> list[tuple[str, float]]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT event_id, extract(epoch FROM min(expires_at))::float8 FROM holds "
+                "SELECT event_id, extract(epoch FROM min(expires_at))::float8 FROM hold_seats "
                 "GROUP BY event_id"
             )
         return [(r[0], r[1]) for r in rows]
@@ -423,7 +421,7 @@ class PostgresStore:
             raise refusal
 
     async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
-        """Several events' batches in one transaction (``seatd_persist_batches``); each gets
+        """Several events' batches in one transaction (``seatd_write_batches``); each gets
         its own outcome: None when written, else the exception ``persist`` would raise."""
         arguments = _many_rows(writes)
         arguments.append([len(w.records) for w in writes])
@@ -436,37 +434,41 @@ class PostgresStore:
         ]
 
 
-# The row arrays of seatd_persist_batch, in its argument order, each named by its group: the
-# arrays of one group are parallel (one entry per row), and seatd_persist_batches takes each
+# The row arrays of seatd_write_batch, in its argument order, each named by its group: the
+# arrays of one group are parallel (one entry per row), and seatd_write_batches takes each
 # group's per-event row count before the group's first array. The retry records follow as one
-# JSON document (``_keys_document``), after their per-event counts in seatd_persist_batches.
+# JSON document (``_keys_document``), after their per-event counts in seatd_write_batches.
 _ROW_GROUPS = (
-    "deleted",
-    "extended", "extended",
-    "holds", "holds", "holds", "holds", "holds",
-    "hold_seats", "hold_seats",
+    "deleted", "deleted",
+    "extended", "extended", "extended",
+    "held", "held", "held", "held", "held", "held",
     "reserved", "reserved", "reserved", "reserved",
 )  # fmt: skip
 _FIRST_OF_GROUP = frozenset(_ROW_GROUPS.index(group) for group in set(_ROW_GROUPS))
 
 
 def _rows(effects: Sequence[Effect]) -> list[list[Any]]:
-    """One batch's row arrays, in ``_ROW_GROUPS`` order."""
+    """One batch's row arrays, in ``_ROW_GROUPS`` order, one entry per seat: each held seat is a
+    row carrying its hold's fields (the ``hold_seats`` table), so an ended or refreshed hold is
+    named by its seats (the rows' primary keys) beside its id; each reserved seat is a row of
+    its reservation's."""
     net = _NetEffects(effects)
     holds = list(net.created.values())
+    deleted = net.deleted
     extended = list(net.extended.values())
     reservations = net.reservations
     return [
-        net.deleted,
-        [h.hold_id for h in extended],
-        [h.expires_at for h in extended],
-        [h.hold_id for h in holds],
-        [h.user_id for h in holds],
-        [h.created_at for h in holds],
-        [h.expires_at for h in holds],
-        [h.max_expires_at for h in holds],
+        [sid for h in deleted for sid in h.seat_ids],
+        [h.hold_id for h in deleted for _ in h.seat_ids],
+        [sid for h in extended for sid in h.seat_ids],
+        [h.hold_id for h in extended for _ in h.seat_ids],
+        [h.expires_at for h in extended for _ in h.seat_ids],
         [sid for h in holds for sid in h.seat_ids],
         [h.hold_id for h in holds for _ in h.seat_ids],
+        [h.user_id for h in holds for _ in h.seat_ids],
+        [h.created_at for h in holds for _ in h.seat_ids],
+        [h.expires_at for h in holds for _ in h.seat_ids],
+        [h.max_expires_at for h in holds for _ in h.seat_ids],
         [sid for r in reservations for sid in r.seat_ids],
         [r.reservation_id for r in reservations for _ in r.seat_ids],
         [r.user_id for r in reservations for _ in r.seat_ids],
@@ -475,7 +477,7 @@ def _rows(effects: Sequence[Effect]) -> list[list[Any]]:
 
 
 def _many_rows(writes: Sequence[BatchWrite]) -> list[Any]:
-    """seatd_persist_batches' arguments up to its retry records: the events, their epochs and
+    """seatd_write_batches' arguments up to its retry records: the events, their epochs and
     versions, then each row group's per-event counts and its arrays, all events' rows in one."""
     columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
     counts: dict[int, list[int]] = {index: [] for index in _FIRST_OF_GROUP}
@@ -508,7 +510,7 @@ def _keys_document(records: Iterable[IdempotencyRecord]) -> str:
 
 
 def _refusal(event_id: str, epoch: int, previous: int, outcome: int) -> Exception | None:
-    """What a batch write's outcome code means (see seatd_persist_batch in init.sql)."""
+    """What a batch write's outcome code means (see seatd_write_batch in init.sql)."""
     if outcome == 0:
         return None
     if outcome == -1:
@@ -536,7 +538,7 @@ class _NetEffects:
     def __init__(self, effects: Sequence[Effect]) -> None:
         self.created: dict[str, Hold] = {}
         self.extended: dict[str, Hold] = {}
-        self.deleted: list[str] = []
+        self.deleted: list[Hold] = []
         self.reservations: list[Reservation] = []
         for effect in effects:
             if isinstance(effect, HoldCreated):
@@ -549,7 +551,7 @@ class _NetEffects:
                 hold_id = effect.hold.hold_id
                 if self.created.pop(hold_id, None) is None:
                     self.extended.pop(hold_id, None)
-                    self.deleted.append(hold_id)
+                    self.deleted.append(effect.hold)
             elif isinstance(effect, ReservationCreated):
                 self.reservations.append(effect.reservation)
 

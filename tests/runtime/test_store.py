@@ -81,26 +81,46 @@ async def test_retry_records_are_stored_exactly_as_given(store: PostgresStore) -
     }
 
 
+def _hold_id(hold: Hold) -> str:
+    return hold.hold_id
+
+
+def _previous_rows(holds: list[Hold]) -> list[list[object]]:
+    """The row arrays of the previous release for a batch creating ``holds``: each hold's
+    fields once per hold, then its seats beside its hold id (there was a ``holds`` table)."""
+    return [
+        [], [], [],
+        [h.hold_id for h in holds], [h.user_id for h in holds], [h.created_at for h in holds],
+        [h.expires_at for h in holds], [h.max_expires_at for h in holds],
+        [s for h in holds for s in h.seat_ids], [h.hold_id for h in holds for _ in h.seat_ids],
+        [], [], [], [],
+    ]  # fmt: skip
+
+
 async def test_the_previous_releases_calls_still_write_during_a_rolling_upgrade(
     store: PostgresStore, pool: asyncpg.Pool
 ) -> None:
-    """Instances of the previous release send the retry records as four text arrays; after
-    init.sql is applied their calls must keep writing (and keep refusing a stale batch)."""
+    """Instances of the previous release send each hold's fields once per hold; after init.sql
+    is applied their calls must keep writing every seat with its hold's fields (and keep
+    refusing a stale batch)."""
     one, many = await _event(store), await _event(store)
     first, second = await store.load_event(one), await store.load_event(many)
     assert first is not None and second is not None
-    keys = (["u1", "u2"], ["k1", "k2"], ["h1", "h2"], ['{"ok": true}', '{"ok": false}'])
-    single = _rows([HoldCreated(_hold("u1", "S0"))])
-    write = BatchWrite(
-        many, second.epoch, second.version, second.version + 1, [HoldCreated(_hold("u1", "S0"))]
-    )
-    batches = [*_many_rows([write]), [len(keys[0])], *keys]
+    keys = '[["u1", "k1", "h1", {"ok": true}], ["u2", "k2", "h2", {"ok": false}]]'
+    holds = {one: [_hold("u1", "S0"), _hold("u2", "S2", "S1")], many: [_hold("u3", "S3")]}
+    single = (one, first.epoch, first.version, first.version + 1, *_previous_rows(holds[one]))
+    rows = _previous_rows(holds[many])
+    counts = [[len(column)] for column in rows]
+    batches = [
+        [many], [second.epoch], [second.version], [second.version + 1],
+        counts[0], rows[0], counts[1], *rows[1:3], counts[3], *rows[3:8], counts[8], *rows[8:10],
+        counts[10], *rows[10:14], [2], keys,
+    ]  # fmt: skip
     async with pool.acquire() as conn:
-        old_single = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 23))
-        args = (one, first.epoch, first.version, first.version + 1, *single, *keys)
-        assert await conn.fetchval(old_single + ")", *args) == 0
-        assert await conn.fetchval(old_single + ")", *args) == -2  # that version is gone
-        old_many = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 29))
+        old_single = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 20))
+        assert await conn.fetchval(old_single + ")", *single, keys) == 0
+        assert await conn.fetchval(old_single + ")", *single, keys) == -2  # that version is gone
+        old_many = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 26))
         assert await conn.fetchval(old_many + ")", *batches) == [0]
     for event_id in (one, many):
         found = await store.find_idempotency(event_id, [("u1", "k1"), ("u2", "k2")])
@@ -108,8 +128,11 @@ async def test_the_previous_releases_calls_still_write_during_a_rolling_upgrade(
             ("u1", "k1"): "h1",
             ("u2", "k2"): "h2",
         }
-        held = await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id)
-        assert held == 1
+        loaded = await store.load_event(event_id)
+        assert loaded is not None
+        assert sorted(loaded.holds, key=_hold_id) == sorted(
+            (replace(h, seat_ids=tuple(sorted(h.seat_ids))) for h in holds[event_id]), key=_hold_id
+        )
 
 
 async def test_a_stale_owner_writes_nothing(store: PostgresStore, pool: asyncpg.Pool) -> None:
@@ -276,25 +299,35 @@ async def test_a_batch_reads_only_the_holds_it_changes(
     async with pool.acquire() as conn, conn.transaction():
         # The plan the function keeps after its first calls, whatever the table holds now.
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        # 3,000 dead holds of the event: nothing can vacuum them while this transaction runs.
+        # 3,000 dead held seats of the event: nothing can vacuum them while this transaction
+        # runs (one seat held and let go over and over, as a sale does).
         await conn.execute(
-            "INSERT INTO holds (event_id, hold_id, user_id, created_at, expires_at,"
-            " max_expires_at) SELECT $1, gen_random_uuid(), 'gone', now(), now(), now()"
-            " FROM generate_series(1, 3000)",
-            event_id,
+            """
+            DO $$
+            BEGIN
+                FOR i IN 1 .. 3000 LOOP
+                    INSERT INTO hold_seats (event_id, seat_id, hold_id, user_id, created_at,
+                                            expires_at, max_expires_at)
+                    VALUES (current_setting('seatd.test_event'), 'S3', gen_random_uuid(),
+                            'gone', now(), now(), now());
+                    DELETE FROM hold_seats
+                    WHERE event_id = current_setting('seatd.test_event') AND seat_id = 'S3';
+                END LOOP;
+            END
+            $$
+            """.replace("current_setting('seatd.test_event')", f"'{event_id}'")
         )
-        await conn.execute("DELETE FROM holds WHERE event_id = $1 AND user_id = 'gone'", event_id)
         before = await _holds_key_reads(conn)
         outcome = await conn.fetchval(
             _PERSIST, event_id, loaded.epoch, loaded.version + 1, loaded.version + 2,
             *_rows(effects), "[]",
         )  # fmt: skip
         assert outcome == 0
-        assert await _holds_key_reads(conn) - before <= 4  # one probe per hold, and slack
+        assert await _holds_key_reads(conn) - before <= 4  # one probe per seat, and slack
 
 
 async def _holds_key_reads(conn: asyncpg.Connection) -> int:
     reads: int = await conn.fetchval(
-        "SELECT pg_stat_get_xact_tuples_returned('holds_pkey'::regclass)"
+        "SELECT pg_stat_get_xact_tuples_returned('hold_seats_pkey'::regclass)"
     )
     return reads
