@@ -10,7 +10,7 @@ import orjson
 import pytest
 from support.events import new_event
 
-from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _many_rows, _rows
+from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _rows
 from seatd.core import (
     Effect,
     Hold,
@@ -21,7 +21,7 @@ from seatd.core import (
     Reservation,
     ReservationCreated,
 )
-from seatd.runtime.ports import BatchWrite, FencedOut, IdempotencyRecord, StaleVersion
+from seatd.runtime.ports import FencedOut, IdempotencyRecord, StaleVersion
 
 
 async def _event(store: PostgresStore) -> str:
