@@ -45,6 +45,9 @@ _LET_GO_LEASES = 3
 # Leases claimed or released per call: one Redis round trip, a few milliseconds of this
 # process's time.
 _LEASE_SLICE = 2_000
+# A woken event that failed to load is woken again after this long, doubling up to the most.
+_WAKE_RETRY_FIRST = 0.5
+_WAKE_RETRY_MAX = 30.0
 
 
 class Registry:
@@ -80,6 +83,8 @@ class Registry:
         self._noticed_at: dict[str, int] = {}
         # Passivated events with holds: (when to wake the event, the clock's alarm for it).
         self._dormant: dict[str, tuple[float, object]] = {}
+        # Events whose wake-up failed to load them: the delay before the next try.
+        self._wake_retries: dict[str, float] = {}
         # One callable for every actor (``keep_alive`` may be replaced after they start).
         self._keep_alive_of: Callable[[str], bool] = lambda event_id: self.keep_alive(event_id)
         self._background: set[asyncio.Task[None]] = set()
@@ -152,10 +157,19 @@ class Registry:
         except (EventNotFound, ShuttingDown, OwnedElsewhere):
             # Gone, this instance is stopping, or another instance took the event over (its
             # lease ran out while it slept here): the owner times its own holds.
+            self._wake_retries.pop(event_id, None)
             return
         except SeatdError as error:
-            log.warning("activation_failed", event_id=event_id, error=str(error))
+            # PostgreSQL out of reach, say: what woke the event (holds due) is still due, and
+            # nothing else may come for the event. Wake it again later, backing off; a load
+            # meanwhile (a client's command) takes the alarm off.
+            retry_in = self._wake_retries.get(event_id, _WAKE_RETRY_FIRST)
+            self._wake_retries[event_id] = min(2 * retry_in, _WAKE_RETRY_MAX)
+            log.warning("activation_failed", event_id=event_id, error=str(error), retry_in=retry_in)
+            if not self._closing:
+                self._sleep_until(event_id, self._clock.now() + retry_in)
             return
+        self._wake_retries.pop(event_id, None)
         actor.tell(command)
 
     # --- activation ------------------------------------------------------------------------
@@ -402,6 +416,7 @@ class Registry:
 
     def _wake_dormant(self, event_id: str) -> None:
         """Forget the event's alarm (it was loaded, or the instance is closing)."""
+        self._wake_retries.pop(event_id, None)
         dormant = self._dormant.pop(event_id, None)
         if dormant is not None:
             self._clock.cancel(dormant[1])

@@ -23,8 +23,9 @@ from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import ExpiryListener, RedisMirror, hold_key, make_client
 from seatd.core import Expire, Hold, PlaceHold, Policy
 from seatd.devstack import RedisServer
+from seatd.errors import StoreUnavailable
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import SystemClock
+from seatd.runtime.ports import LoadedEvent, SystemClock
 from seatd.runtime.registry import Registry
 
 POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
@@ -193,6 +194,46 @@ async def test_a_passivated_event_still_expires_its_holds_on_time(
         assert await _hold_rows(pool, event_id) == 1
         assert await _eventually(lambda: _gone(pool, event_id), 3.0), "dormant expiry missed"
         assert time.time() < hold.expires_at + 1.0
+    finally:
+        await registry.close()
+
+
+class _StoreThatGoesDown:
+    """The real store, whose loads fail while ``down`` (PostgreSQL out of reach)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.down = False
+        self.failed_loads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def load_event(self, event_id: str) -> LoadedEvent | None:
+        if self.down:
+            self.failed_loads += 1
+            raise StoreUnavailable("PostgreSQL is unreachable")
+        return await self._store.load_event(event_id)
+
+
+async def test_holds_due_while_postgres_is_down_expire_once_it_is_back(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """A dormant event woken for its holds while PostgreSQL is out of reach is woken again,
+    backing off, until it loads: no command may ever come for it, and its seats must free."""
+    flaky = _StoreThatGoesDown(store)
+    registry = Registry(flaky, SystemClock(), POLICY, ActorSettings(idle_timeout=0.1))  # type: ignore[arg-type]
+    try:
+        event_id = await _new_event(store, hold_duration_s=1)
+        hold = await registry.ask(event_id, PlaceHold("u1", ("S1",), str(uuid.uuid4())))
+        assert isinstance(hold, Hold)
+        await until(lambda: event_id in registry._dormant, what="the event to go dormant")
+        flaky.down = True
+        await until(lambda: flaky.failed_loads >= 2, timeout=5.0, what="two failed wake-ups")
+        assert await _hold_rows(pool, event_id) == 1
+        flaky.down = False
+        assert await _eventually(lambda: _gone(pool, event_id), 5.0), "the hold never expired"
+        assert event_id not in registry._wake_retries
     finally:
         await registry.close()
 
