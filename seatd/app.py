@@ -18,7 +18,7 @@ import structlog
 from redis.asyncio import Redis
 
 from seatd.adapters.bus import RedisBus
-from seatd.adapters.postgres import PostgresStore, connect_pool
+from seatd.adapters.postgres import PostgresStore, close_pool, connect_pool
 from seatd.adapters.redis import ExpiryListener, RedisLeases, RedisMirror, make_client
 from seatd.auth import TokenAuthority
 from seatd.config import Settings
@@ -37,6 +37,8 @@ from seatd.runtime.writer import BatchWriter
 __all__ = ["App", "mirror_events", "run"]
 
 log = structlog.get_logger("seatd.app")
+# How long a stopping instance waits for PostgreSQL to take its connections' goodbyes.
+_POOL_CLOSE_TIMEOUT = 2.0
 
 
 class App:
@@ -84,7 +86,7 @@ class App:
             return
         async with contextlib.AsyncExitStack() as running:
             running.callback(log.info, "stopped")
-            running.push_async_callback(self._pool.close)
+            running.push_async_callback(close_pool, self._pool, _POOL_CLOSE_TIMEOUT)
             await self._serve(store, running)
 
     async def _serve(self, store: PostgresStore, running: contextlib.AsyncExitStack) -> None:

@@ -16,6 +16,7 @@ kind cost 6-8 round trips. Times travel as float seconds and are turned into tim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -49,7 +50,7 @@ from seatd.runtime.ports import (
     StaleVersion,
 )
 
-__all__ = ["PostgresStore", "connect_pool"]
+__all__ = ["PostgresStore", "close_pool", "connect_pool"]
 
 log = structlog.get_logger("seatd.postgres")
 
@@ -189,6 +190,17 @@ _WARM_UP: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (_PERSIST_MANY, (*([[]] * 24), "[]")),
     (_FIND_KEYS, ("", [], [])),
 )
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
+    """Close the pool's connections politely, or drop them: a PostgreSQL that stopped
+    answering (paused, partitioned) would hold a polite close, and so the exit, for as long as
+    the connections' timeouts allow, and then fail it."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        log.warning("postgres_close_abandoned", error=repr(error))
+        pool.terminate()
 
 
 async def _warm(conn: asyncpg.Connection) -> None:

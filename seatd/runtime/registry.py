@@ -48,6 +48,8 @@ _LEASE_SLICE = 2_000
 # A woken event that failed to load is woken again after this long, doubling up to the most.
 _WAKE_RETRY_FIRST = 0.5
 _WAKE_RETRY_MAX = 30.0
+# How long a stopping registry waits for the tasks it cancelled.
+_CANCEL_GRACE = 1.0
 
 
 class Registry:
@@ -500,11 +502,15 @@ class Registry:
 
 
 async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
-    """Wait for the tasks up to ``timeout``, then cancel the rest and wait for them."""
+    """Wait for the tasks up to ``timeout``, then cancel the rest and give them a moment to
+    end: a task cancelled inside a write to a PostgreSQL that stopped answering ends only when
+    its connection does (the pool is dropped right after), and must not hold up the exit."""
     if not tasks:
         return
     _, pending = await asyncio.wait(tasks, timeout=timeout)
     for task in pending:
         task.cancel()
     if pending:
-        await asyncio.wait(pending)
+        _, stuck = await asyncio.wait(pending, timeout=_CANCEL_GRACE)
+        if stuck:
+            log.warning("tasks_left_running", count=len(stuck))
