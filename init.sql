@@ -64,9 +64,10 @@ CREATE TABLE IF NOT EXISTS hold_seats (
     FOREIGN KEY (event_id, seat_id) REFERENCES seats (event_id, seat_id) ON DELETE CASCADE,
     CHECK (expires_at <= max_expires_at)
 );
--- No index on (event_id, hold_id): the batch functions find every row by its primary key (the
--- owner knows each hold's seats), and whole events are read along the primary key.
-DROP INDEX IF EXISTS hold_seats_hold_idx;
+-- The batch functions find every row by its primary key (the owner knows each hold's seats).
+-- This index serves the previous release's functions below, which name holds by id only, and
+-- goes with them.
+CREATE INDEX IF NOT EXISTS hold_seats_hold_idx ON hold_seats (event_id, hold_id);
 
 -- A database of an earlier release keeps each hold in a table `holds` and its seats here:
 -- give each seat its hold's fields and drop that table. Both tables are locked first, so an
@@ -190,16 +191,30 @@ BEGIN
         RETURN -3;
     END IF;
     UPDATE events SET version = p_version WHERE id = p_event;
+    -- Each row is found by one primary-key probe (LATERAL ... LIMIT 1, which the planner cannot
+    -- turn into a join), then written by its ctid: a join could scan the event's rows instead.
     IF cardinality(p_deleted_seats) > 0 THEN
-        DELETE FROM hold_seats s
-        USING unnest(p_deleted_seats, p_deleted_holds) AS d(seat_id, hold_id)
-        WHERE s.event_id = p_event AND s.seat_id = d.seat_id AND s.hold_id = d.hold_id;
+        DELETE FROM hold_seats WHERE ctid = ANY (ARRAY(
+            SELECT f.ctid FROM unnest(p_deleted_seats, p_deleted_holds) AS d(seat_id, hold_id)
+            CROSS JOIN LATERAL (
+                SELECT s.ctid FROM hold_seats s
+                WHERE s.event_id = p_event AND s.seat_id = d.seat_id AND s.hold_id = d.hold_id
+                LIMIT 1
+            ) AS f));
     END IF;
     IF cardinality(p_extended_seats) > 0 THEN
-        UPDATE hold_seats s SET expires_at = to_timestamp(u.until)
-        FROM unnest(p_extended_seats, p_extended_holds, p_extended_until)
-             AS u(seat_id, hold_id, until)
-        WHERE s.event_id = p_event AND s.seat_id = u.seat_id AND s.hold_id = u.hold_id;
+        UPDATE hold_seats s SET expires_at = to_timestamp(f.until)
+        FROM (
+            SELECT found.ctid, u.until
+            FROM unnest(p_extended_seats, p_extended_holds, p_extended_until)
+                 AS u(seat_id, hold_id, until)
+            CROSS JOIN LATERAL (
+                SELECT h.ctid FROM hold_seats h
+                WHERE h.event_id = p_event AND h.seat_id = u.seat_id AND h.hold_id = u.hold_id
+                LIMIT 1
+            ) AS found
+        ) AS f
+        WHERE s.ctid = f.ctid;
         GET DIAGNOSTICS touched = ROW_COUNT;
         IF touched <> cardinality(p_extended_seats) THEN
             -- A hold the owner believes live is gone (the hourly clean-up, under clock skew).
@@ -302,10 +317,12 @@ BEGIN
         SELECT DISTINCT x.ev
         FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended_seats, p_extended_holds)
              AS x(ev, seat_id, hold_id)
-        WHERE NOT EXISTS (
-            SELECT 1 FROM hold_seats h
+        LEFT JOIN LATERAL (
+            SELECT true AS found FROM hold_seats h
             WHERE h.event_id = x.ev AND h.seat_id = x.seat_id AND h.hold_id = x.hold_id
-        )
+            LIMIT 1
+        ) AS f ON true
+        WHERE f.found IS NULL
     )
     SELECT array_agg(
         CASE
@@ -327,16 +344,30 @@ BEGIN
     UPDATE events e SET version = v.version
     FROM unnest(p_events, p_versions) AS v(id, version)
     WHERE e.id = v.id AND v.id = ANY (ok);
-    DELETE FROM hold_seats h
-    USING unnest(seatd_row_events(p_events, p_n_deleted), p_deleted_seats, p_deleted_holds)
-          AS d(ev, seat_id, hold_id)
-    WHERE d.ev = ANY (ok) AND h.event_id = d.ev AND h.seat_id = d.seat_id
-      AND h.hold_id = d.hold_id;
-    UPDATE hold_seats h SET expires_at = to_timestamp(x.until)
-    FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended_seats, p_extended_holds,
-                p_extended_until) AS x(ev, seat_id, hold_id, until)
-    WHERE x.ev = ANY (ok) AND h.event_id = x.ev AND h.seat_id = x.seat_id
-      AND h.hold_id = x.hold_id;
+    -- One primary-key probe per row, as in seatd_write_batch.
+    DELETE FROM hold_seats WHERE ctid = ANY (ARRAY(
+        SELECT f.ctid
+        FROM unnest(seatd_row_events(p_events, p_n_deleted), p_deleted_seats, p_deleted_holds)
+             AS d(ev, seat_id, hold_id)
+        CROSS JOIN LATERAL (
+            SELECT s.ctid FROM hold_seats s
+            WHERE s.event_id = d.ev AND s.seat_id = d.seat_id AND s.hold_id = d.hold_id
+            LIMIT 1
+        ) AS f
+        WHERE d.ev = ANY (ok)));
+    UPDATE hold_seats s SET expires_at = to_timestamp(f.until)
+    FROM (
+        SELECT found.ctid, x.until
+        FROM unnest(seatd_row_events(p_events, p_n_extended), p_extended_seats,
+                    p_extended_holds, p_extended_until) AS x(ev, seat_id, hold_id, until)
+        CROSS JOIN LATERAL (
+            SELECT h.ctid FROM hold_seats h
+            WHERE h.event_id = x.ev AND h.seat_id = x.seat_id AND h.hold_id = x.hold_id
+            LIMIT 1
+        ) AS found
+        WHERE x.ev = ANY (ok)
+    ) AS f
+    WHERE s.ctid = f.ctid;
     GET DIAGNOSTICS touched = ROW_COUNT;
     IF touched <> (
         SELECT count(*) FROM unnest(seatd_row_events(p_events, p_n_extended)) AS x(ev)
@@ -380,9 +411,11 @@ DROP FUNCTION IF EXISTS seatd_keys_document(text[], text[], text[], text[]);
 -- The previous release's functions, which named ended and refreshed holds by their ids and sent
 -- each hold's fields once per hold (there was a holds table): kept so that instances of that
 -- release still running during a rolling upgrade keep writing after this file was applied.
--- Each turns its arguments into the rows above and calls the functions above (the events of a
--- call one by one, in the order of their ids, as the locks were taken). To be dropped in a later
--- release.
+-- Each turns its arguments into the rows above (an ended or refreshed hold's seats found by
+-- hold_seats_hold_idx) and calls seatd_write_batch: the events of a call one by one, in the
+-- order of their ids, as the locks were taken, each in a subtransaction so that a refreshed hold
+-- gone answers -4 for its event alone. The outcomes are the previous ones. To be dropped in a
+-- later release, with that index.
 CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
     p_deleted uuid[],
@@ -391,25 +424,30 @@ CREATE OR REPLACE FUNCTION seatd_persist_batch(
     p_hold_seats text[], p_hold_seat_holds uuid[],
     p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
     p_keys jsonb
-) RETURNS integer LANGUAGE plpgsql AS $fn$
+) RETURNS integer LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $fn$
 DECLARE
-    gone record;
-    moved record;
+    gone_seats text[] := '{}';
+    gone_holds uuid[] := '{}';
+    moved_seats text[] := '{}';
+    moved_holds uuid[] := '{}';
+    moved_until float8[] := '{}';
     held record;
 BEGIN
-    SELECT coalesce(array_agg(s.seat_id), '{}') AS seats,
-           coalesce(array_agg(s.hold_id), '{}') AS holds
-    INTO gone
-    FROM hold_seats s WHERE s.event_id = p_event AND s.hold_id = ANY (p_deleted);
-    SELECT coalesce(array_agg(s.seat_id), '{}') AS seats,
-           coalesce(array_agg(s.hold_id), '{}') AS holds,
-           coalesce(array_agg(u.until), '{}') AS until,
-           count(DISTINCT s.hold_id) AS found
-    INTO moved
-    FROM unnest(p_extended, p_extended_until) AS u(hold_id, until)
-    JOIN hold_seats s ON s.event_id = p_event AND s.hold_id = u.hold_id;
-    IF moved.found <> coalesce(cardinality(p_extended), 0) THEN
-        RAISE EXCEPTION 'seatd: a refreshed hold no longer exists';
+    IF cardinality(p_deleted) > 0 THEN
+        SELECT coalesce(array_agg(s.seat_id), '{}'), coalesce(array_agg(s.hold_id), '{}')
+        INTO gone_seats, gone_holds
+        FROM hold_seats s WHERE s.event_id = p_event AND s.hold_id = ANY (p_deleted);
+    END IF;
+    IF cardinality(p_extended) > 0 THEN
+        -- A refreshed hold with no seat left comes as one row that matches nothing, so that the
+        -- write fails on it, as the previous function did, after the same checks (-1, -2, -3).
+        SELECT array_agg(s.seat_id), array_agg(u.hold_id), array_agg(u.until)
+        INTO moved_seats, moved_holds, moved_until
+        FROM unnest(p_extended, p_extended_until) AS u(hold_id, until)
+        LEFT JOIN hold_seats s ON s.event_id = p_event AND s.hold_id = u.hold_id;
     END IF;
     SELECT coalesce(array_agg(p_users[k] ORDER BY i), '{}') AS users,
            coalesce(array_agg(p_created[k] ORDER BY i), '{}') AS created,
@@ -419,8 +457,8 @@ BEGIN
     FROM unnest(p_hold_seat_holds) WITH ORDINALITY AS s(hold_id, i)
     CROSS JOIN LATERAL (SELECT array_position(p_holds, s.hold_id) AS k) AS pos;
     RETURN seatd_write_batch(
-        p_event, p_epoch, p_previous, p_version, gone.seats, gone.holds,
-        moved.seats, moved.holds, moved.until,
+        p_event, p_epoch, p_previous, p_version, gone_seats, gone_holds,
+        moved_seats, moved_holds, moved_until,
         p_hold_seats, p_hold_seat_holds, held.users, held.created, held.expires, held.max_expires,
         p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at, p_keys);
 END
@@ -460,23 +498,31 @@ BEGIN
         ) AS x
         ORDER BY x.id
     LOOP
-        outcomes[e.i] := seatd_persist_batch(
-            e.id, p_epochs[e.i], p_previous[e.i], p_versions[e.i],
-            p_deleted[e.d : e.d + p_n_deleted[e.i] - 1],
-            p_extended[e.x : e.x + p_n_extended[e.i] - 1],
-            p_extended_until[e.x : e.x + p_n_extended[e.i] - 1],
-            p_holds[e.h : e.h + p_n_holds[e.i] - 1], p_users[e.h : e.h + p_n_holds[e.i] - 1],
-            p_created[e.h : e.h + p_n_holds[e.i] - 1], p_expires[e.h : e.h + p_n_holds[e.i] - 1],
-            p_max_expires[e.h : e.h + p_n_holds[e.i] - 1],
-            p_hold_seats[e.s : e.s + p_n_hold_seats[e.i] - 1],
-            p_hold_seat_holds[e.s : e.s + p_n_hold_seats[e.i] - 1],
-            p_reserved_seats[e.r : e.r + p_n_reserved[e.i] - 1],
-            p_reservations[e.r : e.r + p_n_reserved[e.i] - 1],
-            p_reserved_users[e.r : e.r + p_n_reserved[e.i] - 1],
-            p_reserved_at[e.r : e.r + p_n_reserved[e.i] - 1],
-            (SELECT coalesce(jsonb_agg(j.r ORDER BY j.n), '[]'::jsonb)
-             FROM jsonb_array_elements(p_keys) WITH ORDINALITY AS j(r, n)
-             WHERE j.n > e.k AND j.n <= e.k + p_n_keys[e.i]));
+        -- A refreshed hold gone: -4 for its event alone, as the previous function answered (the
+        -- subtransaction takes back what the call wrote for it).
+        BEGIN
+            outcomes[e.i] := seatd_persist_batch(
+                e.id, p_epochs[e.i], p_previous[e.i], p_versions[e.i],
+                p_deleted[e.d : e.d + p_n_deleted[e.i] - 1],
+                p_extended[e.x : e.x + p_n_extended[e.i] - 1],
+                p_extended_until[e.x : e.x + p_n_extended[e.i] - 1],
+                p_holds[e.h : e.h + p_n_holds[e.i] - 1],
+                p_users[e.h : e.h + p_n_holds[e.i] - 1],
+                p_created[e.h : e.h + p_n_holds[e.i] - 1],
+                p_expires[e.h : e.h + p_n_holds[e.i] - 1],
+                p_max_expires[e.h : e.h + p_n_holds[e.i] - 1],
+                p_hold_seats[e.s : e.s + p_n_hold_seats[e.i] - 1],
+                p_hold_seat_holds[e.s : e.s + p_n_hold_seats[e.i] - 1],
+                p_reserved_seats[e.r : e.r + p_n_reserved[e.i] - 1],
+                p_reservations[e.r : e.r + p_n_reserved[e.i] - 1],
+                p_reserved_users[e.r : e.r + p_n_reserved[e.i] - 1],
+                p_reserved_at[e.r : e.r + p_n_reserved[e.i] - 1],
+                (SELECT coalesce(jsonb_agg(j.r ORDER BY j.n), '[]'::jsonb)
+                 FROM jsonb_array_elements(p_keys) WITH ORDINALITY AS j(r, n)
+                 WHERE j.n > e.k AND j.n <= e.k + p_n_keys[e.i]));
+        EXCEPTION WHEN raise_exception THEN
+            outcomes[e.i] := -4;
+        END;
     END LOOP;
     RETURN outcomes;
 END

@@ -130,7 +130,8 @@ async def test_init_sql_moves_an_earlier_releases_holds_onto_their_seats(
     try:
         await conn.execute(
             "DROP VIEW holds; ALTER TABLE hold_seats RENAME TO hold_seats_now;"
-            " ALTER INDEX hold_seats_pkey RENAME TO hold_seats_now_pkey;" + EARLIER_HOLDS
+            " ALTER INDEX hold_seats_pkey RENAME TO hold_seats_now_pkey;"
+            " ALTER INDEX hold_seats_hold_idx RENAME TO hold_seats_now_hold_idx;" + EARLIER_HOLDS
         )
         await conn.execute(
             "INSERT INTO holds VALUES ($1, $2, 'u1', now() - interval '1 minute',"
@@ -174,7 +175,7 @@ async def test_init_sql_moves_an_earlier_releases_holds_onto_their_seats(
             "SELECT indexrelid::regclass::text AS name FROM pg_index"
             " WHERE indrelid = 'hold_seats'::regclass"
         )
-        assert [row["name"] for row in indexes] == ["hold_seats_pkey"]
+        assert sorted(row["name"] for row in indexes) == ["hold_seats_hold_idx", "hold_seats_pkey"]
     finally:
         await tx.rollback()
 

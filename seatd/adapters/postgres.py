@@ -391,6 +391,9 @@ class PostgresStore:
                 Hold(r[0], r[1], tuple(r[5]), r[2], r[3], r[4])
                 for r in await conn.fetch(_HOLDS, event_id)
             )
+            if len({hold.hold_id for hold in holds}) != len(holds):
+                # One hold's seats with different fields (written by hand): not a state to serve.
+                raise StoreConflict(f"event {event_id}: the seats of a hold disagree about it")
             reservations = tuple(
                 Reservation(r[0], r[1], tuple(r[2]), r[3])
                 for r in await conn.fetch(_RESERVATIONS, event_id)
