@@ -433,11 +433,14 @@ class EventActor:
         self.stopped = True
         self.stop_reason = reason
         if self._mailbox:
-            error: SeatdError = (
-                OwnershipLost("another instance took this event over; retry")
-                if reason == "fenced"
-                else ShuttingDown("the event was stopped before this command ran; retry")
-            )
+            error: SeatdError
+            if reason == "fenced":
+                error = OwnershipLost("another instance took this event over; retry")
+            elif reason == "store_error":
+                # PostgreSQL failed the write before these: the same connection may retry them.
+                error = StoreUnavailable("the event's last write failed before this command ran")
+            else:
+                error = ShuttingDown("the event was stopped before this command ran; retry")
             queued, self._mailbox = self._mailbox, []
             _answer_all(queued, error)
         self._on_stop(self)

@@ -118,3 +118,32 @@ async def test_a_batch_stopped_while_queued_for_a_write_slot_is_answered_shuttin
     assert isinstance(error, ShuttingDown), repr(error)
     assert isinstance(stalled.exception(), StoreUnavailable)  # sent: it may have committed
     assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", queued_event) == 0
+
+
+async def test_commands_queued_behind_a_failed_write_hear_unavailable(
+    store: PostgresStore,
+) -> None:
+    """PostgreSQL failed the write of the batch before them: the commands queued behind it
+    never ran, and may be sent again on the same connection (``unavailable``), rather than
+    told the event was stopping (``shutting_down``, which sends clients to reconnect)."""
+    writing, fail = asyncio.Event(), asyncio.Event()
+
+    async def fail_later(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        await fail.wait()
+        raise OSError("connection reset by PostgreSQL")
+
+    registry = _registry(_Store(store, persist=fail_later))
+    actor = await registry.activate(await new_event(store, "stop"))
+    try:
+        first = actor.submit(PlaceHold("u1", ("S0",), str(uuid.uuid4())))
+        await asyncio.wait_for(writing.wait(), 5)
+        queued = actor.submit(PlaceHold("u2", ("S1",), str(uuid.uuid4())))
+        fail.set()
+        await asyncio.wait_for(asyncio.wait([first, queued]), 5)
+        assert isinstance(first.exception(), StoreUnavailable)  # it may have committed
+        error = queued.exception()
+        assert isinstance(error, StoreUnavailable), repr(error)
+        assert "failed before this command ran" in str(error)
+    finally:
+        await registry.close(timeout=0.2)
