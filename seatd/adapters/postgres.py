@@ -422,7 +422,7 @@ class PostgresStore:
             row = await conn.fetchrow(_CLAIM, event_id)
             if row is None:
                 return None
-            seats = tuple(Seat(*r) for r in await conn.fetch(_SEATS, event_id))
+            seats = tuple(map(Seat._make, await conn.fetch(_SEATS, event_id)))
             holds = tuple(
                 Hold(r[0], r[1], tuple(r[5]), r[2], r[3], r[4])
                 for r in await conn.fetch(_HOLDS, event_id)
