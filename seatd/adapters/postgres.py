@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ from seatd.core import (
     SeatSnapshot,
 )
 from seatd.errors import EventExists, StoreUnavailable
+from seatd.logging import ThrottledWarning
 from seatd.runtime.ports import (
     BatchWrite,
     EventPage,
@@ -241,32 +241,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     rolls back an open transaction itself before this is called."""
 
 
-class ThrottledWarning:
-    """A warning logged at most once per ``interval`` seconds, with how many times it happened
-    since the last line (``times``): while PostgreSQL is out of reach every request fails,
-    and a line each flooded the log (1,999 in 11 s under load, found by fault injection)."""
-
-    def __init__(self, event: str, interval: float = 1.0) -> None:
-        self._event = event
-        self._interval = interval
-        self._next = 0.0
-        self._times = 0
-
-    def warn(self, **fields: Any) -> None:
-        self._times += 1
-        now = time.monotonic()
-        if now >= self._next:
-            log.warning(self._event, times=self._times, **fields)
-            self._times = 0
-            self._next = now + self._interval
-
-
 class PostgresStore:
     """``SeatStore`` on an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._unavailable = ThrottledWarning("postgres_unavailable")
+        self._unavailable = ThrottledWarning("postgres_unavailable", logger="seatd.postgres")
 
     @contextlib.asynccontextmanager
     async def _connection(self, *, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:

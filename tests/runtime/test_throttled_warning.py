@@ -7,7 +7,7 @@ import time
 
 from structlog.testing import capture_logs
 
-from seatd.adapters.postgres import ThrottledWarning
+from seatd.logging import ThrottledWarning
 
 
 def test_a_burst_is_one_line_then_one_per_interval_with_its_count() -> None:
