@@ -27,6 +27,15 @@ CREATE TABLE IF NOT EXISTS events (
     owner_epoch         bigint NOT NULL DEFAULT 0,
     created_at          timestamptz NOT NULL DEFAULT now()
 );
+-- The instance that loaded the event last (its owner while the event stays active there; NULL
+-- once it lets the event go), and each instance's latest sign of life. Leases live in Redis;
+-- while Redis is out of reach, an instance takes an event over only if no living instance owns
+-- it here (seatd/adapters/owners.py), so instances do not take events from each other in turn.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS owner_instance text;
+CREATE TABLE IF NOT EXISTS instances (
+    id       text PRIMARY KEY,
+    seen_at  timestamptz NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_location_idx ON events USING gist (location);
 CREATE INDEX IF NOT EXISTS events_starts_at_idx ON events (starts_at, id);
 

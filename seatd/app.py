@@ -18,6 +18,7 @@ import structlog
 from redis.asyncio import Redis
 
 from seatd.adapters.bus import RedisBus
+from seatd.adapters.owners import PostgresOwners
 from seatd.adapters.postgres import PostgresStore, close_pool, connect_pool
 from seatd.adapters.redis import ExpiryListener, RedisLeases, RedisMirror, make_client
 from seatd.auth import TokenAuthority
@@ -30,7 +31,7 @@ from seatd.gateway.forward import Router
 from seatd.gateway.limits import ConnectionCounter, InflightGauge, RateLimiter
 from seatd.gateway.server import Gateway, Readiness
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import Clock, SystemClock
+from seatd.runtime.ports import Clock, FailoverLeases, SystemClock
 from seatd.runtime.registry import Registry
 from seatd.runtime.writer import BatchWriter
 
@@ -49,6 +50,11 @@ class App:
         self.clock = clock or SystemClock()
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
+        # Stable across restarts (host and port by default), so a restarted instance takes its
+        # events' leases back at once instead of waiting for them to run out.
+        self.instance_id = settings.instance_id or (
+            f"{socket.gethostname()}:{settings.port}" if settings.port else uuid.uuid4().hex[:12]
+        )
 
     async def _connect_postgres(self) -> PostgresStore | None:
         """The store, once PostgreSQL answers (within SEATD_STARTUP_TIMEOUT); None if told to
@@ -66,7 +72,7 @@ class App:
                     warm=True,
                 )
                 self._pool = pool
-                return PostgresStore(pool)
+                return PostgresStore(pool, self.instance_id)
             except StoreUnavailable as error:
                 if time.monotonic() >= deadline:
                     raise
@@ -94,11 +100,10 @@ class App:
         policy = Policy(s.default_hold_duration, s.max_seats_per_user, s.max_hold_lifetime)
         redis = make_client(s.redis_host, s.redis_port, s.redis_db, s.redis_password or None)
         running.push_async_callback(redis.aclose)
-        # Stable across restarts (host and port by default), so a restarted instance takes its
-        # events' leases back at once instead of waiting for them to run out.
-        self.instance_id = s.instance_id or (
-            f"{socket.gethostname()}:{s.port}" if s.port else uuid.uuid4().hex[:12]
-        )
+        # Leases in Redis; PostgreSQL says who owns what while Redis is out of reach.
+        owners = PostgresOwners(self._pool, self.instance_id, s.lease_ttl)
+        await owners.start()
+        running.push_async_callback(owners.close)
         registry = Registry(
             store,
             self.clock,
@@ -108,7 +113,7 @@ class App:
                 mailbox_limit=s.mailbox_limit,
                 idle_timeout=s.actor_idle_timeout,
             ),
-            coordinator=RedisLeases(redis, self.instance_id, s.lease_ttl),
+            coordinator=FailoverLeases(RedisLeases(redis, self.instance_id, s.lease_ttl), owners),
             lease_ttl=s.lease_ttl,
             # Never the whole pool: loads, snapshots and lookups need connections too.
             writer=BatchWriter(store, concurrency=max(1, min(s.pg_writers, s.pg_pool_size - 1))),

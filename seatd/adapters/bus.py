@@ -45,7 +45,7 @@ import structlog
 
 from seatd.adapters.resp import RespConnection, RespError, open_like
 from seatd.core import EVENT_STATUSES
-from seatd.runtime.ports import BusError, PeerGone, PeerLost, PeerTimeout
+from seatd.runtime.ports import BusError, BusUnavailable, PeerGone, PeerLost, PeerTimeout
 from seatd.runtime.tasks import stop_tasks
 
 __all__ = [
@@ -184,7 +184,7 @@ class RedisBus:
     ) -> tuple[Header, bytes]:
         """Send a request to another instance's inbox and wait for its answer."""
         if not self.healthy:
-            raise BusError("the message bus (Redis) is unavailable")
+            raise BusUnavailable("the message bus (Redis) is unavailable")
         correlation = next(self._ids)
         answer: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
         message = _pack({**header, "t": "q", "c": correlation, "r": self.instance_id}, body)
@@ -222,11 +222,11 @@ class RedisBus:
         """Send a PUBLISH whose count is wanted (``_receivers``); BusError if it cannot go."""
         publisher = self._publisher
         if publisher is None:
-            raise BusError("the message bus (Redis) is unavailable")
+            raise BusUnavailable("the message bus (Redis) is unavailable")
         try:
             return publisher.call(b"PUBLISH", channel, message)
         except RespError as error:
-            raise BusError(f"could not reach Redis: {error}") from None
+            raise BusUnavailable(f"could not reach Redis: {error}") from None
 
     def _serve(self, header: Header, body: bytes) -> None:
         handler = self.on_request

@@ -72,7 +72,7 @@ _EVENT_COLUMNS = """
 """
 
 _CLAIM = f"""
-UPDATE events SET owner_epoch = owner_epoch + 1 WHERE id = $1
+UPDATE events SET owner_epoch = owner_epoch + 1, owner_instance = $2 WHERE id = $1
 RETURNING {_EVENT_COLUMNS}, version, owner_epoch
 """
 _SEATS = """
@@ -205,7 +205,7 @@ async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _dropped_on_timeout(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def dropped_on_timeout(conn: asyncpg.Connection) -> AsyncIterator[None]:
     """Drop the connection when a query on it times out. asyncpg would cancel the query on the
     server and hold the connection's release until the cancel is answered: as long again as
     the query's own timeout when PostgreSQL has stopped answering (paused, partitioned), so a
@@ -244,8 +244,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 class PostgresStore:
     """``SeatStore`` on an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, instance_id: str | None = None) -> None:
         self._pool = pool
+        # Written as the owner of each event this store loads (see seatd/adapters/owners.py).
+        self._instance_id = instance_id
         self._unavailable = ThrottledWarning("postgres_unavailable", logger="seatd.postgres")
 
     @contextlib.asynccontextmanager
@@ -255,10 +257,10 @@ class PostgresStore:
         try:
             async with self._pool.acquire() as conn:
                 if transaction:
-                    async with conn.transaction(), _dropped_on_timeout(conn):
+                    async with conn.transaction(), dropped_on_timeout(conn):
                         yield conn
                 else:
-                    async with _dropped_on_timeout(conn):
+                    async with dropped_on_timeout(conn):
                         yield conn
         except _UNAVAILABLE as error:
             # The reason goes to the log; clients learn only that the database is unavailable.
@@ -267,7 +269,7 @@ class PostgresStore:
 
     async def ping(self) -> bool:
         try:
-            async with self._pool.acquire(timeout=2) as conn, _dropped_on_timeout(conn):
+            async with self._pool.acquire(timeout=2) as conn, dropped_on_timeout(conn):
                 await conn.fetchval("SELECT 1", timeout=2)
         except Exception:
             return False
@@ -399,7 +401,7 @@ class PostgresStore:
 
     async def load_event(self, event_id: str) -> LoadedEvent | None:
         async with self._connection(transaction=True) as conn:
-            row = await conn.fetchrow(_CLAIM, event_id)
+            row = await conn.fetchrow(_CLAIM, event_id, self._instance_id)
             if row is None:
                 return None
             seats = tuple(map(Seat._make, await conn.fetch(_SEATS, event_id)))

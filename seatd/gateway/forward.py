@@ -14,6 +14,10 @@ run it: the client gets ``unavailable`` (may or may not have been applied). Its 
 with its idempotency key, and by then the lease of a dead owner has run out and an instance has
 taken the event over.
 
+While Redis is out of reach nothing can be forwarded: a command for an event that a living
+instance owns gets ``unavailable`` (retry), and the owner's own clients are served as before
+(the registry asks PostgreSQL who owns what, ``seatd/adapters/owners.py``).
+
 Subscribers: an instance follows the pushes of every event its connections watch (see
 ``broadcast``), and takes the snapshot from the local actor or, when the event is owned
 elsewhere, from PostgreSQL, which holds exactly the owner's committed state at its version.
@@ -46,14 +50,24 @@ from seatd.gateway.translate import (
     result_to_wire,
     to_command,
 )
+from seatd.logging import ThrottledWarning
 from seatd.runtime.actor import Envelope
-from seatd.runtime.ports import BusError, MessageBus, PeerGone, SeatStore, StoredReply
+from seatd.runtime.ports import (
+    BusError,
+    BusUnavailable,
+    MessageBus,
+    PeerGone,
+    SeatStore,
+    StoredReply,
+)
 from seatd.runtime.registry import Registry
 
 __all__ = ["Router"]
 
 log = structlog.get_logger("seatd.forward")
 _HOPS = 3
+# Every command for another instance's event fails while Redis is away: a line now and then.
+_unreachable = ThrottledWarning("owner_unreachable", interval=5, logger="seatd.forward")
 _ROLES: frozenset[Role] = frozenset(("admin", "agent", "user"))
 _FORWARDED = (
     wire.HoldRequest,
@@ -120,6 +134,17 @@ class Router:
                 registry.forget_owner(event_id)
                 gone.add(owner)
                 continue
+            except BusUnavailable:
+                # Not sent, and the owner cannot be told apart from a dead one: the next
+                # command asks again who owns the event (the registry then takes it over if
+                # its owner stopped living).
+                registry.forget_owner(event_id)
+                _unreachable.warn(event_id=event_id, owner=owner)
+                raise OwnedElsewhere(
+                    f"event {event_id} is served by instance {owner}, which this instance "
+                    "cannot reach while Redis is unavailable; retry",
+                    retry_after_ms=1000,
+                ) from None
             except BusError as error:  # it may have run: never run it again here
                 registry.forget_owner(event_id)
                 log.warning("forward_failed", event_id=event_id, owner=owner, error=str(error))

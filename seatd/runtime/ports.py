@@ -9,16 +9,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from seatd.core import Effect, EventInfo, Hold, Reservation, Seat, SeatSnapshot
+from seatd.logging import ThrottledWarning
 from seatd.runtime.clock import SystemClock
 
 __all__ = [
     "BatchStore",
     "BatchWrite",
     "BusError",
+    "BusUnavailable",
     "Clock",
     "CommitObserver",
     "Coordinator",
     "EventPage",
+    "FailoverLeases",
     "FencedOut",
     "IdempotencyKey",
     "IdempotencyRecord",
@@ -59,6 +62,10 @@ class StaleVersion(Exception):
 
 class BusError(Exception):
     """A message to another instance could not be delivered or answered."""
+
+
+class BusUnavailable(BusError):
+    """The bus itself (Redis) is out of reach: nothing was sent."""
 
 
 class PeerGone(BusError):
@@ -244,6 +251,41 @@ class SoleInstance:
 
     async def release(self, event_ids: Sequence[str]) -> None:
         return None
+
+
+class FailoverLeases:
+    """``Coordinator``: the primary's leases (Redis) and, while the primary cannot be asked, the
+    fallback's word (PostgreSQL's record of which living instance loaded each event).
+
+    Taking an unchecked event is what the registry does when neither answers; with a fallback,
+    an instance that cannot reach Redis leaves a living owner its events instead of fencing it
+    out (seatd/adapters/owners.py tells why)."""
+
+    def __init__(self, primary: Coordinator, fallback: Coordinator) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._unchecked = ThrottledWarning(
+            "leases_from_postgres", interval=10, logger="seatd.leases"
+        )
+
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        try:
+            return await self._primary.claim(event_ids)
+        except Exception as error:
+            self._unchecked.warn(error=repr(error))
+        return await self._fallback.claim(event_ids)
+
+    async def release(self, event_ids: Sequence[str]) -> None:
+        """Both: a fallback record left behind would keep other instances from the event for
+        as long as this one lives, whenever the primary is away."""
+        failure: Exception | None = None
+        for coordinator in (self._fallback, self._primary):
+            try:
+                await coordinator.release(event_ids)
+            except Exception as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
 
 class MessageBus(Protocol):

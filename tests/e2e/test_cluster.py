@@ -56,6 +56,7 @@ QUICK = Backoff(base=0.05, cap=0.5)
 LOAD_BEFORE = 1.0  # seconds of load before each fault
 SETTLE = 5.0  # seconds subscribers get to catch up after the load
 OUTAGE = 2.0  # PostgreSQL and Redis stay down at least this long
+LEASE_TTL = 2.0  # the cluster's SEATD_LEASE_TTL (support.cluster)
 OP_DEADLINE = 12.0  # an operation retried (same idempotency key) this long ends as unknown
 
 
@@ -465,6 +466,42 @@ async def test_redis_restart_under_load(
         during = load.invoked_between(down_at, back_at)
         print(f"operations invoked while Redis was down: {during}")
         assert during.get("ok", 0) >= 5, f"hardly anything got through the outage: {during}"
+        await verify(load, own_postgres)
+
+
+async def test_without_redis_the_owner_keeps_its_event(
+    cluster: Cluster, own_redis: RedisServer, own_postgres: PostgresServer
+) -> None:
+    """Redis away for several leases: the instances that cannot forward leave the event to its
+    living owner (PostgreSQL says who that is) instead of taking it, so the owner's clients
+    are served throughout and nobody is fenced; the others' clients retry until Redis is
+    back. Before, instances took the event from each other every lease."""
+    async with load_on(cluster) as load:
+        event_id = load.event_id
+        epoch = await _owner_epoch(own_postgres, event_id)
+        owners_agents = {f"agent-{n}" for n in range(WORKERS) if cluster.home(n) == 0}
+        await load.start()
+        await load.wait_acked(0, 30, "load before Redis stops")
+
+        down_at = load.mark("stop Redis")
+        await asyncio.to_thread(own_redis.halt)
+        await asyncio.sleep(3 * LEASE_TTL)
+        await load.wait_acked(down_at, 20, "the owner's clients without Redis", owners_agents)
+        assert await _owner_epoch(own_postgres, event_id) == epoch, (
+            "the event changed hands while Redis was away\n" + cluster.logs_tail(20)
+        )
+        fenced = [
+            r for r in cluster.log_records(0, "actor_fenced") if r.get("event_id") == event_id
+        ]
+        assert not fenced, fenced
+
+        await asyncio.to_thread(own_redis.resume)
+        back_at = load.mark("Redis is back")
+        await until(
+            lambda: _all_ready(cluster), 15, "every instance to be ready again", interval=0.1
+        )
+        await load.wait_acked(back_at, 30, "traffic after Redis came back")
+        await load.finish()
         await verify(load, own_postgres)
 
 

@@ -1,0 +1,123 @@
+"""Which instance owns which event, as PostgreSQL knows it: the word on ownership while Redis,
+where the leases live, cannot be asked.
+
+Without it, an instance that could not check a lease took the event anyway (PostgreSQL's epoch
+fence keeps the data safe), and two instances took the same event from each other in turn,
+each fencing the other's writes: for as long as Redis was away, the event's owner of the
+moment answered nothing but ``unavailable`` (found by fault injection). PostgreSQL keeps just
+enough to decide instead:
+
+- ``events.owner_instance``: the instance that loaded the event last, written by the load's
+  epoch claim and cleared when that instance lets the event go (``release``);
+- ``instances.seen_at``: each running instance's latest heartbeat, sent every third of a lease's
+  lifetime; a stopping instance deletes its row.
+
+An event is owned elsewhere while its ``owner_instance`` names another instance whose heartbeat
+is younger than a lease: one row per instance is written per beat, not one per event (100,000
+active events would be 30,000 row updates a second).
+
+A release that fails (PostgreSQL out of reach as the event stops) leaves the event marked as
+this instance's; it is cleared when this instance restarts (``start``) or loads and lets the
+event go again. Until then, while Redis is away too, other instances refuse that event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import asyncpg
+import structlog
+
+from seatd.adapters.postgres import dropped_on_timeout
+from seatd.logging import ThrottledWarning
+
+__all__ = ["PostgresOwners"]
+
+log = structlog.get_logger("seatd.owners")
+
+_OWNED_ELSEWHERE = """
+SELECT e.id, e.owner_instance FROM events e
+JOIN instances i ON i.id = e.owner_instance
+WHERE e.id = ANY($1::text[]) AND e.owner_instance <> $2
+  AND i.seen_at > now() - make_interval(secs => $3)
+"""
+_RELEASE = """
+UPDATE events SET owner_instance = NULL WHERE id = ANY($1::text[]) AND owner_instance = $2
+"""
+_DISOWN_ALL = "UPDATE events SET owner_instance = NULL WHERE owner_instance = $1"
+_BEAT = """
+INSERT INTO instances (id, seen_at) VALUES ($1, now())
+ON CONFLICT (id) DO UPDATE SET seen_at = now()
+"""
+_RETIRE = "DELETE FROM instances WHERE id = $1"
+# Rows of instances not seen for a day: gone for good (renamed or scaled down).
+_FORGET_GONE = "DELETE FROM instances WHERE seen_at < now() - interval '1 day'"
+
+
+class PostgresOwners:
+    """``Coordinator`` from PostgreSQL's records (see the module docstring), and this
+    instance's heartbeat there."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, instance_id: str, ttl: float, *, timeout: float = 2.0
+    ) -> None:
+        self._pool = pool
+        self.instance_id = instance_id
+        self._ttl = ttl
+        # Short: a lease check stands between a client and its answer.
+        self._timeout = timeout
+        self._beating: asyncio.Task[None] | None = None
+        self._beat_failed = ThrottledWarning("heartbeat_failed", interval=30, logger="seatd.owners")
+
+    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """The events a living other instance owns, with its id. Nothing is written: the load
+        that follows records this instance as the owner."""
+        rows = await self._fetch(_OWNED_ELSEWHERE, list(event_ids), self.instance_id, self._ttl)
+        return {row[0]: row[1] for row in rows}
+
+    async def release(self, event_ids: Sequence[str]) -> None:
+        """Forget this instance as the owner of these events (where it still is)."""
+        await self._fetch(_RELEASE, list(event_ids), self.instance_id)
+
+    async def start(self) -> None:
+        """Before serving: no event is this instance's yet (a crash left its marks behind),
+        then the first heartbeat, and one every third of a lease's lifetime from now on."""
+        try:
+            await self._fetch(_DISOWN_ALL, self.instance_id, timeout=30.0)
+            await self._fetch(_FORGET_GONE)
+            await self._fetch(_BEAT, self.instance_id)
+        except Exception as error:  # the heartbeat loop tries again
+            log.warning("owners_start_failed", error=repr(error))
+        self._beating = asyncio.get_running_loop().create_task(
+            self._beat_forever(), name="owners:heartbeat"
+        )
+
+    async def close(self) -> None:
+        """Stop beating and delete this instance's row: its events are free at once (call it
+        after the events were let go)."""
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+        try:
+            await self._fetch(_RETIRE, self.instance_id)
+        except Exception as error:  # the row then just ages past a lease
+            log.warning("owners_retire_failed", error=repr(error))
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                await self._fetch(_BEAT, self.instance_id)
+            except Exception as error:
+                self._beat_failed.warn(error=repr(error))
+
+    async def _fetch(
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
+        limit = timeout or self._timeout
+        async with self._pool.acquire(timeout=limit) as conn, dropped_on_timeout(conn):
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=limit)
+            return rows
