@@ -70,6 +70,7 @@ class App:
                     # and prepared: an on-sale after a quiet spell starts on them.
                     min_size=s.pg_writers + 1,
                     warm=True,
+                    query_timeout=s.pg_query_timeout,
                 )
                 self._pool = pool
                 return PostgresStore(pool, self.instance_id)

@@ -117,6 +117,14 @@ VARIABLES: tuple[Variable, ...] = (
         "Batch writes in flight at once (each on its own connection of the pool); batches of "
         "other events that find them all busy share the next transaction.",
     ),
+    Variable(
+        "SEATD_PG_QUERY_TIMEOUT",
+        "pg_query_timeout",
+        "15",
+        _seconds(1, 600),
+        "Seconds a PostgreSQL statement may take before it fails and its connection is dropped: "
+        "how long requests wait for an answer (`unavailable`) when PostgreSQL stops answering.",
+    ),
     Variable("REDIS_HOST", "redis_host", "localhost", _text, "Redis host."),
     Variable("REDIS_PORT", "redis_port", "6379", _int_range(1, 65535), "Redis port."),
     Variable("REDIS_DB", "redis_db", "0", _int_range(0, 1000), "Redis database number."),
@@ -441,6 +449,7 @@ class Settings:
     burst_per_user: float
     max_pending: int
     shutdown_timeout: float
+    pg_query_timeout: float
     startup_timeout: float
     metrics: bool
     log_level: str

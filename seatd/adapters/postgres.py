@@ -158,12 +158,14 @@ async def connect_pool(
     max_size: int,
     min_size: int = 1,
     warm: bool = False,
+    query_timeout: float = 15.0,
 ) -> asyncpg.Pool:
     """A connection pool; raises StoreUnavailable with the reason if the database is down.
 
     ``min_size`` connections stay open however long they idle (asyncpg closes the others after
     five idle minutes). ``warm``: each new connection prepares the batch write before it is
-    used; see ``_warm``."""
+    used; see ``_warm``. ``query_timeout``: how long a statement may run before it fails
+    (``dropped_on_timeout`` then drops its connection)."""
     try:
         pool = await asyncpg.create_pool(
             host=host,
@@ -173,7 +175,7 @@ async def connect_pool(
             database=database,
             min_size=min(min_size, max_size),
             max_size=max_size,
-            command_timeout=15,
+            command_timeout=query_timeout,
             timeout=5,
             reset=_keep_session,
             init=_warm if warm else None,

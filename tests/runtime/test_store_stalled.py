@@ -97,3 +97,25 @@ async def test_a_query_to_a_stalled_postgres_fails_at_its_timeout(
     finally:
         front.thaw()
         pool.terminate()
+
+
+async def test_the_query_timeout_is_the_settings(
+    postgres: PostgresServer, proxy: tuple[_FreezingProxy, int]
+) -> None:
+    """SEATD_PG_QUERY_TIMEOUT bounds every statement the store sends (here 1 s, not 15)."""
+    front, port = proxy
+    pool = await connect_pool(
+        host="127.0.0.1", port=port, user=postgres.user, password=postgres.password,
+        database=postgres.dbname, max_size=2, query_timeout=1.0,
+    )  # fmt: skip
+    store = PostgresStore(pool)
+    try:
+        assert await store.event_statuses(["no-such-event"]) == {}
+        front.freeze()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.event_statuses(["no-such-event"])
+        assert 0.9 < time.monotonic() - started < 3.0
+    finally:
+        front.thaw()
+        pool.terminate()
