@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS seats (
     ordinal   integer NOT NULL DEFAULT 0,
     PRIMARY KEY (event_id, seat_id)
 );
+-- Loading an event reads its seats in this order: without the index, a stadium's 100,000 seats
+-- were sorted on disk at every activation (a quarter of its load time; BENCHMARKS.md).
+CREATE INDEX IF NOT EXISTS seats_order_idx ON seats (event_id, ordinal, seat_id);
 
 -- Every held seat, one row each, with its hold's fields: a hold is the rows of one hold_id, all
 -- written, refreshed and deleted together by one statement. The primary key makes a seat part of

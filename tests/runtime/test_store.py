@@ -10,7 +10,7 @@ import orjson
 import pytest
 from support.events import new_event
 
-from seatd.adapters.postgres import _PERSIST, PostgresStore, StoreConflict, _rows
+from seatd.adapters.postgres import _PERSIST, _SEATS, PostgresStore, StoreConflict, _rows
 from seatd.core import (
     Effect,
     Hold,
@@ -394,3 +394,28 @@ async def _holds_key_reads(conn: asyncpg.Connection) -> int:
         "SELECT pg_stat_get_xact_tuples_returned('hold_seats_pkey'::regclass)"
     )
     return reads
+
+
+async def test_a_large_events_seats_load_in_order_without_a_sort(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """A stadium's seats are read in the organiser's order straight off an index: sorting
+    100,000 of them spilled to disk at every activation."""
+    event_id = f"big-{uuid.uuid4().hex[:10]}"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO events (id, name) VALUES ($1, 'Stadium')", event_id)
+        # Inserted against the order: the listing must come from the ordinals, not the heap.
+        await conn.execute(
+            "INSERT INTO seats (event_id, seat_id, ordinal)"
+            " SELECT $1, 'S' || n, 100000 - n FROM generate_series(1, 100000) AS n",
+            event_id,
+        )
+    await pool.execute("ANALYZE seats")
+    plan = "\n".join(
+        row[0] for row in await pool.fetch(f"EXPLAIN {_SEATS}".replace("$1", f"'{event_id}'"))
+    )
+    assert "Sort" not in plan, plan
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    assert [s.seat_id for s in loaded.seats[:3]] == ["S100000", "S99999", "S99998"]
+    await pool.execute("DELETE FROM events WHERE id = $1", event_id)
