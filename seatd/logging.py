@@ -6,6 +6,7 @@ logged while serving a request carries them without being passed around.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["ThrottledWarning", "configure_logging"]
+__all__ = ["ThrottledWarning", "configure_logging", "detached"]
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -62,3 +63,23 @@ class ThrottledWarning:
             self._log.warning(self._event, times=self._times, **fields)
             self._times = 0
             self._next = now + self._interval
+
+
+# What the service binds for its whole life (seatd/app.py); everything else is a request's.
+_SERVICE_KEYS = frozenset({"instance"})
+
+
+def detached(**bind: Any) -> contextvars.Context:
+    """A context for background work started while serving a request: the service's log
+    fields and ``bind``, without the request's. A task copies the context it is created in, so
+    an actor activated by a client's command logged that client's session on every line for
+    the rest of its life."""
+    context = contextvars.copy_context()
+    context.run(_keep_service_fields, bind)
+    return context
+
+
+def _keep_service_fields(bind: dict[str, Any]) -> None:
+    kept = {k: v for k, v in structlog.contextvars.get_contextvars().items() if k in _SERVICE_KEYS}
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**kept, **bind)

@@ -50,7 +50,7 @@ from seatd.gateway.translate import (
     result_to_wire,
     to_command,
 )
-from seatd.logging import ThrottledWarning
+from seatd.logging import ThrottledWarning, detached
 from seatd.runtime.actor import Envelope
 from seatd.runtime.ports import (
     BusError,
@@ -198,7 +198,9 @@ class Router:
 
     def _follow(self, event_id: str) -> None:
         if self._bus is not None:
-            task = asyncio.get_running_loop().create_task(self._bus.follow(event_id))
+            task = asyncio.get_running_loop().create_task(
+                self._bus.follow(event_id), context=detached(event_id=event_id)
+            )
             self._following.add(task)
             task.add_done_callback(self._following.discard)
 

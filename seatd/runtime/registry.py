@@ -24,6 +24,7 @@ import structlog
 
 from seatd.core import Command, EventState, Expire, Policy, Result
 from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown
+from seatd.logging import detached
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
 from seatd.runtime.ports import (
     BatchStore,
@@ -187,7 +188,7 @@ class Registry:
             # Its own task, shared by every caller: one caller going away (its connection
             # closed, its task cancelled) must not cancel the load the others wait for.
             loading = asyncio.get_running_loop().create_task(
-                self._load(event_id), name=f"load:{event_id}"
+                self._load(event_id), name=f"load:{event_id}", context=detached(event_id=event_id)
             )
             self._loading[event_id] = loading
             loading.add_done_callback(partial(self._loaded, event_id))
@@ -354,7 +355,7 @@ class Registry:
     def _ensure_lease_renewal(self) -> None:
         if self._lease_task is None:
             self._lease_task = asyncio.get_running_loop().create_task(
-                self._renew_leases(), name="registry:leases"
+                self._renew_leases(), name="registry:leases", context=detached()
             )
 
     def _forget_let_go(self) -> None:
@@ -394,7 +395,7 @@ class Registry:
                         actor.request_stop("lease_lost")
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro, context=detached())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
