@@ -543,12 +543,15 @@ $fn$;
 -- Hourly safety net: the service expires holds itself (actor timer, Redis expiry notices), but
 -- holds of an event whose owner crashed stay behind until the event is loaded again. This job
 -- deletes exactly those rows: every seat of a hold carries the hold's expiry, so a hold's seats
--- go together.
+-- go together. It skips rows a batch has locked (that batch is ending them itself; the next
+-- run gets any left over): waiting for them, it could deadlock with a batch ending the same
+-- multi-seat hold in another order.
 -- cron.schedule() with a job name replaces an existing job of that name, so re-running is safe.
 SELECT cron.schedule(
     'seatd-expire-holds',
     '0 * * * *',
-    $$DELETE FROM hold_seats WHERE expires_at < now()$$
+    $$DELETE FROM hold_seats WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM hold_seats WHERE expires_at < now() FOR UPDATE SKIP LOCKED))$$
 );
 
 -- Idempotency keys outlive every hold (MAX_HOLD_LIFETIME is at most 24 hours), so a retry of

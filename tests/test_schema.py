@@ -216,6 +216,32 @@ async def test_cron_job_deletes_only_expired_holds(conn: Any, event_id: str) -> 
         await tx.rollback()
 
 
+async def test_cron_job_never_waits_for_a_batch(
+    postgres: PostgresServer, conn: Any, event_id: str
+) -> None:
+    """A batch ending an expired hold has its rows locked: the job leaves them to it rather
+    than wait (waiting, it deadlocked with a batch ending a multi-seat hold in another
+    order) and deletes the rest."""
+    command = await conn.fetchval("SELECT command FROM cron.job WHERE jobname = $1", CRON_JOB)
+    await add_hold(conn, event_id, ["s1", "s2"], expires_in=timedelta(minutes=-1))
+    batch = await asyncpg.connect(postgres.dsn)
+    tx = conn.transaction()
+    try:
+        async with batch.transaction():
+            await batch.execute(
+                "SELECT 1 FROM hold_seats WHERE event_id = $1 AND seat_id = 's1' FOR UPDATE",
+                event_id,
+            )
+            await tx.start()
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
+            await conn.execute(command)  # a wait would fail here after 2 s
+            held = await conn.fetch("SELECT seat_id FROM hold_seats WHERE event_id = $1", event_id)
+            assert [row["seat_id"] for row in held] == ["s1"]
+    finally:
+        await tx.rollback()
+        await batch.close()
+
+
 async def test_seat_cannot_be_in_two_live_holds(conn: Any, event_id: str) -> None:
     await add_hold(conn, event_id, ["s1"], expires_in=timedelta(minutes=5))
     with pytest.raises(asyncpg.UniqueViolationError):
