@@ -163,7 +163,7 @@ class HoldFollower:
         """Send the warnings that are due; arm the timer for the next live one."""
         self._timer = None
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now, wall = loop.time(), self._clock()
         heap, warnings = self._heap, self._warnings
         while heap and warnings is not None and not self._closed:
             when, sequence, hold_id = heap[0]
@@ -176,7 +176,10 @@ class HoldFollower:
                 return
             heapq.heappop(heap)
             del warnings[hold_id]
-            self._warn(warning[2], warning[3])
+            if warning[3].expires_at > wall:
+                self._warn(warning[2], warning[3])
+            # else: late (the process was paused, say): the hold has expired, and hold_expired
+            # follows from its expiry. After a 15 s pause, 252 stale warnings went out at once.
 
     def _warn(self, event_id: str, hold: core.Hold) -> None:
         expires_at = format_time(hold.expires_at)

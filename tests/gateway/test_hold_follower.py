@@ -123,3 +123,19 @@ async def test_many_ended_holds_leave_no_warnings_and_no_backlog() -> None:
     assert _warned(sink) == ["last"]
     assert follower.pending_warnings() <= 64
     follower.close()
+
+
+async def test_a_warning_come_due_after_its_hold_expired_is_not_sent() -> None:
+    """A process paused past a hold's expiry (SIGSTOP, a stalled host) finds the warning
+    late: the hold has expired, so only its hold_expired push is due, not a warning."""
+    skew = [0.0]
+    sink, broadcaster = _Sink(), _Broadcaster()
+    follower = HoldFollower(
+        cast(Any, sink), cast(Any, broadcaster), lambda: time.time() + skew[0], WARNING
+    )
+    _place(follower, _hold("late", 1.0))
+    _place(follower, _hold("on-time", 5.0))
+    skew[0] = 1.5  # the wall clock moved on while the loop's timers waited
+    await asyncio.sleep(0.9)
+    assert _warned(sink) == []
+    follower.close()
