@@ -276,16 +276,17 @@ class FailoverLeases:
         return await self._fallback.claim(event_ids)
 
     async def release(self, event_ids: Sequence[str]) -> None:
-        """Both: a fallback record left behind would keep other instances from the event for
-        as long as this one lives, whenever the primary is away."""
-        failure: Exception | None = None
-        for coordinator in (self._fallback, self._primary):
-            try:
-                await coordinator.release(event_ids)
-            except Exception as error:
-                failure = failure or error
-        if failure is not None:
-            raise failure
+        """Both, at once (one that does not answer must not hold up the other): a fallback
+        record left behind would keep other instances from the event for as long as this one
+        lives, whenever the primary is away."""
+        outcomes = await asyncio.gather(
+            self._fallback.release(event_ids),
+            self._primary.release(event_ids),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
 
 class MessageBus(Protocol):
