@@ -28,14 +28,37 @@ CREATE TABLE IF NOT EXISTS events (
     created_at          timestamptz NOT NULL DEFAULT now()
 );
 -- The instance that loaded the event last (its owner while the event stays active there; NULL
--- once it lets the event go), and each instance's latest sign of life. Leases live in Redis;
--- while Redis is out of reach, an instance takes an event over only if no living instance owns
--- it here (seatd/adapters/owners.py), so instances do not take events from each other in turn.
+-- once it lets the event go), and each instance's heartbeat. Leases live in Redis; loading an
+-- event also checks here that no living instance serves it, so that instances which cannot
+-- reach Redis, or a Redis that restarted empty, never make them take events from each other
+-- (seatd/adapters/owners.py).
 ALTER TABLE events ADD COLUMN IF NOT EXISTS owner_instance text;
 CREATE TABLE IF NOT EXISTS instances (
-    id       text PRIMARY KEY,
-    seen_at  timestamptz NOT NULL
+    id             text PRIMARY KEY,
+    seen_at        timestamptz NOT NULL,
+    -- Since when its heartbeats have come without a gap: an instance that was cut off from
+    -- this database (so were the others, maybe) judges nobody dead until it has watched for
+    -- a whole lease.
+    beating_since  timestamptz NOT NULL
 );
+
+-- Whether an event whose owner_instance is p_owner is served by another living instance, as
+-- instance p_me sees it (p_ttl: the lease's lifetime in Redis, in seconds). Instances beat
+-- every sixth of a lease. Alive: a beat within two thirds of a lease, so a dead owner is dead
+-- here by the time its Redis lease runs out (renewed every third of a lease). If p_me has not
+-- itself been beating for a whole lease (it just started, or was cut off), it cannot tell a
+-- dead owner from one that was cut off with it: the owner counts as alive. p_me NULL (no
+-- instance: tools, tests) never finds an event served elsewhere.
+CREATE OR REPLACE FUNCTION seatd_served_elsewhere(p_owner text, p_me text, p_ttl float8)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT p_owner IS NOT NULL AND p_me IS NOT NULL AND p_owner <> p_me AND (
+        EXISTS (SELECT 1 FROM instances
+                WHERE id = p_owner AND seen_at > now() - make_interval(secs => p_ttl * 2 / 3))
+        OR NOT EXISTS (SELECT 1 FROM instances
+                       WHERE id = p_me AND seen_at > now() - make_interval(secs => p_ttl / 3)
+                         AND beating_since <= now() - make_interval(secs => p_ttl)))
+$$;
+
 CREATE INDEX IF NOT EXISTS events_location_idx ON events USING gist (location);
 CREATE INDEX IF NOT EXISTS events_starts_at_idx ON events (starts_at, id);
 

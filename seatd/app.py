@@ -73,7 +73,7 @@ class App:
                     query_timeout=s.pg_query_timeout,
                 )
                 self._pool = pool
-                return PostgresStore(pool, self.instance_id)
+                return PostgresStore(pool, self.instance_id, s.lease_ttl)
             except StoreUnavailable as error:
                 if time.monotonic() >= deadline:
                     raise

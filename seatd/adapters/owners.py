@@ -1,24 +1,33 @@
-"""Which instance owns which event, as PostgreSQL knows it: the word on ownership while Redis,
-where the leases live, cannot be asked.
+"""Which instance serves which event, as PostgreSQL knows it: checked by every load, and the
+word on ownership while Redis, where the leases live, cannot be asked.
 
 Without it, an instance that could not check a lease took the event anyway (PostgreSQL's epoch
 fence keeps the data safe), and two instances took the same event from each other in turn,
 each fencing the other's writes: for as long as Redis was away, the event's owner of the
-moment answered nothing but ``unavailable`` (found by fault injection). PostgreSQL keeps just
-enough to decide instead:
+moment answered nothing but ``unavailable``; and when Redis came back empty, the first
+instance asked for an event took its lease and fenced the living owner (both found by fault
+injection). PostgreSQL keeps just enough to decide instead:
 
 - ``events.owner_instance``: the instance that loaded the event last, written by the load's
   epoch claim and cleared when that instance lets the event go (``release``);
-- ``instances.seen_at``: each running instance's latest heartbeat, sent every third of a lease's
-  lifetime; a stopping instance deletes its row.
+- ``instances``: each running instance's latest heartbeat (``seen_at``), sent every sixth of a
+  lease's lifetime, and since when they have come without a gap (``beating_since``); a
+  stopping instance deletes its row.
 
-An event is owned elsewhere while its ``owner_instance`` names another instance whose heartbeat
-is younger than a lease: one row per instance is written per beat, not one per event (100,000
+``seatd_served_elsewhere`` (init.sql) decides: the event's instance is another one that beat
+within two thirds of a lease (so a dead owner is dead here by the time its Redis lease runs
+out, and a takeover then is not refused). An instance that has not been beating for a whole lease itself (just started,
+or cut off from PostgreSQL, as the others may have been) counts every recorded owner as alive:
+after a PostgreSQL outage longer than a lease every heartbeat is old, and it would take every
+event. The load's claim applies the rule under the event row's lock (``PostgresStore``), so of
+instances loading an event at once only one gets it; ``claim`` here applies it without writing,
+while Redis is away. One row per instance is written per beat, not one per event (100,000
 active events would be 30,000 row updates a second).
 
 A release that fails (PostgreSQL out of reach as the event stops) leaves the event marked as
 this instance's; it is cleared when this instance restarts (``start``) or loads and lets the
-event go again. Until then, while Redis is away too, other instances refuse that event.
+event go again. Until then other instances refuse that event and forward its commands here,
+where it loads again.
 """
 
 from __future__ import annotations
@@ -37,19 +46,22 @@ __all__ = ["PostgresOwners"]
 
 log = structlog.get_logger("seatd.owners")
 
-_OWNED_ELSEWHERE = """
-SELECT e.id, e.owner_instance FROM events e
-JOIN instances i ON i.id = e.owner_instance
-WHERE e.id = ANY($1::text[]) AND e.owner_instance <> $2
-  AND i.seen_at > now() - make_interval(secs => $3)
+_SERVED_ELSEWHERE = """
+SELECT id, owner_instance FROM events
+WHERE id = ANY($1::text[]) AND seatd_served_elsewhere(owner_instance, $2, $3)
 """
 _RELEASE = """
 UPDATE events SET owner_instance = NULL WHERE id = ANY($1::text[]) AND owner_instance = $2
 """
 _DISOWN_ALL = "UPDATE events SET owner_instance = NULL WHERE owner_instance = $1"
+# A beat more than a third of a lease after the last one (a missed beat) ends the run of
+# beats: the others may have missed theirs for the same reason (see the module).
 _BEAT = """
-INSERT INTO instances (id, seen_at) VALUES ($1, now())
-ON CONFLICT (id) DO UPDATE SET seen_at = now()
+INSERT INTO instances AS i (id, seen_at, beating_since) VALUES ($1, now(), now())
+ON CONFLICT (id) DO UPDATE SET
+    seen_at = now(),
+    beating_since = CASE WHEN i.seen_at < now() - make_interval(secs => $2)
+                         THEN now() ELSE i.beating_since END
 """
 _RETIRE = "DELETE FROM instances WHERE id = $1"
 # Rows of instances not seen for a day: gone for good (renamed or scaled down).
@@ -74,7 +86,7 @@ class PostgresOwners:
     async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
         """The events a living other instance owns, with its id. Nothing is written: the load
         that follows records this instance as the owner."""
-        rows = await self._fetch(_OWNED_ELSEWHERE, list(event_ids), self.instance_id, self._ttl)
+        rows = await self._fetch(_SERVED_ELSEWHERE, list(event_ids), self.instance_id, self._ttl)
         return {row[0]: row[1] for row in rows}
 
     async def release(self, event_ids: Sequence[str]) -> None:
@@ -83,11 +95,11 @@ class PostgresOwners:
 
     async def start(self) -> None:
         """Before serving: no event is this instance's yet (a crash left its marks behind),
-        then the first heartbeat, and one every third of a lease's lifetime from now on."""
+        then the first heartbeat, and one every sixth of a lease's lifetime from now on."""
         try:
             await self._fetch(_DISOWN_ALL, self.instance_id, timeout=30.0)
             await self._fetch(_FORGET_GONE)
-            await self._fetch(_BEAT, self.instance_id)
+            await self.beat()
         except Exception as error:  # the heartbeat loop tries again
             log.warning("owners_start_failed", error=repr(error))
         self._beating = asyncio.get_running_loop().create_task(
@@ -106,11 +118,15 @@ class PostgresOwners:
         except Exception as error:  # the row then just ages past a lease
             log.warning("owners_retire_failed", error=repr(error))
 
+    async def beat(self) -> None:
+        """Say this instance is alive (the loop does, every sixth of a lease)."""
+        await self._fetch(_BEAT, self.instance_id, self._ttl / 3)
+
     async def _beat_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._ttl / 3)
+            await asyncio.sleep(self._ttl / 6)
             try:
-                await self._fetch(_BEAT, self.instance_id)
+                await self.beat()
             except Exception as error:
                 self._beat_failed.warn(error=repr(error))
 

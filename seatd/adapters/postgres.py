@@ -38,7 +38,7 @@ from seatd.core import (
     Seat,
     SeatSnapshot,
 )
-from seatd.errors import EventExists, StoreUnavailable
+from seatd.errors import EventExists, OwnedElsewhere, StoreUnavailable
 from seatd.logging import ThrottledWarning
 from seatd.runtime.ports import (
     BatchWrite,
@@ -71,10 +71,15 @@ _EVENT_COLUMNS = """
     hold_duration_s, max_seats_per_user, status
 """
 
+# The load's claim: the next owner epoch, unless another living instance serves the event
+# (seatd/adapters/owners.py). Checked under the row's lock, so of several instances loading
+# the event at once only the first gets it.
 _CLAIM = f"""
-UPDATE events SET owner_epoch = owner_epoch + 1, owner_instance = $2 WHERE id = $1
+UPDATE events SET owner_epoch = owner_epoch + 1, owner_instance = $2
+WHERE id = $1 AND NOT seatd_served_elsewhere(owner_instance, $2, $3)
 RETURNING {_EVENT_COLUMNS}, version, owner_epoch
 """
+_SERVED_BY = "SELECT owner_instance FROM events WHERE id = $1"
 _SEATS = """
 SELECT seat_id, section, row, number, category, x, y FROM seats
 WHERE event_id = $1 ORDER BY ordinal, seat_id
@@ -246,10 +251,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 class PostgresStore:
     """``SeatStore`` on an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, instance_id: str | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, instance_id: str | None = None, lease_ttl: float = 10.0
+    ) -> None:
         self._pool = pool
-        # Written as the owner of each event this store loads (see seatd/adapters/owners.py).
+        # Written as the owner of each event this store loads, which it refuses to load while
+        # another living instance serves it (see seatd/adapters/owners.py).
         self._instance_id = instance_id
+        self._lease_ttl = lease_ttl
         self._unavailable = ThrottledWarning("postgres_unavailable", logger="seatd.postgres")
 
     @contextlib.asynccontextmanager
@@ -403,9 +412,15 @@ class PostgresStore:
 
     async def load_event(self, event_id: str) -> LoadedEvent | None:
         async with self._connection(transaction=True) as conn:
-            row = await conn.fetchrow(_CLAIM, event_id, self._instance_id)
+            row = await conn.fetchrow(_CLAIM, event_id, self._instance_id, self._lease_ttl)
             if row is None:
-                return None
+                served_by = await conn.fetchrow(_SERVED_BY, event_id)
+                if served_by is None:
+                    return None
+                raise OwnedElsewhere(
+                    f"event {event_id} is served by another instance; retry",
+                    owner=served_by[0],
+                )
             seats = tuple(map(Seat._make, await conn.fetch(_SEATS, event_id)))
             holds = tuple(
                 Hold(r[0], r[1], tuple(r[5]), r[2], r[3], r[4])

@@ -4,6 +4,7 @@ may pass real adapters or small fakes (only the clock is ever faked)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -197,7 +198,8 @@ class SeatStore(BatchStore, Protocol):
         ...
 
     async def load_event(self, event_id: str) -> LoadedEvent | None:
-        """Claim the event (next owner epoch) and read its state; None if it does not exist."""
+        """Claim the event (next owner epoch) and read its state; None if it does not exist,
+        ``OwnedElsewhere`` (with the owner) if another living instance serves it."""
         ...
 
     async def persist_many(self, writes: Sequence[BatchWrite]) -> list[Exception | None]:
@@ -257,22 +259,45 @@ class FailoverLeases:
     """``Coordinator``: the primary's leases (Redis) and, while the primary cannot be asked, the
     fallback's word (PostgreSQL's record of which living instance loaded each event).
 
-    Taking an unchecked event is what the registry does when neither answers; with a fallback,
-    an instance that cannot reach Redis leaves a living owner its events instead of fencing it
-    out (seatd/adapters/owners.py tells why)."""
+    After the primary fails, it is left alone for ``retry_after`` seconds and then tried by one
+    claim at a time: a Redis that stopped answering costs its client's timeout (3 s), which
+    every command for another instance's event paid while Redis was frozen. When neither
+    answers the claim fails; the registry then loads the event, and the load itself refuses an
+    event that a living instance serves (seatd/adapters/owners.py)."""
 
-    def __init__(self, primary: Coordinator, fallback: Coordinator) -> None:
+    def __init__(
+        self,
+        primary: Coordinator,
+        fallback: Coordinator,
+        *,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._primary = primary
         self._fallback = fallback
+        self._retry_after = retry_after
+        self._clock = clock
+        self._skip_until = 0.0  # the primary failed: the fallback alone until then
+        self._probing = False  # a claim is trying the primary after a failure
         self._unchecked = ThrottledWarning(
             "leases_from_postgres", interval=10, logger="seatd.leases"
         )
 
     async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
-        try:
-            return await self._primary.claim(event_ids)
-        except Exception as error:
-            self._unchecked.warn(error=repr(error))
+        if self._clock() >= self._skip_until and not self._probing:
+            probing = self._skip_until > 0.0
+            self._probing = probing
+            try:
+                taken = await self._primary.claim(event_ids)
+            except Exception as error:
+                self._skip_until = self._clock() + self._retry_after
+                self._unchecked.warn(error=repr(error))
+            else:
+                self._skip_until = 0.0
+                return taken
+            finally:
+                if probing:
+                    self._probing = False
         return await self._fallback.claim(event_ids)
 
     async def release(self, event_ids: Sequence[str]) -> None:

@@ -7,9 +7,10 @@ is due, so expiry never depends on Redis notices alone.
 
 Ownership between instances: an event is activated only under its lease (``Coordinator``),
 renewed every third of its lifetime while the actor runs and released when it stops. A lease
-held elsewhere refuses the activation (``OwnedElsewhere``, temporary). If the coordinator is
-unreachable the event is activated anyway: PostgreSQL's epoch fencing alone keeps the data safe,
-and availability wins over a lease we cannot check.
+held elsewhere refuses the activation (``OwnedElsewhere``, temporary), and so does the load
+itself when PostgreSQL records another living instance serving the event (a Redis that
+restarted empty forgot every lease). If the coordinator cannot be asked at all the event is
+loaded anyway: that check in the load, and PostgreSQL's epoch fencing, keep it safe.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import structlog
 
 from seatd.core import Command, EventState, Expire, Policy, Result
 from seatd.errors import EventNotFound, OwnedElsewhere, SeatdError, ShuttingDown
-from seatd.logging import detached
+from seatd.logging import ThrottledWarning, detached
 from seatd.runtime.actor import ActorSettings, Envelope, EventActor
 from seatd.runtime.ports import (
     BatchStore,
@@ -88,6 +89,8 @@ class Registry:
         self._dormant: dict[str, tuple[float, object]] = {}
         # Events whose wake-up failed to load them: the delay before the next try.
         self._wake_retries: dict[str, float] = {}
+        # Woken events refused as another instance's, to be woken once more (see _tell_later).
+        self._wake_rechecks: set[str] = set()
         # One callable for every actor (``keep_alive`` may be replaced after they start).
         self._keep_alive_of: Callable[[str], bool] = lambda event_id: self.keep_alive(event_id)
         self._background: set[asyncio.Task[None]] = set()
@@ -112,6 +115,7 @@ class Registry:
         self.load_listeners: list[Callable[[str, EventState], None]] = []
         # Every actor's batches and commits (``/metrics``).
         self.stats = BatchStats()
+        self._unchecked = ThrottledWarning("lease_unchecked", logger="seatd.registry")
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -157,9 +161,19 @@ class Registry:
     async def _tell_later(self, event_id: str, command: Command) -> None:
         try:
             actor = await self.activate(event_id)
-        except (EventNotFound, ShuttingDown, OwnedElsewhere):
-            # Gone, this instance is stopping, or another instance took the event over (its
-            # lease ran out while it slept here): the owner times its own holds.
+        except OwnedElsewhere:
+            # Another instance serves the event and times its holds. Or PostgreSQL could not
+            # yet tell its recorded owner dead from alive (this instance has not been beating
+            # for a lease: it just started, or was cut off): look once more a lease later.
+            self._wake_retries.pop(event_id, None)
+            if event_id in self._wake_rechecks:
+                self._wake_rechecks.discard(event_id)
+            elif not self._closing:
+                self._wake_rechecks.add(event_id)
+                self._sleep_until(event_id, self._clock.now() + self._lease_ttl)
+            return
+        except (EventNotFound, ShuttingDown):
+            # Gone, or this instance is stopping.
             self._wake_retries.pop(event_id, None)
             return
         except SeatdError as error:
@@ -173,6 +187,7 @@ class Registry:
                 self._sleep_until(event_id, self._clock.now() + retry_in)
             return
         self._wake_retries.pop(event_id, None)
+        self._wake_rechecks.discard(event_id)
         actor.tell(command)
 
     # --- activation ------------------------------------------------------------------------
@@ -205,8 +220,13 @@ class Registry:
         await self._claim(event_id)
         try:
             loaded = await self._store.load_event(event_id)
-        except BaseException:
+        except BaseException as error:
             self._release(event_id)
+            if isinstance(error, OwnedElsewhere) and error.owner is not None:
+                # PostgreSQL knows a living owner that the lease did not (Redis restarted
+                # empty, or cannot be asked): commands go there from now on, rather than
+                # each taking the lease again to be refused.
+                self.remember_owner(event_id, error.owner)
             raise
         if loaded is None:
             self._release(event_id)
@@ -284,7 +304,7 @@ class Registry:
                 raise OwnedElsewhere(
                     f"event {event_id} is served by another instance; retry", retry_after_ms=1000
                 ) from None
-            log.warning("lease_unchecked", event_id=event_id, error=repr(error))
+            self._unchecked.warn(event_id=event_id, error=repr(error))
             return
         owner = taken.get(event_id)
         if owner is not None:
@@ -420,6 +440,7 @@ class Registry:
     def _wake_dormant(self, event_id: str) -> None:
         """Forget the event's alarm (it was loaded, or the instance is closing)."""
         self._wake_retries.pop(event_id, None)
+        self._wake_rechecks.discard(event_id)
         dormant = self._dormant.pop(event_id, None)
         if dormant is not None:
             self._clock.cancel(dormant[1])

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from support.client import RawClient, client, create_event
 from support.server import RunningServer, base_env, in_process_server
@@ -48,8 +49,9 @@ def _chained(deltas: list[dict[str, Any]], since: int) -> bool:
 
 
 async def _lose_event(server: RunningServer, event_id: str, env: dict[str, str]) -> None:
-    """The instance loses the event as when its lease is lost for good (not released): the
-    next command anywhere may take it."""
+    """The instance loses the event for good without letting it go (its lease gone, as are
+    its marks in PostgreSQL, as for an instance judged dead): the next command anywhere may
+    take it."""
     assert server.app is not None
     registry = server.app.registry
     actor = registry.active(event_id)
@@ -59,6 +61,17 @@ async def _lose_event(server: RunningServer, event_id: str, env: dict[str, str])
     redis = make_client("127.0.0.1", int(env["REDIS_PORT"]), 0, None)
     await redis.delete(lease_key(event_id))
     await redis.aclose()
+    conn = await asyncpg.connect(
+        host=env["POSTGRES_HOST"],
+        port=int(env["POSTGRES_PORT"]),
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        database=env["POSTGRES_DB"],
+    )
+    try:
+        await conn.execute("UPDATE events SET owner_instance = NULL WHERE id = $1", event_id)
+    finally:
+        await conn.close()
 
 
 def _owner(server: RunningServer, event_id: str) -> bool:

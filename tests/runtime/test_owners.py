@@ -1,16 +1,18 @@
-"""Who owns an event while Redis is out of reach: PostgreSQL's record of which living instance
-loaded it (``PostgresOwners``), asked through ``FailoverLeases``.
+"""Who serves an event when the leases in Redis cannot say: PostgreSQL's record of which living
+instance loaded it (``PostgresOwners``, ``seatd_served_elsewhere``), checked by every load and
+asked through ``FailoverLeases`` while Redis is away.
 
 Without it, an instance that could not check a lease took the event, fencing out its living
-owner, which took it back a lease later: each answered ``unavailable`` in turn for as long as
-Redis was away (found by fault injection)."""
+owner, which took it back a lease later; and a Redis that restarted empty handed every event to
+whichever instance asked first (both found by fault injection)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import socket
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -18,7 +20,7 @@ from redis.asyncio import Redis
 
 from seatd.adapters.owners import PostgresOwners
 from seatd.adapters.postgres import PostgresStore
-from seatd.adapters.redis import RedisLeases
+from seatd.adapters.redis import RedisLeases, lease_key
 from seatd.core import EventInfo, GetEvent, Policy, Seat
 from seatd.devstack import RedisServer
 from seatd.errors import OwnedElsewhere
@@ -27,7 +29,8 @@ from seatd.runtime.ports import FailoverLeases, NewEvent, SystemClock
 from seatd.runtime.registry import Registry
 
 POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
-TTL = 0.6
+# Beats every TTL/6; judged dead after 2/3 TTL without one; judges only after beating for TTL.
+TTL = 1.2
 
 Instance = tuple[Registry, PostgresOwners]
 MakeInstance = Callable[..., Awaitable[Instance]]
@@ -47,6 +50,12 @@ async def _owner_row(pool: asyncpg.Pool, event_id: str) -> tuple[str | None, int
     return row["owner_instance"], row["owner_epoch"]
 
 
+async def _judging() -> None:
+    """Wait until the instances made now have been beating for a lease: they may judge
+    others dead."""
+    await asyncio.sleep(TTL + 0.1)
+
+
 @pytest.fixture
 async def instance(
     pool: asyncpg.Pool, redis: Redis, private_redis: RedisServer
@@ -61,7 +70,7 @@ async def instance(
         if beating:
             await owners.start()
         registry = Registry(
-            PostgresStore(pool, name),
+            PostgresStore(pool, name, TTL),
             SystemClock(),
             POLICY,
             ActorSettings(idle_timeout=60),
@@ -86,6 +95,7 @@ async def test_without_redis_a_living_owner_keeps_its_event(
 ) -> None:
     first, _ = await instance("first")
     second, _ = await instance("second")
+    await _judging()
     event_id = await _event(store)
     await first.ask(event_id, GetEvent())
     owner, epoch = await _owner_row(pool, event_id)
@@ -97,21 +107,48 @@ async def test_without_redis_a_living_owner_keeps_its_event(
             await second.ask(event_id, GetEvent())
         assert refused.value.owner == "first"
         assert second.active(event_id) is None
-        await asyncio.sleep(TTL)
+        await asyncio.sleep(TTL / 2)
     assert first.active(event_id) is not None, "the owner lost its event while Redis was away"
     await first.ask(event_id, GetEvent())
     # Never taken over, so never fenced: the epoch it loaded the event with still stands.
     assert await _owner_row(pool, event_id) == ("first", epoch)
 
 
+async def test_a_redis_that_restarted_empty_leaves_the_event_to_its_owner(
+    pool: asyncpg.Pool, store: PostgresStore, redis: Redis, instance: MakeInstance
+) -> None:
+    """Every lease is gone; the first instance asked for the event takes its lease, but the
+    load refuses: PostgreSQL knows the living owner. The lease goes again, later commands go
+    to the owner, and the owner's renewal finds its lease free."""
+    first, _ = await instance("first")
+    second, _ = await instance("second")
+    await _judging()
+    event_id = await _event(store)
+    await first.ask(event_id, GetEvent())
+    _, epoch = await _owner_row(pool, event_id)
+
+    await redis.flushall()
+    with pytest.raises(OwnedElsewhere) as refused:
+        await second.ask(event_id, GetEvent())
+    assert refused.value.owner == "first"
+    assert second.owner_hint(event_id) == "first"
+    await asyncio.sleep(TTL)  # renewals
+    assert first.active(event_id) is not None
+    assert await redis.get(lease_key(event_id)) == b"first"
+    assert await _owner_row(pool, event_id) == ("first", epoch)
+
+
 async def test_without_redis_an_owner_that_stopped_beating_loses_its_events(
     pool: asyncpg.Pool, store: PostgresStore, private_redis: RedisServer, instance: MakeInstance
 ) -> None:
-    """A dead or paused owner is known by its heartbeat: a lease's time after its last one,
-    another instance takes its events over."""
+    """A dead or paused owner is known by its heartbeat: two thirds of a lease after its last
+    one, another instance takes its events over, and of two trying at once only one loads it."""
     first, _ = await instance("first", beating=False)
     second, _ = await instance("second")
-    await pool.execute("INSERT INTO instances (id, seen_at) VALUES ('first', now())")
+    third, _ = await instance("third")
+    await pool.execute(
+        "INSERT INTO instances (id, seen_at, beating_since) VALUES ('first', now(), now())"
+    )
     event_id = await _event(store)
     await first.ask(event_id, GetEvent())
     _, epoch = await _owner_row(pool, event_id)
@@ -119,10 +156,15 @@ async def test_without_redis_an_owner_that_stopped_beating_loses_its_events(
     private_redis.halt()
     with pytest.raises(OwnedElsewhere):
         await second.ask(event_id, GetEvent())
-    await asyncio.sleep(TTL * 1.5)
-    await second.ask(event_id, GetEvent())
-    assert second.active(event_id) is not None
-    assert await _owner_row(pool, event_id) == ("second", epoch + 1)
+    await _judging()  # longer than 2/3 TTL: first is dead by now
+    outcomes = await asyncio.gather(
+        second.ask(event_id, GetEvent()), third.ask(event_id, GetEvent()), return_exceptions=True
+    )
+    refusals = [o for o in outcomes if isinstance(o, OwnedElsewhere)]
+    assert len(refusals) == 1, outcomes
+    winner = "second" if second.active(event_id) else "third"
+    assert refusals[0].owner == winner
+    assert await _owner_row(pool, event_id) == (winner, epoch + 1)
 
 
 async def test_a_stopped_instance_leaves_its_events_free_at_once(
@@ -157,22 +199,145 @@ async def test_a_restarted_instance_disowns_what_its_crash_left(
         await owners.close()
 
 
-async def test_only_a_living_other_instance_owns_an_event(
-    pool: asyncpg.Pool, store: PostgresStore
+# (owner's beat, age in seconds or None; my beat age; my beating for; me) -> served elsewhere
+RULES = [
+    pytest.param(5.0, 0.1, 20.0, "me", True, id="owner-alive"),
+    pytest.param(9.0, 0.1, 20.0, "me", False, id="owner-dead"),
+    pytest.param(None, 0.1, 20.0, "me", False, id="owner-never-seen"),
+    pytest.param(9.0, 0.1, 3.0, "me", True, id="me-not-beating-for-a-lease"),
+    pytest.param(9.0, 5.0, 20.0, "me", True, id="my-beat-is-late"),
+    pytest.param(5.0, 0.1, 20.0, None, False, id="no-instance"),
+]
+
+
+@pytest.mark.parametrize(("owner_age", "my_age", "my_run", "me", "expected"), RULES)
+async def test_who_counts_as_serving_an_event(
+    pool: asyncpg.Pool,
+    owner_age: float | None,
+    my_age: float,
+    my_run: float,
+    me: str | None,
+    expected: bool,
 ) -> None:
-    live, stale, mine, free = [await _event(store) for _ in range(4)]
-    await pool.execute(
-        "INSERT INTO instances (id, seen_at) VALUES ('live', now()), "
-        "('stale', now() - interval '5 seconds') "
-        "ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
+    """With a lease of 10 s: alive within 6.7 s of a beat; judged by an instance whose own
+    beat is under 3.3 s old and who has been beating for 10 s."""
+    async with pool.acquire() as conn:
+        tx = conn.transaction()  # rolled back: nothing of it stays
+        await tx.start()
+        try:
+            await _check_rule(conn, owner_age, my_age, my_run, me, expected)
+        finally:
+            await tx.rollback()
+
+
+async def _check_rule(
+    conn: asyncpg.Connection,
+    owner_age: float | None,
+    my_age: float,
+    my_run: float,
+    me: str | None,
+    expected: bool,
+) -> None:
+    await conn.execute("DELETE FROM instances WHERE id IN ('owner', 'me')")
+    await conn.execute(
+        "INSERT INTO instances VALUES ('me', now() - make_interval(secs => $1),"
+        " now() - make_interval(secs => $2))",
+        my_age,
+        my_run,
     )
-    for event_id, owner in ((live, "live"), (stale, "stale"), (mine, "me")):
-        await pool.execute("UPDATE events SET owner_instance = $2 WHERE id = $1", event_id, owner)
+    if owner_age is not None:
+        await conn.execute(
+            "INSERT INTO instances VALUES ('owner', now() - make_interval(secs => $1),"
+            " now() - interval '1 hour')",
+            owner_age,
+        )
+    served = await conn.fetchval("SELECT seatd_served_elsewhere('owner', $1, 10)", me)
+    assert served is expected
+    assert await conn.fetchval("SELECT seatd_served_elsewhere('me', 'me', 10)") is False
+    assert await conn.fetchval("SELECT seatd_served_elsewhere(NULL, 'me', 10)") is False
+
+
+async def test_a_gap_in_the_beats_starts_a_new_run(pool: asyncpg.Pool) -> None:
+    owners = PostgresOwners(pool, "gappy", 10.0)
+    await owners.start()  # one beat: a run starts now
+    try:
+        await pool.execute(
+            "UPDATE instances SET beating_since = now() - interval '1 minute',"
+            " seen_at = now() - interval '1 second' WHERE id = 'gappy'"
+        )
+        await owners.beat()  # 1 s after the last: the same run
+        run = await pool.fetchval(
+            "SELECT extract(epoch FROM now() - beating_since) FROM instances WHERE id = 'gappy'"
+        )
+        assert run > 50
+        await pool.execute(
+            "UPDATE instances SET seen_at = now() - interval '4 seconds' WHERE id = 'gappy'"
+        )
+        await owners.beat()  # over a third of a lease since the last: cut off meanwhile
+        run = await pool.fetchval(
+            "SELECT extract(epoch FROM now() - beating_since) FROM instances WHERE id = 'gappy'"
+        )
+        assert run < 1
+    finally:
+        await owners.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers, as a frozen Redis does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+async def test_a_frozen_redis_costs_one_timeout_not_one_per_claim(
+    pool: asyncpg.Pool, store: PostgresStore, silent_port: int
+) -> None:
+    frozen = Redis(host="127.0.0.1", port=silent_port, socket_timeout=0.5)
     owners = PostgresOwners(pool, "me", TTL)
-    assert await owners.claim([live, stale, mine, free, "no-such-event"]) == {live: "live"}
-    # Releasing clears this instance's marks only.
-    await owners.release([live, mine])
-    assert (await _owner_row(pool, live))[0] == "live"
-    assert (await _owner_row(pool, mine))[0] is None
-    with contextlib.suppress(Exception):
-        await pool.execute("DELETE FROM instances WHERE id IN ('live', 'stale')")
+    leases = FailoverLeases(RedisLeases(frozen, "me", ttl=TTL), owners, retry_after=5.0)
+    event_id = await _event(store)
+    try:
+        started = time.monotonic()
+        assert await leases.claim([event_id]) == {}
+        assert time.monotonic() - started >= 0.5  # the first waits for Redis's timeout
+        started = time.monotonic()
+        for _ in range(5):
+            assert await leases.claim([event_id]) == {}
+        assert time.monotonic() - started < 0.4  # the next ones ask PostgreSQL alone
+    finally:
+        await frozen.aclose()
+
+
+async def test_a_woken_event_refused_while_unsure_is_woken_again(
+    pool: asyncpg.Pool, store: PostgresStore, instance: MakeInstance
+) -> None:
+    """An instance that just started cannot tell a crashed owner from a living one for a
+    lease, and refuses to load its events; holds that came due then are still expired: the
+    wake-up looks once more a lease later."""
+    fresh, _ = await instance("fresh")
+    event_id = await _event(store)
+    await pool.execute(
+        "UPDATE events SET owner_instance = 'crashed-long-ago' WHERE id = $1;", event_id
+    )
+    await pool.execute(
+        "INSERT INTO hold_seats (event_id, seat_id, hold_id, user_id, created_at, expires_at,"
+        " max_expires_at) VALUES ($1, 'S1', gen_random_uuid(), 'u1', now() - interval '1 minute',"
+        " now() - interval '1 second', now() + interval '1 hour')",
+        event_id,
+    )
+    fresh.wake_at([(event_id, time.time())])
+    await asyncio.sleep(0.3)
+    assert fresh.active(event_id) is None  # refused: this instance cannot judge yet
+    deadline = time.monotonic() + TTL + 3
+    while time.monotonic() < deadline:
+        if await pool.fetchval("SELECT count(*) FROM hold_seats WHERE event_id = $1", event_id):
+            await asyncio.sleep(0.1)
+            continue
+        break
+    assert fresh.active(event_id) is not None
+    assert await pool.fetchval("SELECT count(*) FROM hold_seats WHERE event_id = $1", event_id) == 0
