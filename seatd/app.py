@@ -31,7 +31,8 @@ from seatd.gateway.forward import Router
 from seatd.gateway.limits import ConnectionCounter, InflightGauge, RateLimiter
 from seatd.gateway.server import Gateway, Readiness
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import Clock, FailoverLeases, SystemClock
+from seatd.runtime.leases import FailoverLeases
+from seatd.runtime.ports import Clock, SystemClock
 from seatd.runtime.registry import Registry
 from seatd.runtime.writer import BatchWriter
 
@@ -105,6 +106,10 @@ class App:
         owners = PostgresOwners(self._pool, self.instance_id, s.lease_ttl)
         await owners.start()
         running.push_async_callback(owners.close)
+        leases = FailoverLeases(
+            RedisLeases(redis, self.instance_id, s.lease_ttl), owners, probe=redis.ping
+        )
+        running.push_async_callback(leases.close)
         registry = Registry(
             store,
             self.clock,
@@ -114,7 +119,7 @@ class App:
                 mailbox_limit=s.mailbox_limit,
                 idle_timeout=s.actor_idle_timeout,
             ),
-            coordinator=FailoverLeases(RedisLeases(redis, self.instance_id, s.lease_ttl), owners),
+            coordinator=leases,
             lease_ttl=s.lease_ttl,
             # Never the whole pool: loads, snapshots and lookups need connections too.
             writer=BatchWriter(store, concurrency=max(1, min(s.pg_writers, s.pg_pool_size - 1))),

@@ -4,13 +4,11 @@ may pass real adapters or small fakes (only the clock is ever faked)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from seatd.core import Effect, EventInfo, Hold, Reservation, Seat, SeatSnapshot
-from seatd.logging import ThrottledWarning
 from seatd.runtime.clock import SystemClock
 
 __all__ = [
@@ -22,7 +20,6 @@ __all__ = [
     "CommitObserver",
     "Coordinator",
     "EventPage",
-    "FailoverLeases",
     "FencedOut",
     "IdempotencyKey",
     "IdempotencyRecord",
@@ -253,65 +250,6 @@ class SoleInstance:
 
     async def release(self, event_ids: Sequence[str]) -> None:
         return None
-
-
-class FailoverLeases:
-    """``Coordinator``: the primary's leases (Redis) and, while the primary cannot be asked, the
-    fallback's word (PostgreSQL's record of which living instance loaded each event).
-
-    After the primary fails, it is left alone for ``retry_after`` seconds and then tried by one
-    claim at a time: a Redis that stopped answering costs its client's timeout (3 s), which
-    every command for another instance's event paid while Redis was frozen. When neither
-    answers the claim fails; the registry then loads the event, and the load itself refuses an
-    event that a living instance serves (seatd/adapters/owners.py)."""
-
-    def __init__(
-        self,
-        primary: Coordinator,
-        fallback: Coordinator,
-        *,
-        retry_after: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._primary = primary
-        self._fallback = fallback
-        self._retry_after = retry_after
-        self._clock = clock
-        self._skip_until = 0.0  # the primary failed: the fallback alone until then
-        self._probing = False  # a claim is trying the primary after a failure
-        self._unchecked = ThrottledWarning(
-            "leases_from_postgres", interval=10, logger="seatd.leases"
-        )
-
-    async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
-        if self._clock() >= self._skip_until and not self._probing:
-            probing = self._skip_until > 0.0
-            self._probing = probing
-            try:
-                taken = await self._primary.claim(event_ids)
-            except Exception as error:
-                self._skip_until = self._clock() + self._retry_after
-                self._unchecked.warn(error=repr(error))
-            else:
-                self._skip_until = 0.0
-                return taken
-            finally:
-                if probing:
-                    self._probing = False
-        return await self._fallback.claim(event_ids)
-
-    async def release(self, event_ids: Sequence[str]) -> None:
-        """Both, at once (one that does not answer must not hold up the other): a fallback
-        record left behind would keep other instances from the event for as long as this one
-        lives, whenever the primary is away."""
-        outcomes = await asyncio.gather(
-            self._fallback.release(event_ids),
-            self._primary.release(event_ids),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
 
 
 class MessageBus(Protocol):

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from support.waiting import until
 
 from seatd.adapters.owners import PostgresOwners
 from seatd.adapters.postgres import PostgresStore
@@ -25,7 +26,8 @@ from seatd.core import EventInfo, GetEvent, Policy, Seat
 from seatd.devstack import RedisServer
 from seatd.errors import OwnedElsewhere
 from seatd.runtime.actor import ActorSettings
-from seatd.runtime.ports import FailoverLeases, NewEvent, SystemClock
+from seatd.runtime.leases import FailoverLeases
+from seatd.runtime.ports import NewEvent, SystemClock
 from seatd.runtime.registry import Registry
 
 POLICY = Policy(hold_duration=300, max_seats_per_user=8, max_hold_lifetime=1800)
@@ -63,29 +65,31 @@ async def instance(
     """Makes an instance: a registry whose leases live in the test's Redis and, while Redis
     is away, come from PostgreSQL; its heartbeat runs if ``beating``. All are closed at the
     end, and Redis runs again."""
-    made: list[Instance] = []
+    made: list[tuple[Registry, PostgresOwners, FailoverLeases]] = []
 
     async def make(name: str, *, beating: bool = True) -> Instance:
         owners = PostgresOwners(pool, name, TTL)
         if beating:
             await owners.start()
+        leases = FailoverLeases(RedisLeases(redis, name, ttl=TTL), owners, redis.ping)
         registry = Registry(
             PostgresStore(pool, name, TTL),
             SystemClock(),
             POLICY,
             ActorSettings(idle_timeout=60),
-            coordinator=FailoverLeases(RedisLeases(redis, name, ttl=TTL), owners),
+            coordinator=leases,
             lease_ttl=TTL,
         )
-        made.append((registry, owners))
+        made.append((registry, owners, leases))
         return registry, owners
 
     try:
         yield make
     finally:
-        for registry, owners in made:
+        for registry, owners, leases in made:
             await registry.close()
             await owners.close()
+            await leases.close()
         if not private_redis.is_running():
             private_redis.resume()
 
@@ -297,20 +301,51 @@ def silent_port() -> Iterator[int]:
 async def test_a_frozen_redis_costs_one_timeout_not_one_per_claim(
     pool: asyncpg.Pool, store: PostgresStore, silent_port: int
 ) -> None:
+    """Once Redis failed, claims ask PostgreSQL alone while a background task keeps trying
+    Redis: no client waits for Redis's timeout again (one claim a second did, when claims took
+    turns trying it)."""
     frozen = Redis(host="127.0.0.1", port=silent_port, socket_timeout=0.5)
     owners = PostgresOwners(pool, "me", TTL)
-    leases = FailoverLeases(RedisLeases(frozen, "me", ttl=TTL), owners, retry_after=5.0)
+    leases = FailoverLeases(
+        RedisLeases(frozen, "me", ttl=TTL), owners, frozen.ping, retry_after=0.2
+    )
     event_id = await _event(store)
     try:
         started = time.monotonic()
         assert await leases.claim([event_id]) == {}
         assert time.monotonic() - started >= 0.5  # the first waits for Redis's timeout
-        started = time.monotonic()
-        for _ in range(5):
+        slowest = 0.0
+        until_then = time.monotonic() + 2.0  # the probe fails (and tries again) meanwhile
+        while time.monotonic() < until_then:
+            started = time.monotonic()
             assert await leases.claim([event_id]) == {}
-        assert time.monotonic() - started < 0.4  # the next ones ask PostgreSQL alone
+            slowest = max(slowest, time.monotonic() - started)
+            await asyncio.sleep(0.05)
+        assert slowest < 0.3
+        assert leases.primary_away
     finally:
+        await leases.close()
         await frozen.aclose()
+
+
+async def test_redis_is_asked_again_once_it_answers(
+    pool: asyncpg.Pool, store: PostgresStore, redis: Redis, private_redis: RedisServer
+) -> None:
+    owners = PostgresOwners(pool, "me", TTL)
+    leases = FailoverLeases(RedisLeases(redis, "me", ttl=TTL), owners, redis.ping, retry_after=0.2)
+    event_id = await _event(store)
+    try:
+        private_redis.halt()
+        assert await leases.claim([event_id]) == {}
+        assert leases.primary_away
+        private_redis.resume()
+        await until(lambda: not leases.primary_away, 5, "the probe to find Redis back")
+        assert await leases.claim([event_id]) == {}
+        assert await redis.get(lease_key(event_id)) == b"me"
+    finally:
+        await leases.close()
+        if not private_redis.is_running():
+            private_redis.resume()
 
 
 async def test_a_woken_event_refused_while_unsure_is_woken_again(
