@@ -217,6 +217,8 @@ class App:
         running.push_async_callback(shut_down)
         # Holds left by a previous run expire on time even if nobody uses their event.
         registry.wake_at(await store.earliest_expiries())
+        # And holds that nobody timed since (their owner died): a lease late, every three.
+        registry.start_sweeping(interval=3 * s.lease_ttl, overdue_by=s.lease_ttl)
         await gateway.start(s.host, s.port)
         settings = {**s.public(), "instance_id": self.instance_id}
         log.info("serving", host=s.host, port=gateway.port, settings=settings)

@@ -383,11 +383,13 @@ class PostgresStore:
             raise
         return None
 
-    async def earliest_expiries(self) -> list[tuple[str, float]]:
+    async def earliest_expiries(self, overdue_by: float | None = None) -> list[tuple[str, float]]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT event_id, extract(epoch FROM min(expires_at))::float8 FROM hold_seats "
-                "GROUP BY event_id"
+                "SELECT event_id, extract(epoch FROM min(expires_at))::float8 FROM hold_seats"
+                " WHERE $1::float8 IS NULL OR expires_at < now() - make_interval(secs => $1)"
+                " GROUP BY event_id",
+                overdue_by,
             )
         return [(r[0], r[1]) for r in rows]
 

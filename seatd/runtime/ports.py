@@ -205,8 +205,9 @@ class SeatStore(BatchStore, Protocol):
         transaction's outcome is unknown (the connection failed)."""
         ...
 
-    async def earliest_expiries(self) -> list[tuple[str, float]]:
-        """Each event with live holds in storage, with its earliest hold expiry."""
+    async def earliest_expiries(self, overdue_by: float | None = None) -> list[tuple[str, float]]:
+        """Each event with holds in storage, with its earliest hold expiry; only those with a
+        hold that expired over ``overdue_by`` seconds ago, if given."""
         ...
 
     async def event_statuses(self, event_ids: Sequence[str]) -> dict[str, str]:

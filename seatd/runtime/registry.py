@@ -73,6 +73,7 @@ class Registry:
         self._coordinator = coordinator or SoleInstance()
         self._lease_ttl = lease_ttl
         self._lease_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self._clock = clock
         self._policy = policy
         self._settings = settings
@@ -445,6 +446,39 @@ class Registry:
         if dormant is not None:
             self._clock.cancel(dormant[1])
 
+    def start_sweeping(self, interval: float, overdue_by: float) -> None:
+        """Every ``interval`` seconds, wake the events with a hold that expired over
+        ``overdue_by`` seconds ago and that no actor here times: nobody else does either.
+
+        An event's holds are timed by its actor, or by the alarm of the instance that let it go
+        (``wake_at``), or at an instance's start. An owner that died while Redis was away left
+        no lease to run out, and one that died with its events passivated had only its own
+        alarms: their holds stayed held until a command came (found by fault injection). Every
+        instance sweeps; the lease picks the one that loads the event."""
+        if self._sweep_task is None:
+            self._sweep_task = asyncio.get_running_loop().create_task(
+                self._sweep(interval, overdue_by), name="registry:sweep", context=detached()
+            )
+
+    async def _sweep(self, interval: float, overdue_by: float) -> None:
+        while not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                overdue = await self._store.earliest_expiries(overdue_by=overdue_by)
+            except Exception as error:  # PostgreSQL away: the next round looks again
+                log.warning("overdue_sweep_failed", error=repr(error))
+                continue
+            missed = [
+                (event_id, at)
+                for event_id, at in overdue
+                if event_id not in self._actors
+                and event_id not in self._loading
+                and event_id not in self._dormant
+            ]
+            if missed:
+                log.info("overdue_holds_found", events=len(missed))
+                self.wake_at(missed)
+
     def wake_at(self, events: Sequence[tuple[str, float]]) -> None:
         """Expire these events' holds on time although no actor runs for them yet (at start:
         the events with holds in PostgreSQL, each with its earliest expiry)."""
@@ -517,7 +551,7 @@ class Registry:
         await _finish([task for actor in actors if (task := actor.task) is not None], timeout)
         for event_id in list(self._dormant):
             self._wake_dormant(event_id)
-        timers = [self._lease_task] if self._lease_task is not None else []
+        timers = [t for t in (self._lease_task, self._sweep_task) if t is not None]
         for timer in timers:
             timer.cancel()
         await _finish([*timers, *self._background], 2.0)

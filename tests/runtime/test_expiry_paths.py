@@ -284,3 +284,35 @@ async def test_notices_for_events_this_instance_does_not_hold_are_ignored(
         assert registry.active(event_id) is None, "a stray notice activated the event"
     finally:
         await registry.close()
+
+
+async def test_the_sweep_expires_holds_that_nobody_times(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """An owner that died with the event passivated (or while Redis was away) left nobody
+    timing its holds: another instance's sweep finds them overdue and wakes the event. A hold
+    not yet overdue by the sweep's margin is left to whoever times it."""
+    orphan = await _new_event(store, hold_duration_s=60)
+    recent = await _new_event(store, hold_duration_s=60)
+    for event_id, expired_ago in ((orphan, 5.0), (recent, 0.0)):
+        await pool.execute(
+            "INSERT INTO hold_seats (event_id, seat_id, hold_id, user_id, created_at,"
+            " expires_at, max_expires_at) VALUES ($1, 'S0', gen_random_uuid(), 'u1',"
+            " now() - interval '1 minute', now() - make_interval(secs => $2),"
+            " now() + interval '1 hour')",
+            event_id,
+            expired_ago,
+        )
+    registry = Registry(store, SystemClock(), POLICY, ActorSettings())
+    try:
+        registry.start_sweeping(interval=0.2, overdue_by=2.0)
+        assert await _eventually(lambda: _no_holds(pool, orphan), 3)
+        assert registry.active(orphan) is not None
+        assert registry.active(recent) is None
+        assert await _hold_rows(pool, recent) == 1
+    finally:
+        await registry.close()
+
+
+async def _no_holds(pool: asyncpg.Pool, event_id: str) -> bool:
+    return await _hold_rows(pool, event_id) == 0
