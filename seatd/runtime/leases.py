@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from seatd.logging import ThrottledWarning, detached
 from seatd.runtime.ports import Coordinator
 
-__all__ = ["FailoverLeases"]
+__all__ = ["FailoverLeases", "OwnerRecord"]
+
+
+class OwnerRecord(Coordinator, Protocol):
+    """The fallback: its releases may wait a moment; ``keep`` takes back those of events
+    claimed again meanwhile."""
+
+    def keep(self, event_ids: Sequence[str]) -> None: ...
 
 
 class FailoverLeases:
@@ -26,7 +34,7 @@ class FailoverLeases:
     def __init__(
         self,
         primary: Coordinator,
-        fallback: Coordinator,
+        fallback: OwnerRecord,
         probe: Callable[[], Awaitable[object]],
         *,
         retry_after: float = 1.0,
@@ -45,6 +53,7 @@ class FailoverLeases:
         return self._prober is not None
 
     async def claim(self, event_ids: Sequence[str]) -> dict[str, str]:
+        self._fallback.keep(event_ids)
         if self._prober is None:
             try:
                 return await self._primary.claim(event_ids)

@@ -181,7 +181,11 @@ async def test_a_stopped_instance_leaves_its_events_free_at_once(
 
     private_redis.halt()
     await first.close()  # lets its events go in PostgreSQL although Redis is away
-    assert (await _owner_row(pool, event_id))[0] is None
+
+    async def released() -> bool:
+        return (await _owner_row(pool, event_id))[0] is None
+
+    await until(released, 3, "the release to reach PostgreSQL")
     await first_owners.close()
     assert await pool.fetchval("SELECT count(*) FROM instances WHERE id = 'first'") == 0
     await second.ask(event_id, GetEvent())
@@ -376,3 +380,26 @@ async def test_a_woken_event_refused_while_unsure_is_woken_again(
         break
     assert fresh.active(event_id) is not None
     assert await pool.fetchval("SELECT count(*) FROM hold_seats WHERE event_id = $1", event_id) == 0
+
+
+async def test_releases_wait_together_and_a_new_claim_keeps_its_event(
+    pool: asyncpg.Pool, store: PostgresStore
+) -> None:
+    owners = PostgresOwners(pool, "me", TTL, release_delay=0.2)
+    gone, back = await _event(store), await _event(store)
+    await pool.execute(
+        "UPDATE events SET owner_instance = 'me' WHERE id = ANY($1::text[])", [gone, back]
+    )
+    try:
+        await owners.release([gone])
+        await owners.release([back])
+        assert (await _owner_row(pool, gone))[0] == "me"  # not yet: gathered for a moment
+        owners.keep([back])  # loaded here again before the release went out
+
+        async def released() -> bool:
+            return (await _owner_row(pool, gone))[0] is None
+
+        await until(released, 3, "the gathered release")
+        assert (await _owner_row(pool, back))[0] == "me"
+    finally:
+        await owners.close()
