@@ -94,9 +94,11 @@ async def instance(
             private_redis.resume()
 
 
-async def test_without_redis_a_living_owner_keeps_its_event(
-    pool: asyncpg.Pool, store: PostgresStore, private_redis: RedisServer, instance: MakeInstance
-) -> None:
+async def _first_serving(
+    pool: asyncpg.Pool, store: PostgresStore, instance: MakeInstance
+) -> tuple[Registry, Registry, str, int]:
+    """Instances "first" and "second", both able to judge, and an event that "first" serves:
+    (first, second, the event, the epoch "first" loaded it with)."""
     first, _ = await instance("first")
     second, _ = await instance("second")
     await _judging()
@@ -104,6 +106,13 @@ async def test_without_redis_a_living_owner_keeps_its_event(
     await first.ask(event_id, GetEvent())
     owner, epoch = await _owner_row(pool, event_id)
     assert owner == "first"
+    return first, second, event_id, epoch
+
+
+async def test_without_redis_a_living_owner_keeps_its_event(
+    pool: asyncpg.Pool, store: PostgresStore, private_redis: RedisServer, instance: MakeInstance
+) -> None:
+    first, second, event_id, epoch = await _first_serving(pool, store, instance)
 
     private_redis.halt()
     for _ in range(4):  # over several leases: the owner renews through PostgreSQL meanwhile
@@ -124,12 +133,7 @@ async def test_a_redis_that_restarted_empty_leaves_the_event_to_its_owner(
     """Every lease is gone; the first instance asked for the event takes its lease, but the
     load refuses: PostgreSQL knows the living owner. The lease goes again, later commands go
     to the owner, and the owner's renewal finds its lease free."""
-    first, _ = await instance("first")
-    second, _ = await instance("second")
-    await _judging()
-    event_id = await _event(store)
-    await first.ask(event_id, GetEvent())
-    _, epoch = await _owner_row(pool, event_id)
+    first, second, event_id, epoch = await _first_serving(pool, store, instance)
 
     await redis.flushall()
     with pytest.raises(OwnedElsewhere) as refused:
