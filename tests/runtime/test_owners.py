@@ -237,36 +237,25 @@ async def test_who_counts_as_serving_an_event(
         tx = conn.transaction()  # rolled back: nothing of it stays
         await tx.start()
         try:
-            await _check_rule(conn, owner_age, my_age, my_run, me, expected)
+            await conn.execute("DELETE FROM instances WHERE id IN ('owner', 'me')")
+            await conn.execute(
+                "INSERT INTO instances VALUES ('me', now() - make_interval(secs => $1),"
+                " now() - make_interval(secs => $2))",
+                my_age,
+                my_run,
+            )
+            if owner_age is not None:
+                await conn.execute(
+                    "INSERT INTO instances VALUES ('owner', now() - make_interval(secs => $1),"
+                    " now() - interval '1 hour')",
+                    owner_age,
+                )
+            served = await conn.fetchval("SELECT seatd_served_elsewhere('owner', $1, 10)", me)
+            assert served is expected
+            assert await conn.fetchval("SELECT seatd_served_elsewhere('me', 'me', 10)") is False
+            assert await conn.fetchval("SELECT seatd_served_elsewhere(NULL, 'me', 10)") is False
         finally:
             await tx.rollback()
-
-
-async def _check_rule(
-    conn: asyncpg.Connection,
-    owner_age: float | None,
-    my_age: float,
-    my_run: float,
-    me: str | None,
-    expected: bool,
-) -> None:
-    await conn.execute("DELETE FROM instances WHERE id IN ('owner', 'me')")
-    await conn.execute(
-        "INSERT INTO instances VALUES ('me', now() - make_interval(secs => $1),"
-        " now() - make_interval(secs => $2))",
-        my_age,
-        my_run,
-    )
-    if owner_age is not None:
-        await conn.execute(
-            "INSERT INTO instances VALUES ('owner', now() - make_interval(secs => $1),"
-            " now() - interval '1 hour')",
-            owner_age,
-        )
-    served = await conn.fetchval("SELECT seatd_served_elsewhere('owner', $1, 10)", me)
-    assert served is expected
-    assert await conn.fetchval("SELECT seatd_served_elsewhere('me', 'me', 10)") is False
-    assert await conn.fetchval("SELECT seatd_served_elsewhere(NULL, 'me', 10)") is False
 
 
 async def test_a_gap_in_the_beats_starts_a_new_run(pool: asyncpg.Pool) -> None:

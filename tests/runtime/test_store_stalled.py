@@ -5,6 +5,7 @@ it keeps every connection open and forwards nothing, as a paused server's kernel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -73,16 +74,28 @@ async def proxy(postgres: PostgresServer) -> AsyncIterator[tuple[_FreezingProxy,
         await front.close()
 
 
-async def test_a_query_to_a_stalled_postgres_fails_at_its_timeout(
-    postgres: PostgresServer, proxy: tuple[_FreezingProxy, int]
-) -> None:
+@contextlib.asynccontextmanager
+async def _store_behind(
+    postgres: PostgresServer, proxy: tuple[_FreezingProxy, int], **options: float
+) -> AsyncIterator[PostgresStore]:
+    """A store whose pool reaches PostgreSQL through the proxy; thawed and dropped after."""
     front, port = proxy
     pool = await connect_pool(
         host="127.0.0.1", port=port, user=postgres.user, password=postgres.password,
-        database=postgres.dbname, max_size=2,
+        database=postgres.dbname, max_size=2, **options,
     )  # fmt: skip
-    store = PostgresStore(pool)
     try:
+        yield PostgresStore(pool)
+    finally:
+        front.thaw()
+        pool.terminate()
+
+
+async def test_a_query_to_a_stalled_postgres_fails_at_its_timeout(
+    postgres: PostgresServer, proxy: tuple[_FreezingProxy, int]
+) -> None:
+    front, _ = proxy
+    async with _store_behind(postgres, proxy) as store:
         async with store._connection() as conn:
             assert await conn.fetchval("SELECT 1") == 1
         front.freeze()
@@ -94,28 +107,17 @@ async def test_a_query_to_a_stalled_postgres_fails_at_its_timeout(
         # connection go: up to the pool's command timeout (15 s) more.
         assert time.monotonic() - started < 3.0
         assert await asyncio.wait_for(store.ping(), 5) is False
-    finally:
-        front.thaw()
-        pool.terminate()
 
 
 async def test_the_query_timeout_is_the_settings(
     postgres: PostgresServer, proxy: tuple[_FreezingProxy, int]
 ) -> None:
     """SEATD_PG_QUERY_TIMEOUT bounds every statement the store sends (here 1 s, not 15)."""
-    front, port = proxy
-    pool = await connect_pool(
-        host="127.0.0.1", port=port, user=postgres.user, password=postgres.password,
-        database=postgres.dbname, max_size=2, query_timeout=1.0,
-    )  # fmt: skip
-    store = PostgresStore(pool)
-    try:
+    front, _ = proxy
+    async with _store_behind(postgres, proxy, query_timeout=1.0) as store:
         assert await store.event_statuses(["no-such-event"]) == {}
         front.freeze()
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await store.event_statuses(["no-such-event"])
         assert 0.9 < time.monotonic() - started < 3.0
-    finally:
-        front.thaw()
-        pool.terminate()
