@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.messages import MAX_SEATS_PER_EVENT
+
 __all__ = ["EventLayout", "Frames", "event_blocks"]
 
 # Retry keys: a counter behind a prefix drawn once per process. A forked worker draws its own
@@ -73,8 +75,8 @@ class EventLayout:
 
 def event_blocks(seats: int, per_row: int) -> list[dict[str, Any]]:
     """``create_event`` blocks giving exactly ``seats`` seats named as ``EventLayout`` says."""
-    if not 1 <= seats <= 100_000:
-        raise ValueError(f"an event has 1 to 100000 seats, not {seats}")
+    if not 1 <= seats <= MAX_SEATS_PER_EVENT:
+        raise ValueError(f"an event has 1 to {MAX_SEATS_PER_EVENT} seats, not {seats}")
     full, rest = divmod(seats, per_row)
     blocks: list[dict[str, Any]] = []
     # A block holds at most 500 rows.

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.messages import MAX_SEATS_PER_EVENT
+
 __all__ = [
     "MULTI_INSTANCE_SCENARIOS",
     "SCENARIOS",
@@ -29,6 +31,8 @@ SCENARIOS = ("throughput", "rush", "events", "fanout", "idle")
 # Scenarios that can run on several seatd instances (--instances); idle measures one server's
 # memory per connection and per event, which several instances would only split.
 MULTI_INSTANCE_SCENARIOS = ("throughput", "rush", "events", "fanout")
+# Scenarios whose load can hold without reserving (--holds-only).
+HOLDS_ONLY_SCENARIOS = ("throughput", "events")
 
 # scenario -> preset -> parameters. ``connections`` is per scenario what its name says:
 # purchasing connections, rush buyers, fan-out subscribers, idle connections.
@@ -91,6 +95,8 @@ class Options:
     no_group_commit: bool
     # Mutations carry an idempotency_key, as the bundled SDK sends one on every call.
     retry_keys: bool
+    # throughput, events: hold and never reserve (durable holds/s, not purchases/s).
+    holds_only: bool
     baseline: bool
     # Instance counts to run each scenario on, in turn (``--instances 1,3``); idle always one.
     instances: tuple[int, ...]
@@ -131,6 +137,8 @@ def scenario_params(options: Options, scenario: str, instances: int = 1) -> dict
             params[key] = value
     if scenario in ("throughput", "events", "fanout"):
         params["rate"] = options.rate if options.rate is not None else params.get("rate")
+    if scenario in HOLDS_ONLY_SCENARIOS:
+        params["holds_only"] = options.holds_only
     params["workers"] = options.workers
     params["seed"] = options.seed
     params["instances"] = instances
@@ -141,6 +149,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seat_count(text: str) -> int:
+    """Seats of one event: what ``create_event`` accepts, checked before anything starts."""
+    value = _positive_int(text)
+    if value > MAX_SEATS_PER_EVENT:
+        raise argparse.ArgumentTypeError(
+            f"an event has at most {MAX_SEATS_PER_EVENT} seats, not {value}"
+        )
     return value
 
 
@@ -225,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument(
         "--pipeline", type=_positive_int, help="requests in flight per connection (closed loop)"
     )
-    size.add_argument("--seats", type=_positive_int, help="seats (per event for events)")
+    size.add_argument(
+        "--seats",
+        type=_seat_count,
+        help=f"seats (per event for events; at most {MAX_SEATS_PER_EVENT})",
+    )
     size.add_argument("--events", type=_positive_int, help="events (events, idle)")
     size.add_argument("--writers", type=_positive_int, help="writer connections (fanout)")
     size.add_argument(
@@ -243,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="send holds, reserves and releases without an idempotency_key (the SDK sends "
         "one with every call, and so does the load by default)",
+    )
+    server.add_argument(
+        "--holds-only",
+        action="store_true",
+        help="throughput, events: hold seats and never reserve them, so every request is a "
+        "durable hold (holds/s instead of purchases/s; the holds stay until they expire)",
     )
     server.add_argument(
         "--baseline",
@@ -326,6 +354,10 @@ def parse_options(argv: Sequence[str]) -> Options:
         parser.error("--baseline, --no-group-commit and --use-services need a server started here")
     if args.via_non_owner and args.scenario != "throughput":
         parser.error("--via-non-owner applies to the throughput scenario only")
+    if args.holds_only and args.scenario not in (*HOLDS_ONLY_SCENARIOS, "all"):
+        parser.error(f"--holds-only applies to {' and '.join(HOLDS_ONLY_SCENARIOS)} only")
+    if args.holds_only and args.via_non_owner:
+        parser.error("--via-non-owner compares purchases: leave out --holds-only")
     if args.via_non_owner and args.baseline:
         parser.error("--via-non-owner and --baseline are two different comparisons: pick one")
     instances: tuple[int, ...] = args.instances or ((2,) if args.via_non_owner else (1,))
@@ -366,6 +398,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         server_env=tuple(server_env),
         no_group_commit=args.no_group_commit,
         retry_keys=args.retry_keys,
+        holds_only=args.holds_only,
         baseline=args.baseline,
         instances=instances,
         via_non_owner=args.via_non_owner,

@@ -33,6 +33,18 @@ _LABELS = {
 }
 
 
+_HOLDS_ONLY_LABELS = {
+    "throughput": "hold distinct seats of one event, never reserve",
+    "events": "hold distinct seats of many events, never reserve",
+}
+
+
+def _label(result: RunResult) -> str:
+    if result.params.get("holds_only"):
+        return _HOLDS_ONLY_LABELS[result.scenario]
+    return _LABELS.get(result.scenario, "")
+
+
 def _ms(value: float) -> str:
     if value >= 100:
         return f"{value:.0f}"
@@ -65,7 +77,7 @@ def _params(result: RunResult) -> str:
 def format_run(result: RunResult) -> str:
     """The human summary of one run."""
     lines = [
-        f"== {result.scenario} ({result.label}): {_LABELS.get(result.scenario, '')}",
+        f"== {result.scenario} ({result.label}): {_label(result)}",
         f"   {_params(result)}; window {result.window_s:.2f}s, wall {result.wall_s:.1f}s",
         f"   {'op':<17}{'ok':>9}{'errors':>8}{'ops/s':>10}{'ok/s':>10}"
         f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}  (ms)",
@@ -183,8 +195,9 @@ def _headline(result: RunResult) -> float:
 
 
 def _headline_name(result: RunResult) -> str:
-    if "purchases_per_s" in result.metrics:
-        return "purchases"
+    for name in ("purchases", "holds"):
+        if f"{name}_per_s" in result.metrics:
+            return name
     return "reserve" if any(op.name == "reserve" for op in result.ops) else result.ops[0].name
 
 
@@ -258,7 +271,8 @@ def format_baseline(on: RunResult, off: RunResult) -> str:
     off_p99 = {op.name: op.latency_ms["p99"] for op in off.ops}
     lines = [
         "== baseline: group commit on vs off (SEATD_MAX_BATCH=1)",
-        f"   purchases/s: {a:.1f} with group commit, {b:.1f} without: ratio {ratio:.2f}x",
+        f"   {_headline_name(on)}/s: {a:.1f} with group commit, {b:.1f} without: "
+        f"ratio {ratio:.2f}x",
     ]
     for name in on_p99:
         if name in off_p99:
@@ -270,9 +284,10 @@ def format_baseline(on: RunResult, off: RunResult) -> str:
 
 def baseline_json(on: RunResult, off: RunResult) -> dict[str, Any]:
     a, b = _headline(on), _headline(off)
+    name = _headline_name(on)  # purchases, or holds with --holds-only
     return {
-        "group_commit_purchases_per_s": round(a, 1),
-        "no_group_commit_purchases_per_s": round(b, 1),
+        f"group_commit_{name}_per_s": round(a, 1),
+        f"no_group_commit_{name}_per_s": round(b, 1),
         "ratio": round(a / b, 3) if b else None,
     }
 

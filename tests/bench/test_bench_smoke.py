@@ -216,6 +216,24 @@ def test_baseline_open_loop_two_workers_fallback_client(service_env: dict[str, s
     assert "ratio" in stderr  # the human summary goes to stderr with --json
 
 
+def test_holds_only_holds_and_never_reserves(service_env: dict[str, str]) -> None:
+    """Every request a durable hold: the baseline compares holds/s, and the run ends when the
+    seats run out, not at the deadline."""
+    args = ["throughput", "--smoke", "--holds-only", "--baseline", "--duration", "60"]
+    code, document, stderr = bench(args, service_env)
+    assert code == 0, stderr[-4000:]
+    for run in document["runs"]:
+        check_run_shape(run)
+        assert set(run["ops"]) == {"hold"} and run["ops"]["hold"]["errors"] == {}
+        metrics = run["metrics"]
+        assert metrics["holds"] == run["params"]["seats"] == run["ops"]["hold"]["ok"]
+        assert metrics["holds_per_s"] > 0 and "purchases" not in metrics
+        assert run["window_s"] < 30, "waited for the deadline with no seat left to hold"
+    baseline = document["baseline"]
+    assert baseline["group_commit_holds_per_s"] > 0 and baseline["ratio"] > 0
+    assert "holds/s:" in stderr and "hold distinct seats of one event, never reserve" in stderr
+
+
 async def test_verification_catches_lost_and_phantom_records(postgres: PostgresServer) -> None:
     """A run whose acknowledgements the database contradicts must fail its verification."""
     layout = EventLayout(f"verify-{uuid.uuid4().hex[:12]}", 4, 4)
@@ -303,6 +321,15 @@ def test_usage_errors_exit_2() -> None:
     )
     assert idle.returncode == 2
     assert "--instances does not apply to idle" in idle.stderr
+    rush = subprocess.run(
+        [sys.executable, "-m", "seatd", "bench", "rush", "--holds-only"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rush.returncode == 2
+    assert "--holds-only applies to throughput and events only" in rush.stderr
     listed = subprocess.run(
         [sys.executable, "-m", "seatd", "--help"], capture_output=True, text=True, check=False
     )
@@ -319,6 +346,8 @@ def test_usage_errors_exit_2() -> None:
         (["--secret", "x" * 40], "--secret and --server-pid go with --url"),
         (["--url", "ws://127.0.0.1:9/", "--secret", "x" * 40, "--server-pid", "0"], "no such"),
         (["--url", "ws://127.0.0.1:9/", "--secret", "x" * 40], "cannot reach ws://127.0.0.1:9/"),
+        (["--seats", "100001"], "an event has at most 100000 seats, not 100001"),
+        (["--holds-only", "--via-non-owner"], "--via-non-owner compares purchases"),
     ],
 )
 def test_a_mistake_is_one_line_and_exit_2_before_any_load(args: list[str], said: str) -> None:

@@ -53,7 +53,8 @@ class PurchaseConn(Conn):
 
 
 class PurchaseRun:
-    """Holds distinct seats (no conflicts by construction) and reserves every hold.
+    """Holds distinct seats (no conflicts by construction) and reserves every hold (with
+    ``holds_only``, reserves none: every request is then a durable hold).
 
     Each worker owns a slice of every event's seats; each connection is its own user, so the
     per-user limit is the only thing that could refuse a hold (the events allow 10,000).
@@ -73,6 +74,7 @@ class PurchaseRun:
         self.open_events = [i for i in range(len(self.layouts)) if self.cursor[i] < self.limit[i]]
         self.max_per_user = int(p["max_per_user"])
         self.pipeline = int(p["pipeline"])
+        self.holds_only = bool(p.get("holds_only"))
         self.rate: float | None = p["rate"]
         self.rng = random.Random(int(p["seed"]) * 7919 + w)
         self.hold = OpRecorder()
@@ -146,6 +148,10 @@ class PurchaseRun:
                 self.hold.record(now - entry[1], now)
                 hold_id: str = result["hold_id"]
                 index = self.acks.add(entry[2], (entry[3],), hold_id, result["expires_at"])
+                if self.holds_only:
+                    self.control.progress(1)
+                    self._next(conn, now, None)
+                    return
                 rid = conn.take_id()
                 conn.pending[rid] = (RESERVE, now, index)
                 self.outstanding += 1
@@ -165,6 +171,10 @@ class PurchaseRun:
                 if code in AMBIGUOUS:
                     self.acks.unknown(entry[2])
                     self.unknown += 1
+        self._next(conn, now, code)
+
+    def _next(self, conn: PurchaseConn, now: float, code: str | None) -> None:
+        """Closed loop: a chain ended (``code``: its error, if any); start the next one."""
         if self.rate is None and not self.stopped and now < self.deadline:
             if code in TEMPORARY:  # back off a little instead of hammering a busy server
                 asyncio.get_running_loop().call_later(0.01, self.send_hold, conn, now + 0.01)
@@ -197,13 +207,17 @@ class PurchaseRun:
                     self.send_hold(conn, _perf())
         else:
             await self._open_loop(t0)
-        await wait_until(lambda: _perf() >= self.deadline and self.outstanding <= 0, 1e9)
+        # Ends at the deadline, or sooner when this worker's seats have all been asked for.
+        await wait_until(
+            lambda: (_perf() >= self.deadline or not self.open_events) and self.outstanding <= 0,
+            1e9,
+        )
 
     async def _open_loop(self, t0: float) -> None:
         rate = float(self.rate or 1.0)
         conns = self.conns
         sent = 0
-        while True:
+        while self.open_events:
             now = _perf()
             if now >= self.deadline:
                 break

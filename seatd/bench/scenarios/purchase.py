@@ -1,5 +1,5 @@
-"""throughput and events: connections hold distinct seats and reserve each hold; the
-baseline (one transaction per command) and forwarding (every client on a non-owner) comparisons."""
+"""throughput and events: connections hold distinct seats and reserve each hold (or, with
+``holds_only``, only hold them); the baseline (one transaction per command) and forwarding (every client on a non-owner) comparisons."""
 
 from __future__ import annotations
 
@@ -86,6 +86,7 @@ async def _purchase(
             if clients_on is not None:
                 targets = cluster.targets([clients_on])
         rate = p.get("rate")
+        holds_only = bool(p.get("holds_only"))
         window, t0, results = await h.drive(
             cluster,
             "purchase",
@@ -95,6 +96,7 @@ async def _purchase(
                 "pipeline": int(p["pipeline"]),
                 "rate": None if rate is None else float(rate) / workers,
                 "max_per_user": 10_000,
+                "holds_only": holds_only,
                 "user_prefix": h.run_id,
                 "seed": int(p["seed"]),
                 **shared,
@@ -103,7 +105,7 @@ async def _purchase(
             workers,
             what="purchasers",
             desc=f"{scenario}{' ' + label if label else ''}",
-            unit="purchase",
+            unit="hold" if holds_only else "purchase",
             duration=duration,
             timeout=duration + 120,
             targets=targets,
@@ -113,13 +115,15 @@ async def _purchase(
     window_s = max(max(float(r["t_last"]) for r in results) - t0, 1e-3)
     hold, reserve = merge_ops(results, "hold"), merge_ops(results, "reserve")
     logs: list[AckLog] = [r["acks"] for r in results]
-    ops = [hold.summary("hold", window_s), reserve.summary("reserve", window_s)]
+    ops = [hold.summary("hold", window_s)]
     exhausted = sum(int(r["exhausted"]) for r in results)
-    metrics: dict[str, Any] = {
-        "events": len(layouts),
-        "seats_per_event": layouts[0].seats,
-        "purchases": reserve.ok,
-        "purchases_per_s": round(reserve.ok / window_s, 1),
+    metrics: dict[str, Any] = {"events": len(layouts), "seats_per_event": layouts[0].seats}
+    if holds_only:
+        metrics.update(holds=hold.ok, holds_per_s=round(hold.ok / window_s, 1))
+    else:
+        ops.append(reserve.summary("reserve", window_s))
+        metrics.update(purchases=reserve.ok, purchases_per_s=round(reserve.ok / window_s, 1))
+    metrics |= {
         "requests_per_s": round((hold.count + reserve.count) / window_s, 1),
         "mode": "open loop" if p.get("rate") else "closed loop",
         "group_commit": h.group_commit,
@@ -147,8 +151,11 @@ async def _purchase(
             instances=instances,
             clients_on="every instance" if clients_on is None else f"instance {clients_on}",
             forwarded_share=round(forwarded.count / split_total, 3) if split_total else None,
-            server_cpu_ms_per_purchase=cpu_ms_per(window.resources(), "server", reserve.ok),
         )
+        if not holds_only:
+            metrics["server_cpu_ms_per_purchase"] = cpu_ms_per(
+                window.resources(), "server", reserve.ok
+            )
         metrics.update(ownership(cluster, owners, owners_after))
         notes += cluster_notes(cluster, owners, owners_after)
     verdict = await verify_run(h.postgres_env, layouts, logs, unknown_holds=unknown_holds(hold))
