@@ -18,7 +18,7 @@ import dataclasses
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from seatd.core.commands import (
     AvailableSeats,
@@ -134,7 +134,8 @@ class EventState:
         self._seats: dict[str, Seat] = {seat.seat_id: seat for seat in seats}
         self._order: list[str] = [seat.seat_id for seat in seats]
         self._position: dict[str, int] = {sid: i for i, sid in enumerate(self._order)}
-        self._holds: dict[str, Hold] = {}
+        # Live holds as flat tuples, not Hold objects: see _StoredHold.
+        self._holds: dict[str, _StoredHold] = {}
         self._seat_hold: dict[str, str] = {}
         self._seat_reservation: dict[str, str] = {}
         self._user_seats: dict[str, int] = {}  # held + reserved, what the limit counts
@@ -184,7 +185,7 @@ class EventState:
         """The batch could not be persisted: forget every change it made."""
         self._journal.rollback()
         self._effects = []
-        self._heap = [(hold.expires_at, hold.hold_id) for hold in self._holds.values()]
+        self._heap = [(raw[_EXPIRES_AT], raw[_HOLD_ID]) for raw in self._holds.values()]
         heapq.heapify(self._heap)
 
     # --- queries --------------------------------------------------------------------------
@@ -194,8 +195,8 @@ class EventState:
         heap = self._heap
         while heap:
             expires_at, hold_id = heap[0]
-            hold = self._holds.get(hold_id)
-            if hold is not None and hold.expires_at == expires_at:
+            raw = self._holds.get(hold_id)
+            if raw is not None and raw[_EXPIRES_AT] == expires_at:
                 return expires_at
             heapq.heappop(heap)
         return None
@@ -208,10 +209,11 @@ class EventState:
         return SeatState.AVAILABLE
 
     def hold(self, hold_id: str) -> Hold | None:
-        return self._holds.get(hold_id)
+        raw = self._holds.get(hold_id)
+        return None if raw is None else _hold(raw)
 
     def live_holds(self) -> list[Hold]:
-        return list(self._holds.values())
+        return [_hold(raw) for raw in self._holds.values()]
 
     def held_seat_count(self, user_id: str) -> int:
         return self._user_held.get(user_id, 0)
@@ -220,7 +222,8 @@ class EventState:
         """The live holds and the seats each user holds as of the last commit: while a batch
         is being written, what PostgreSQL has until that write commits."""
         journal = self._journal
-        return list(journal.before(self._holds).values()), journal.before(self._user_held)
+        holds = [_hold(raw) for raw in journal.before(self._holds).values()]
+        return holds, journal.before(self._user_held)
 
     def seat_ids(self) -> list[str]:
         return list(self._order)
@@ -286,7 +289,7 @@ class EventState:
             expires_at,
             hold.max_expires_at,
         )
-        self._journal.set(self._holds, hold.hold_id, refreshed)
+        self._journal.set(self._holds, hold.hold_id, _stored(refreshed))
         heapq.heappush(self._heap, (expires_at, hold.hold_id))
         self._effects.append(HoldExtended(refreshed))
         return refreshed
@@ -354,7 +357,7 @@ class EventState:
     def _snapshot(self, cmd: GetSnapshot, now: float) -> SeatSnapshot:
         self._expire_due(now)
         holds = self._holds
-        held = tuple((sid, holds[hold_id].expires_at) for sid, hold_id in self._seat_hold.items())
+        held = tuple((sid, holds[hold_id][_EXPIRES_AT]) for sid, hold_id in self._seat_hold.items())
         return SeatSnapshot(
             self.version + (1 if self._effects else 0),
             len(self._seats),
@@ -375,13 +378,13 @@ class EventState:
             else:
                 hold_id = self._seat_hold.get(sid)
                 if hold_id is not None:
-                    mine = self._holds[hold_id].user_id == user_id
+                    mine = self._holds[hold_id][_USER_ID] == user_id
                     conflicts.append({"seat_id": sid, "state": "held", "yours": mine})
         return conflicts
 
     def _owned_live_hold(self, user_id: str, hold_id: str) -> Hold:
-        hold = self._holds.get(hold_id)
-        if hold is None:
+        raw = self._holds.get(hold_id)
+        if raw is None:
             reason = self._ended.get(hold_id) if self._ended is not None else None
             if reason is HoldEndReason.EXPIRED:
                 raise HoldExpired(f"hold {hold_id} expired", details={"hold_id": hold_id})
@@ -393,13 +396,14 @@ class EventState:
             raise HoldNotFound(
                 f"no live hold {hold_id} in this event", details={"hold_id": hold_id}
             )
+        hold = _hold(raw)
         if hold.user_id != user_id:
             raise Forbidden(f"hold {hold_id} belongs to another user")
         return hold
 
     def _add_hold(self, hold: Hold) -> None:
         journal = self._journal
-        journal.set(self._holds, hold.hold_id, hold)
+        journal.set(self._holds, hold.hold_id, _stored(hold))
         for sid in hold.seat_ids:
             journal.set(self._seat_hold, sid, hold.hold_id)
         journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
@@ -426,11 +430,40 @@ class EventState:
         expired: list[Hold] = []
         while heap and heap[0][0] <= now:
             expires_at, hold_id = heapq.heappop(heap)
-            hold = self._holds.get(hold_id)
-            if hold is not None and hold.expires_at == expires_at:
+            raw = self._holds.get(hold_id)
+            if raw is not None and raw[_EXPIRES_AT] == expires_at:
+                hold = _hold(raw)
                 self._end_hold(hold, HoldEndReason.EXPIRED)
                 expired.append(hold)
         return tuple(expired)
+
+
+# A live hold as kept in EventState: (hold_id, user_id, created_at, expires_at, max_expires_at,
+# *seat_ids), one flat tuple of strings and numbers. The garbage collector stops tracking such
+# a tuple at its first pass, but never a Hold (a tuple subclass) or any other class's instance,
+# and a tuple holding another tuple only at a later pass (the inner one is found after it). An
+# on-sale keeps every live hold for minutes: as Hold objects they stayed tracked, and each pass
+# of an older generation walked them all (at 7,500 holds/s, one every ~20 s stalled replies by
+# 300 ms and more; BENCHMARKS.md, round 12).
+_StoredHold = tuple[Any, ...]
+_HOLD_ID: Final = 0
+_USER_ID: Final = 1
+_EXPIRES_AT: Final = 3
+
+
+def _stored(hold: Hold) -> _StoredHold:
+    return (
+        hold.hold_id,
+        hold.user_id,
+        hold.created_at,
+        hold.expires_at,
+        hold.max_expires_at,
+        *hold.seat_ids,
+    )
+
+
+def _hold(raw: _StoredHold) -> Hold:
+    return Hold(raw[0], raw[1], raw[5:], raw[2], raw[3], raw[4])
 
 
 # One table for every event (a dict of bound methods per event cost 0.9 KiB each).

@@ -77,9 +77,12 @@ class Policy:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A live hold: some seats kept for one user until ``expires_at``."""
+class Hold(NamedTuple):
+    """A live hold: some seats kept for one user until ``expires_at``.
+
+    A NamedTuple, like ``Seat``: ``EventState`` keeps its live holds as plain tuples of these
+    fields, which the garbage collector stops walking after one pass (a Hold, a tuple
+    subclass, it walks at every pass), and reads one back as a Hold without copying fields."""
 
     hold_id: str
     user_id: str

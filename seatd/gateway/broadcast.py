@@ -136,7 +136,9 @@ class Broadcaster:
         self._unwatched = unwatched  # ... and lost its last one
         self._instance_id = instance_id  # to ignore our own hold news echoed back
         self._topics: dict[str, _Topic] = {}
-        self._hold_watchers: dict[str, set[Subscriber]] = {}
+        # Hold id -> the connection following it, or a set when several do (rare): a set per
+        # live hold would be one more object the garbage collector walks (see core.Hold).
+        self._hold_watchers: dict[str, Subscriber | set[Subscriber]] = {}
         self._event_holds: dict[str, set[str]] = {}  # event -> followed hold ids
         self._hold_event: dict[str, str] = {}  # followed hold id -> its event
 
@@ -236,10 +238,10 @@ class Broadcaster:
 
     def _hold_news(self, event_id: str, hold: Hold, ended: HoldEndReason | None) -> None:
         if ended is None:
-            for watcher in list(self._hold_watchers.get(hold.hold_id, ())):
+            for watcher in _as_tuple(self._hold_watchers.get(hold.hold_id)):
                 watcher.hold_changed(event_id, hold, None)
             return
-        watchers = self._hold_watchers.pop(hold.hold_id, ())
+        watchers = _as_tuple(self._hold_watchers.pop(hold.hold_id, None))
         if watchers:
             self._drop_hold(hold.hold_id)
         for watcher in watchers:
@@ -336,7 +338,14 @@ class Broadcaster:
         return bool(self._event_holds.get(event_id))
 
     def watch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
-        self._hold_watchers.setdefault(hold_id, set()).add(subscriber)
+        watchers = self._hold_watchers
+        current = watchers.get(hold_id)
+        if current is None:
+            watchers[hold_id] = subscriber
+        elif isinstance(current, set):
+            current.add(subscriber)
+        elif current is not subscriber:
+            watchers[hold_id] = {current, subscriber}
         if hold_id not in self._hold_event:
             self._hold_event[hold_id] = event_id
             holds = self._event_holds.setdefault(event_id, set())
@@ -345,12 +354,15 @@ class Broadcaster:
                 self._watched(event_id)
 
     def unwatch_hold(self, hold_id: str, subscriber: Subscriber) -> None:
-        watchers = self._hold_watchers.get(hold_id)
-        if watchers is not None:
-            watchers.discard(subscriber)
-            if not watchers:
-                del self._hold_watchers[hold_id]
-                self._drop_hold(hold_id)
+        current = self._hold_watchers.get(hold_id)
+        if isinstance(current, set):
+            current.discard(subscriber)
+            if current:
+                return
+        elif current is not subscriber:
+            return
+        del self._hold_watchers[hold_id]
+        self._drop_hold(hold_id)
 
     def _drop_hold(self, hold_id: str) -> None:
         event_id = self._hold_event.pop(hold_id, None)
@@ -387,3 +399,13 @@ def _hold_news(effects: Sequence[Effect]) -> list[tuple[object, ...]]:
                 )
             )
     return news
+
+
+def _as_tuple(watchers: Subscriber | set[Subscriber] | None) -> tuple[Subscriber, ...]:
+    """The followers of a hold as stored in ``Broadcaster._hold_watchers``, as a tuple (a
+    copy: telling one may make it stop following)."""
+    if watchers is None:
+        return ()
+    if isinstance(watchers, set):
+        return tuple(watchers)
+    return (watchers,)

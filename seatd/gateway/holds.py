@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -65,7 +65,9 @@ class HoldFollower:
         self._warning = warning
         # The holds watched, warned or not: a warning ends the timer, not the watching.
         self._followed: set[str] | None = None  # made on first use: most connections hold nothing
-        # Each hold's pending warning: (loop time, sequence number, event id, hold).
+        # Each hold's pending warning: (loop time, sequence number, event id, hold id,
+        # expires_at, *seat_ids); a flat tuple of strings and numbers, which the garbage
+        # collector stops tracking at its first pass (see event_state._StoredHold).
         self._warnings: dict[str, _Warning] | None = None
         self._heap: list[tuple[float, int, str]] = []  # (loop time, sequence number, hold id)
         self._timer: asyncio.TimerHandle | None = None
@@ -136,7 +138,14 @@ class HoldFollower:
         warnings = self._warnings
         if warnings is None:
             warnings = self._warnings = {}
-        warnings[hold.hold_id] = (when, sequence, event_id, hold)
+        warnings[hold.hold_id] = (
+            when,
+            sequence,
+            event_id,
+            hold.hold_id,
+            hold.expires_at,
+            *hold.seat_ids,
+        )
         heap = self._heap
         heapq.heappush(heap, (when, sequence, hold.hold_id))
         if len(heap) > 2 * len(warnings) + _SPARE_ENTRIES:
@@ -176,18 +185,18 @@ class HoldFollower:
                 return
             heapq.heappop(heap)
             del warnings[hold_id]
-            if warning[3].expires_at > wall:
-                self._warn(warning[2], warning[3])
+            if warning[4] > wall:
+                self._warn(warning)
             # else: late (the process was paused, say): the hold has expired, and hold_expired
             # follows from its expiry. After a 15 s pause, 252 stale warnings went out at once.
 
-    def _warn(self, event_id: str, hold: core.Hold) -> None:
-        expires_at = format_time(hold.expires_at)
-        warning = wire.HoldExpiring(event_id, hold.hold_id, hold.seat_ids, expires_at)
-        self._connection.send(encode_push("hold_expiring", warning))
+    def _warn(self, warning: _Warning) -> None:
+        _, _, event_id, hold_id, expires_at, *seat_ids = warning
+        push = wire.HoldExpiring(event_id, hold_id, tuple(seat_ids), format_time(expires_at))
+        self._connection.send(encode_push("hold_expiring", push))
 
 
-_Warning = tuple[float, int, str, core.Hold]
+_Warning = tuple[Any, ...]
 _sequence = itertools.count()
 # Heap entries of ended holds tolerated beyond the live ones before the heap is rebuilt.
 _SPARE_ENTRIES = 32

@@ -115,9 +115,10 @@ class EventActor:
         self._last_active = clock.now()
         # Outcomes of retry keys, the newest and the generation before; made on first use (most
         # events never see a retry key). A full generation is dropped whole: a per-key eviction
-        # from an ordered dict cost more than the rest of remembering.
-        self._keys: dict[tuple[str, str], IdempotencyRecord] | None = None
-        self._older_keys: dict[tuple[str, str], IdempotencyRecord] | None = None
+        # from an ordered dict cost more than the rest of remembering. Kept as plain tuples,
+        # which the garbage collector stops tracking at its first pass (see core.Hold).
+        self._keys: dict[tuple[str, str], _StoredRecord] | None = None
+        self._older_keys: dict[tuple[str, str], _StoredRecord] | None = None
         self._keep_alive = keep_alive  # e.g. "someone watches this event": do not passivate
         self._stats = stats  # the instance's, shared by its actors
         # Kept: asyncio.get_running_loop() makes a getpid system call each time on Python
@@ -367,11 +368,11 @@ class EventActor:
                 key = envelope.idempotency
                 if key is not None:
                     scope = key.scope
-                    record = remembered.get(scope) if remembered else None
-                    if record is None and older:
-                        record = older.get(scope)
-                    if record is not None:
-                        known[scope] = record
+                    raw = remembered.get(scope) if remembered else None
+                    if raw is None and older:
+                        raw = older.get(scope)
+                    if raw is not None:
+                        known[scope] = tuple.__new__(IdempotencyRecord, raw)
         return known
 
     async def _stored_keys(
@@ -397,7 +398,8 @@ class EventActor:
         keys = self._keys
         if keys is None:
             keys = self._keys = {}
-        keys.update(records)
+        for scope, record in records.items():
+            keys[scope] = tuple(record)  # type: ignore[assignment]  # plain, not a record
         if len(keys) >= max(1, self._settings.remembered_keys // 2):
             self._older_keys, self._keys = keys, {}  # between half and all of them remembered
 
@@ -444,6 +446,10 @@ class EventActor:
             queued, self._mailbox = self._mailbox, []
             _answer_all(queued, error)
         self._on_stop(self)
+
+
+# An IdempotencyRecord's fields in a plain tuple.
+_StoredRecord = tuple[str, str, str, bytes]
 
 
 def _replay(prior: IdempotencyRecord, key: IdempotencyKey) -> StoredReply | SeatdError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from seatd.core import Effect, EventInfo, Hold, Reservation, Seat, SeatSnapshot
 from seatd.runtime.clock import SystemClock
@@ -103,12 +103,13 @@ class EventPage:
     next_after: str | None
 
 
-@dataclass(slots=True)
-class IdempotencyRecord:
+class IdempotencyRecord(NamedTuple):
     """The first outcome of a keyed mutation, stored in the same transaction as its effects.
 
-    Never changed once made, but not frozen: one is made per keyed request, and a frozen
-    dataclass sets each field through ``object.__setattr__`` (0.8 vs 0.3 us for these four)."""
+    A NamedTuple: one is made per keyed request (a frozen dataclass sets each field through
+    ``object.__setattr__``: 0.8 vs 0.3 us for these four), and the actor remembers thousands
+    as plain tuples of these fields, which the garbage collector stops walking after one
+    pass (see ``core.Hold``)."""
 
     user_id: str
     key: str

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from support.tracking import tracked_objects
 
 from seatd.core.commands import (
     AvailableSeats,
@@ -1604,3 +1605,18 @@ def test_a_live_hold_id_cannot_be_placed_again() -> None:
     with pytest.raises(InvalidRequest):
         state.handle(PlaceHold("u2", ("A2",), "h1"), 0.0)
     assert state.seat_state("A2").value == "available"
+
+
+def test_live_holds_leave_the_garbage_collector_after_a_pass() -> None:
+    """Live holds (placed, refreshed) add no object the collector keeps walking."""
+    seats = [Seat(f"S{i}") for i in range(2000)]
+    state = EventState(INFO, Policy(300.0, 2000, 1800.0), seats)
+    before = tracked_objects()
+    for i in range(2000):
+        state.handle(PlaceHold(f"u{i % 7}", (f"S{i}",), f"h{i}"), 1000.0)
+    state.commit()
+    for i in range(0, 2000, 2):
+        state.handle(RefreshHold(f"u{i % 7}", f"h{i}"), 1010.0)
+    state.commit()
+    assert len(state.live_holds()) == 2000
+    assert tracked_objects() - before < 50

@@ -327,8 +327,10 @@ class EventStateMachine(RuleBasedStateMachine):
         found = model.lookup(user, hold_id)
         effects: list[Effect] = []
         expected: Outcome
-        target = 0.0 if isinstance(found, tuple) else min(self.now + DURATION, found.max_expires_at)
-        if isinstance(found, tuple):
+        target = (
+            0.0 if not isinstance(found, Hold) else min(self.now + DURATION, found.max_expires_at)
+        )
+        if not isinstance(found, Hold):
             expected = found
         elif found.expires_at >= found.max_expires_at:
             expected = (HoldLifetimeExceeded.__name__, {"max_expires_at": found.max_expires_at})
@@ -365,7 +367,7 @@ class EventStateMachine(RuleBasedStateMachine):
         found = model.lookup(user, hold_id)
         effects: list[Effect] = []
         expected: Outcome
-        if isinstance(found, tuple):
+        if not isinstance(found, Hold):
             expected = found
         else:
             expected = ("ok", HoldReleased(hold_id, found.seat_ids))
@@ -386,7 +388,7 @@ class EventStateMachine(RuleBasedStateMachine):
         found = model.lookup(user, hold_id)
         effects: list[Effect] = []
         expected: Outcome
-        if isinstance(found, tuple):
+        if not isinstance(found, Hold):
             expected = found
         else:
             reservation = Reservation(reservation_id, user, found.seat_ids, self.now)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
+from support.tracking import tracked_objects
 
-from seatd.core import Hold, HoldCreated, HoldEnded, HoldEndReason
+from seatd.core import Hold, HoldCreated, HoldEnded, HoldEndReason, HoldExtended
 from seatd.gateway.broadcast import Broadcaster
 
 
@@ -112,3 +113,41 @@ async def test_while_no_other_instance_exists_nothing_is_built_or_published() ->
         "availability",
         "holds",
     ]
+
+
+async def test_every_follower_of_a_hold_is_told_until_it_stops_following() -> None:
+    broadcaster = Broadcaster(instance_id="me", publish=lambda e, f: None)
+    first, second = Sink(), Sink()
+    broadcaster.watch_hold("e1", "h1", first)
+    broadcaster.watch_hold("e1", "h1", first)  # again: still told once
+    broadcaster.watch_hold("e1", "h1", second)
+    broadcaster.committed("e1", 1, [HoldExtended(_hold("h1", "A-1"))], None)
+    assert first.ended == [("h1", None)] and second.ended == [("h1", None)]
+    broadcaster.unwatch_hold("h1", first)
+    broadcaster.unwatch_hold("h1", first)  # again: nothing happens
+    assert broadcaster.follows_holds("e1")
+    broadcaster.committed("e1", 2, [HoldEnded(_hold("h1", "A-1"), HoldEndReason.RELEASED)], None)
+    assert first.ended == [("h1", None)]
+    assert second.ended == [("h1", None), ("h1", HoldEndReason.RELEASED)]
+    assert not broadcaster.follows_holds("e1")  # the hold ended: nobody follows it
+
+
+async def test_a_hold_s_only_follower_stopping_drops_the_hold() -> None:
+    broadcaster = Broadcaster(instance_id="me", publish=lambda e, f: None)
+    follower, stranger = Sink(), Sink()
+    broadcaster.watch_hold("e1", "h1", follower)
+    broadcaster.unwatch_hold("h1", stranger)  # not a follower: changes nothing
+    assert broadcaster.follows_holds("e1")
+    broadcaster.unwatch_hold("h1", follower)
+    assert not broadcaster.follows_holds("e1")
+    broadcaster.committed("e1", 1, [HoldExtended(_hold("h1", "A-1"))], None)
+    assert follower.ended == []
+
+
+async def test_followed_holds_leave_the_garbage_collector_after_a_pass() -> None:
+    broadcaster = Broadcaster(instance_id="me", publish=lambda e, f: None)
+    followers = [Sink() for _ in range(10)]
+    before = tracked_objects()
+    for i in range(2000):
+        broadcaster.watch_hold("e1", f"h{i}", followers[i % 10])
+    assert tracked_objects() - before < 50

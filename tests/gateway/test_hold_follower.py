@@ -8,6 +8,7 @@ import time
 from typing import Any, cast
 
 import orjson
+from support.tracking import tracked_objects
 
 from seatd import core
 from seatd.gateway.holds import HoldFollower
@@ -138,4 +139,17 @@ async def test_a_warning_come_due_after_its_hold_expired_is_not_sent() -> None:
     skew[0] = 1.5  # the wall clock moved on while the loop's timers waited
     await asyncio.sleep(0.9)
     assert _warned(sink) == []
+    follower.close()
+
+
+async def test_followed_holds_leave_the_garbage_collector_after_a_pass() -> None:
+    """Each followed hold's pending warning adds no object the collector keeps walking."""
+    follower, _, broadcaster = _follower()
+    holds = [_hold(f"h{i}", 3600) for i in range(2000)]
+    before = tracked_objects()
+    for hold in holds:
+        _place(follower, hold)
+    assert len(broadcaster.watched) == 2000
+    await asyncio.sleep(0.01)  # the loop frees the timers it cancelled on its next turn
+    assert tracked_objects() - before < 50
     follower.close()

@@ -13,6 +13,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 from support.events import new_event
+from support.tracking import tracked_objects
 
 from seatd.adapters.postgres import PostgresStore
 from seatd.core import PlaceHold, Policy
@@ -115,3 +116,26 @@ async def test_every_retry_gets_its_first_reply_however_many_keys_came_after(
         await registry.close()
     assert looked_up == [[("u0", "k0")], [("u5", "k5")]]  # 9 and 8 were remembered
     assert await pool.fetchval("SELECT count(*) FROM holds WHERE event_id = $1", event_id) == 10
+
+
+async def test_remembered_keys_and_live_holds_leave_the_garbage_collector(
+    store: PostgresStore,
+) -> None:
+    """The actor keeps each keyed hold's outcome and the hold itself, for minutes: neither
+    may stay an object the collector walks at every pass (tests/support/tracking.py)."""
+    event_id = await new_event(store, "keys", seats=900)
+    registry = _registry(store)
+    try:
+        await _ask(registry, event_id, *(_keyed(f"w{n}", f"w{n}", f"S{n}") for n in range(100)))
+        before = tracked_objects()
+        for start in range(100, 900, 100):
+            replies = await _ask(
+                registry,
+                event_id,
+                *(_keyed(f"u{n}", f"k{n}", f"S{n}") for n in range(start, start + 100)),
+            )
+            assert all(isinstance(r, StoredReply) and r.outcome is not None for r in replies)
+        grown = tracked_objects() - before
+    finally:
+        await registry.close()
+    assert grown < 100, grown  # 800 holds and 800 remembered outcomes

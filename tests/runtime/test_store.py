@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import asyncpg
 import orjson
@@ -41,7 +40,7 @@ async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
     key = IdempotencyRecord("u3", "k1", "hash", b'{"ok": true, "result": {}}')
     effects = [
         HoldCreated(kept), HoldCreated(gone), HoldCreated(sold),
-        HoldEnded(gone, HoldEndReason.RELEASED), HoldExtended(replace(kept, expires_at=2500.0)),
+        HoldEnded(gone, HoldEndReason.RELEASED), HoldExtended(kept._replace(expires_at=2500.0)),
         HoldEnded(sold, HoldEndReason.RESERVED), ReservationCreated(reservation),
     ]  # fmt: skip
     await store.persist(
@@ -131,7 +130,7 @@ async def test_the_previous_releases_calls_still_write_during_a_rolling_upgrade(
         loaded = await store.load_event(event_id)
         assert loaded is not None
         assert sorted(loaded.holds, key=_hold_id) == sorted(
-            (replace(h, seat_ids=tuple(sorted(h.seat_ids))) for h in holds[event_id]), key=_hold_id
+            (h._replace(seat_ids=tuple(sorted(h.seat_ids))) for h in holds[event_id]), key=_hold_id
         )
 
 
@@ -345,7 +344,7 @@ async def test_a_batch_reads_only_the_holds_it_changes(
     )
     effects: list[Effect] = [
         HoldEnded(ended, HoldEndReason.RELEASED),
-        HoldExtended(replace(refreshed, expires_at=2500.0)),
+        HoldExtended(refreshed._replace(expires_at=2500.0)),
     ]
     async with pool.acquire() as conn, conn.transaction():
         # The plan the function keeps after its first calls, whatever the table holds now.

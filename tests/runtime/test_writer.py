@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -64,7 +63,7 @@ async def test_each_event_of_a_shared_transaction_gets_its_own_outcome(
         # A refreshed hold that is not in the database: an error inside the transaction.
         BatchWrite(broken[0], broken[1], broken[2], broken[2] + 1, [
             HoldCreated(_hold("u2", "S1")),
-            HoldExtended(replace(_hold("u1", "S0"), expires_at=2500.0)),
+            HoldExtended(_hold("u1", "S0")._replace(expires_at=2500.0)),
         ]),
         BatchWrite(keyed[0], keyed[1], keyed[2], keyed[2] + 1, [HoldCreated(_hold("u1", "S0"))], [record]),
         BatchWrite(written[0].replace("writer", "nope"), 1, 0, 1, []),  # no such event
