@@ -126,6 +126,18 @@ class Gateway:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        if path in _HTTP_PATHS and request.method != "GET":
+            # As websockets answers any other path: only GET is served (a POST /readyz must
+            # not read as a readiness answer).
+            response = _json_response(
+                ws,
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                {"error": "method_not_allowed", "message": f"{path} answers GET only"},
+            )
+            response.headers["Allow"] = "GET"
+            if request.method == "HEAD":  # the headers a GET would get, without the body
+                response.body = b""
+            return response
         if path == "/healthz":
             return _json_response(ws, http.HTTPStatus.OK, {"status": "ok"})
         if path == "/readyz":
@@ -263,6 +275,10 @@ def _token_from(request: Request) -> str | None:
     if values and len(values) > 1:  # as with two headers: which one counts would be a guess
         raise Unauthenticated("invalid token: more than one token parameter")
     return values[0] if values else None
+
+
+# The paths answered over plain HTTP; every other one is a WebSocket upgrade.
+_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _json_response(

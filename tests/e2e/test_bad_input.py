@@ -561,6 +561,25 @@ async def test_healthz(server: RunningServer) -> None:
     assert (status, content_type, body) == (200, "application/json", {"status": "ok"})
 
 
+@pytest.mark.parametrize("method", ["POST", "DELETE", "HEAD", "PUT"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_the_http_endpoints_answer_get_only(
+    server: RunningServer, path: str, method: str
+) -> None:
+    # Without a body: websockets itself closes on a request that has one (it reads none).
+    request = urllib.request.Request(server.http_url(path), method=method)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+    with refused.value as error:
+        assert error.code == 405
+        assert error.headers["Allow"] == "GET"
+        body = error.read()
+    if method == "HEAD":
+        assert body == b""
+    else:
+        assert json.loads(body)["error"] == "method_not_allowed"
+
+
 async def test_readyz(server: RunningServer) -> None:
     status, content_type, body = await asyncio.to_thread(http_get, server.http_url("/readyz"))
     assert (status, content_type) == (200, "application/json")
