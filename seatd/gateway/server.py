@@ -126,37 +126,21 @@ class Gateway:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path in _HTTP_PATHS and request.method != "GET":
-            # As websockets answers any other path: only GET is served (a POST /readyz must
-            # not read as a readiness answer).
-            response = _json_response(
-                ws,
-                http.HTTPStatus.METHOD_NOT_ALLOWED,
-                {"error": "method_not_allowed", "message": f"{path} answers GET only"},
-            )
-            response.headers["Allow"] = "GET"
-            if request.method == "HEAD":  # the headers a GET would get, without the body
+        if path in _HTTP_PATHS:
+            if request.method not in ("GET", "HEAD"):
+                # As websockets refuses other methods on the upgrade path: a POST /readyz must
+                # not read as a readiness answer.
+                response = _json_response(
+                    ws,
+                    http.HTTPStatus.METHOD_NOT_ALLOWED,
+                    {"error": "method_not_allowed", "message": f"{path} answers GET and HEAD"},
+                )
+                response.headers["Allow"] = "GET, HEAD"
+                return response
+            response = await self._http_page(ws, path)
+            if request.method == "HEAD":  # what a GET gets, headers and status, without the body
                 response.body = b""
             return response
-        if path == "/healthz":
-            return _json_response(ws, http.HTTPStatus.OK, {"status": "ok"})
-        if path == "/readyz":
-            state = await self._readiness()
-            status = http.HTTPStatus.OK if state.ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            label = (
-                "degraded"
-                if state.ready and state.degraded
-                else ("ready" if state.ready else "unavailable")
-            )
-            return _json_response(ws, status, {"status": label, "checks": state.checks})
-        if path == "/metrics":
-            if not self._metrics:  # say why, rather than a failed WebSocket handshake
-                return _json_response(
-                    ws,
-                    http.HTTPStatus.NOT_FOUND,
-                    {"error": "not_found", "message": "metrics are off (SEATD_METRICS=on)"},
-                )
-            return self._metrics_page(ws)
         if self.ctx.draining:
             return _json_response(
                 ws, http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"}
@@ -193,6 +177,28 @@ class Gateway:
         if identity is not None:
             self._identities[ws] = identity
         return None
+
+    async def _http_page(self, ws: ServerConnection, path: str) -> Response:
+        """The answer to a GET of one of _HTTP_PATHS."""
+        if path == "/healthz":
+            return _json_response(ws, http.HTTPStatus.OK, {"status": "ok"})
+        if path == "/readyz":
+            state = await self._readiness()
+            status = http.HTTPStatus.OK if state.ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            label = (
+                "degraded"
+                if state.ready and state.degraded
+                else ("ready" if state.ready else "unavailable")
+            )
+            return _json_response(ws, status, {"status": label, "checks": state.checks})
+        # /metrics
+        if not self._metrics:  # say why, rather than a failed WebSocket handshake
+            return _json_response(
+                ws,
+                http.HTTPStatus.NOT_FOUND,
+                {"error": "not_found", "message": "metrics are off (SEATD_METRICS=on)"},
+            )
+        return self._metrics_page(ws)
 
     # --- connections -----------------------------------------------------------------------
 

@@ -561,9 +561,9 @@ async def test_healthz(server: RunningServer) -> None:
     assert (status, content_type, body) == (200, "application/json", {"status": "ok"})
 
 
-@pytest.mark.parametrize("method", ["POST", "DELETE", "HEAD", "PUT"])
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PUT", "OPTIONS"])
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
-async def test_the_http_endpoints_answer_get_only(
+async def test_the_http_endpoints_answer_get_and_head_only(
     server: RunningServer, path: str, method: str
 ) -> None:
     # Without a body: websockets itself closes on a request that has one (it reads none).
@@ -572,12 +572,21 @@ async def test_the_http_endpoints_answer_get_only(
         await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
     with refused.value as error:
         assert error.code == 405
-        assert error.headers["Allow"] == "GET"
-        body = error.read()
-    if method == "HEAD":
-        assert body == b""
-    else:
-        assert json.loads(body)["error"] == "method_not_allowed"
+        assert error.headers["Allow"] == "GET, HEAD"
+        assert json.loads(error.read())["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_head_gets_what_get_gets_without_the_body(server: RunningServer, path: str) -> None:
+    def fetch(method: str) -> tuple[int, str | None, bytes]:
+        request = urllib.request.Request(server.http_url(path), method=method)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Length"], response.read()
+
+    get = await asyncio.to_thread(fetch, "GET")
+    head = await asyncio.to_thread(fetch, "HEAD")
+    assert get[0] == head[0] == 200 and get[2]
+    assert head[1] == get[1] == str(len(get[2])) and head[2] == b""
 
 
 async def test_readyz(server: RunningServer) -> None:

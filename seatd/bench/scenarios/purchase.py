@@ -131,7 +131,12 @@ async def _purchase(
         "closed_connections": closes_by_code(results),
     }
     notes = []
-    if exhausted:
+    if exhausted and holds_only:
+        notes.append(
+            f"every seat was asked for {window_s:.1f} s in, which ends a --holds-only run: "
+            "--seats (or --events) for a longer one"
+        )
+    elif exhausted:
         notes.append(
             f"{exhausted} holds not sent: seats (or the per-user limit) ran out; "
             "use --seats or a shorter --duration"
