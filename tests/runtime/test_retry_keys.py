@@ -139,3 +139,22 @@ async def test_remembered_keys_and_live_holds_leave_the_garbage_collector(
     finally:
         await registry.close()
     assert grown < 100, grown  # 800 holds and 800 remembered outcomes
+
+
+async def test_a_remembered_outcome_is_replayed_for_its_own_user_and_key_only(
+    store: PostgresStore,
+) -> None:
+    """Users and keys whose letters run together alike ("1u" + "k", "u" + "k1") are different
+    scopes: neither gets the other's remembered reply."""
+    event_id = await new_event(store, "keys", seats=4)
+    registry = _registry(store)
+    try:
+        [first] = await _ask(registry, event_id, _keyed("1u", "k", "S0"))
+        [other] = await _ask(registry, event_id, _keyed("u", "k1", "S1"))
+        [again] = await _ask(registry, event_id, _keyed("1u", "k", "S0"))
+    finally:
+        await registry.close()
+    assert isinstance(first, StoredReply) and first.outcome is not None
+    assert isinstance(other, StoredReply) and other.outcome is not None  # ran: not a replay
+    assert isinstance(again, StoredReply) and again.outcome is None  # replayed from memory
+    assert orjson.loads(again.response) == orjson.loads(first.response)
