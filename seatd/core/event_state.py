@@ -15,7 +15,6 @@ Invariants (checked by the property tests):
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
@@ -41,6 +40,7 @@ from seatd.core.commands import (
     Result,
     SeatSnapshot,
 )
+from seatd.core.deadlines import Deadlines
 from seatd.core.model import (
     EVENT_STATUSES,
     EventInfo,
@@ -140,7 +140,7 @@ class EventState:
         self._seat_reservation: dict[str, str] = {}
         self._user_seats: dict[str, int] = {}  # held + reserved, what the limit counts
         self._user_held: dict[str, int] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._deadlines = Deadlines()  # (expires_at, hold id), stale ones skipped
         self._ended: OrderedDict[str, HoldEndReason] | None = None  # made when a hold ends
         self._effects: list[Effect] = []
         self._journal = _Journal()
@@ -151,6 +151,7 @@ class EventState:
         for hold in holds:
             self._add_hold(hold)
         self._journal.clear()
+        self._queue_expiries()  # in time order: loaded holds come in any order
 
     # --- batch lifecycle ------------------------------------------------------------------
 
@@ -185,20 +186,19 @@ class EventState:
         """The batch could not be persisted: forget every change it made."""
         self._journal.rollback()
         self._effects = []
-        self._heap = [(raw[_EXPIRES_AT], raw[_HOLD_ID]) for raw in self._holds.values()]
-        heapq.heapify(self._heap)
+        self._queue_expiries()
 
     # --- queries --------------------------------------------------------------------------
 
     def next_expiry(self) -> float | None:
-        """When the earliest live hold expires (stale heap entries are dropped on the way)."""
-        heap = self._heap
-        while heap:
-            expires_at, hold_id = heap[0]
+        """When the earliest live hold expires (stale entries are dropped on the way)."""
+        deadlines = self._deadlines
+        while deadlines:
+            expires_at, hold_id = deadlines.peek()
             raw = self._holds.get(hold_id)
             if raw is not None and raw[_EXPIRES_AT] == expires_at:
                 return expires_at
-            heapq.heappop(heap)
+            deadlines.pop()
         return None
 
     def seat_state(self, seat_id: str) -> SeatState:
@@ -290,7 +290,7 @@ class EventState:
             hold.max_expires_at,
         )
         self._journal.set(self._holds, hold.hold_id, _stored(refreshed))
-        heapq.heappush(self._heap, (expires_at, hold.hold_id))
+        self._deadlines.push(expires_at, hold.hold_id)
         self._effects.append(HoldExtended(refreshed))
         return refreshed
 
@@ -401,6 +401,12 @@ class EventState:
             raise Forbidden(f"hold {hold_id} belongs to another user")
         return hold
 
+    def _queue_expiries(self) -> None:
+        """Queue every live hold's expiry afresh (after a load or a rollback)."""
+        self._deadlines = Deadlines(
+            (raw[_EXPIRES_AT], raw[_HOLD_ID]) for raw in self._holds.values()
+        )
+
     def _add_hold(self, hold: Hold) -> None:
         journal = self._journal
         journal.set(self._holds, hold.hold_id, _stored(hold))
@@ -408,7 +414,7 @@ class EventState:
             journal.set(self._seat_hold, sid, hold.hold_id)
         journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
         journal.add(self._user_held, hold.user_id, len(hold.seat_ids))
-        heapq.heappush(self._heap, (hold.expires_at, hold.hold_id))
+        self._deadlines.push(hold.expires_at, hold.hold_id)
 
     def _end_hold(self, hold: Hold, reason: HoldEndReason) -> None:
         journal = self._journal
@@ -424,12 +430,14 @@ class EventState:
         self._effects.append(HoldEnded(hold, reason))
 
     def _expire_due(self, now: float) -> tuple[Hold, ...]:
-        heap = self._heap
-        if not heap or heap[0][0] > now:
+        deadlines = self._deadlines
+        first = deadlines.first()
+        if first is None or first > now:
             return ()
         expired: list[Hold] = []
-        while heap and heap[0][0] <= now:
-            expires_at, hold_id = heapq.heappop(heap)
+        while first is not None and first <= now:
+            expires_at, hold_id = deadlines.pop()
+            first = deadlines.first()
             raw = self._holds.get(hold_id)
             if raw is not None and raw[_EXPIRES_AT] == expires_at:
                 hold = _hold(raw)

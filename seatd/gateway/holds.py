@@ -8,8 +8,6 @@ it; an expiry is pushed), so pushes track the hold itself, not only what this co
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,6 +16,7 @@ import orjson
 from protocol import messages as wire
 from protocol.codec import encode_push, format_time, parse_time
 from seatd import core
+from seatd.core.deadlines import Deadlines
 from seatd.errors import SeatdError
 from seatd.gateway.broadcast import Broadcaster, Subscriber
 from seatd.runtime.ports import StoredReply
@@ -33,11 +32,12 @@ class _Sink(Subscriber, Protocol):
 
 
 class HoldFollower:
-    """Warnings are kept in one heap per connection with one loop timer for the earliest, not a
-    timer per hold: most holds end (reserved, released) long before their warning, and a loop
-    timer made and cancelled per hold was a few percent of the server's CPU. An ended or moved
-    hold leaves its heap entry behind, ignored when it comes up; the heap is rebuilt when such
-    entries outnumber the live ones."""
+    """Warnings are kept in one queue of deadlines per connection (``core.Deadlines``) with one
+    loop timer for the earliest, not a timer per hold: most holds end (reserved, released) long
+    before their warning, and a loop timer made and cancelled per hold was a few percent of the
+    server's CPU. An ended or moved hold leaves its deadline behind, ignored when it comes up
+    (its warning is gone, or due at another time); the queue is rebuilt when such deadlines
+    outnumber the live ones."""
 
     __slots__ = (
         "_armed_at",
@@ -45,8 +45,8 @@ class HoldFollower:
         "_clock",
         "_closed",
         "_connection",
+        "_deadlines",
         "_followed",
-        "_heap",
         "_timer",
         "_warning",
         "_warnings",
@@ -65,11 +65,11 @@ class HoldFollower:
         self._warning = warning
         # The holds watched, warned or not: a warning ends the timer, not the watching.
         self._followed: set[str] | None = None  # made on first use: most connections hold nothing
-        # Each hold's pending warning: (loop time, sequence number, event id, hold id,
-        # expires_at, *seat_ids); a flat tuple of strings and numbers, which the garbage
-        # collector stops tracking at its first pass (see event_state._StoredHold).
+        # Each hold's pending warning: (loop time, event id, hold id, expires_at, *seat_ids);
+        # a flat tuple of strings and numbers, which the garbage collector stops tracking at
+        # its first pass (see event_state._StoredHold).
         self._warnings: dict[str, _Warning] | None = None
-        self._heap: list[tuple[float, int, str]] = []  # (loop time, sequence number, hold id)
+        self._deadlines = Deadlines()  # (loop time, hold id), stale ones skipped
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
         # Answers may still arrive after the connection is gone: they must not follow anything.
@@ -120,37 +120,28 @@ class HoldFollower:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._warnings, self._heap = None, []
+        self._warnings, self._deadlines = None, Deadlines()
         followed, self._followed = self._followed, None
         for hold_id in followed or ():
             self._broadcaster.unwatch_hold(hold_id, self._connection)
 
     def pending_warnings(self) -> int:
-        """Heap entries kept, live or left behind by ended holds (bounded: see the class)."""
-        return len(self._heap)
+        """Deadlines kept, live or left behind by ended holds (bounded: see the class)."""
+        return len(self._deadlines)
 
     def _schedule(self, event_id: str, hold: core.Hold) -> None:
         lifetime = hold.expires_at - self._clock()
         delay = lifetime - min(self._warning, lifetime / 4)
         loop = asyncio.get_running_loop()
         when = loop.time() + max(delay, 0.0)
-        sequence = next(_sequence)
         warnings = self._warnings
         if warnings is None:
             warnings = self._warnings = {}
-        warnings[hold.hold_id] = (
-            when,
-            sequence,
-            event_id,
-            hold.hold_id,
-            hold.expires_at,
-            *hold.seat_ids,
-        )
-        heap = self._heap
-        heapq.heappush(heap, (when, sequence, hold.hold_id))
-        if len(heap) > 2 * len(warnings) + _SPARE_ENTRIES:
-            self._heap = heap = [(w[0], w[1], hold_id) for hold_id, w in warnings.items()]
-            heapq.heapify(heap)
+        warnings[hold.hold_id] = (when, event_id, hold.hold_id, hold.expires_at, *hold.seat_ids)
+        deadlines = self._deadlines
+        deadlines.push(when, hold.hold_id)
+        if len(deadlines) > 2 * len(warnings) + _SPARE_ENTRIES:
+            self._deadlines = Deadlines((w[0], hold_id) for hold_id, w in warnings.items())
         if self._timer is None or when < self._armed_at:
             self._arm(loop, when)
 
@@ -166,39 +157,38 @@ class HoldFollower:
 
     def _cancel(self, hold_id: str) -> None:
         if self._warnings is not None:
-            self._warnings.pop(hold_id, None)  # its heap entry is skipped when it comes up
+            self._warnings.pop(hold_id, None)  # its deadline is skipped when it comes up
 
     def _ring(self) -> None:
         """Send the warnings that are due; arm the timer for the next live one."""
         self._timer = None
         loop = asyncio.get_running_loop()
         now, wall = loop.time(), self._clock()
-        heap, warnings = self._heap, self._warnings
-        while heap and warnings is not None and not self._closed:
-            when, sequence, hold_id = heap[0]
+        deadlines, warnings = self._deadlines, self._warnings
+        while deadlines and warnings is not None and not self._closed:
+            when, hold_id = deadlines.peek()
             warning = warnings.get(hold_id)
-            if warning is None or warning[1] != sequence:
-                heapq.heappop(heap)  # the hold ended or moved since
+            if warning is None or warning[0] != when:
+                deadlines.pop()  # the hold ended or moved since
                 continue
             if when > now:
                 self._arm(loop, when)
                 return
-            heapq.heappop(heap)
+            deadlines.pop()
             del warnings[hold_id]
-            if warning[4] > wall:
+            if warning[3] > wall:
                 self._warn(warning)
             # else: late (the process was paused, say): the hold has expired, and hold_expired
             # follows from its expiry. After a 15 s pause, 252 stale warnings went out at once.
 
     def _warn(self, warning: _Warning) -> None:
-        _, _, event_id, hold_id, expires_at, *seat_ids = warning
+        _, event_id, hold_id, expires_at, *seat_ids = warning
         push = wire.HoldExpiring(event_id, hold_id, tuple(seat_ids), format_time(expires_at))
         self._connection.send(encode_push("hold_expiring", push))
 
 
 _Warning = tuple[Any, ...]
-_sequence = itertools.count()
-# Heap entries of ended holds tolerated beyond the live ones before the heap is rebuilt.
+# Deadlines of ended holds tolerated beyond the live ones before the queue is rebuilt.
 _SPARE_ENTRIES = 32
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.tracking import tracked_objects
+from support.tracking import tracked_objects, young_objects
 
 from seatd.core.commands import (
     AvailableSeats,
@@ -1620,3 +1620,17 @@ def test_live_holds_leave_the_garbage_collector_after_a_pass() -> None:
     state.commit()
     assert len(state.live_holds()) == 2000
     assert tracked_objects() - before < 50
+
+
+def test_a_live_hold_leaves_one_object_for_the_next_young_pass() -> None:
+    """Its stored tuple, untracked by that pass; its expiry adds none (core.Deadlines)."""
+    seats = [Seat(f"S{i}") for i in range(2000)]
+    state = EventState(INFO, Policy(300.0, 2000, 1800.0), seats)
+    commands = [PlaceHold(f"u{i % 7}", (f"S{i}",), f"h{i}") for i in range(2000)]
+
+    def place_all() -> None:
+        for command in commands:
+            state.handle(command, 1000.0)
+        state.commit()
+
+    assert young_objects(place_all) < 2100

@@ -8,7 +8,7 @@ import time
 from typing import Any, cast
 
 import orjson
-from support.tracking import tracked_objects
+from support.tracking import tracked_objects, young_objects
 
 from seatd import core
 from seatd.gateway.holds import HoldFollower
@@ -152,4 +152,20 @@ async def test_followed_holds_leave_the_garbage_collector_after_a_pass() -> None
     assert len(broadcaster.watched) == 2000
     await asyncio.sleep(0.01)  # the loop frees the timers it cancelled on its next turn
     assert tracked_objects() - before < 50
+    follower.close()
+
+
+async def test_a_followed_hold_leaves_one_object_for_the_next_young_pass() -> None:
+    """Its warning, untracked by that pass; its deadline adds none (core.Deadlines)."""
+    follower, _, _ = _follower()
+    now = time.time()
+    holds = [
+        core.Hold(f"h{i}", "u1", (f"S{i}",), now, now + 3600 + i, now + 7200) for i in range(2000)
+    ]
+
+    def follow_all() -> None:
+        for hold in holds:
+            _place(follower, hold)
+
+    assert young_objects(follow_all) < 2100
     follower.close()

@@ -7,6 +7,7 @@ again by each pass of an older generation, stalling every reply (BENCHMARKS.md, 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 
 def tracked_objects() -> int:
@@ -14,3 +15,17 @@ def tracked_objects() -> int:
     gc.collect()
     gc.collect()  # a tuple holding a tuple is untracked one pass after the inner one
     return len(gc.get_objects())
+
+
+def young_objects(action: Callable[[], object]) -> int:
+    """How many new objects ``action`` leaves for the collector's next young pass to walk, even
+    ones that pass will stop tracking: young passes come every 50,000 new objects (gctune.py)
+    and hold the event loop for their length."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects(0))
+        action()
+        return len(gc.get_objects(0)) - before
+    finally:
+        gc.enable()
