@@ -12,7 +12,7 @@ injection). PostgreSQL keeps just enough to decide instead:
   epoch claim and cleared when that instance lets the event go (``release``);
 - ``instances``: each running instance's latest heartbeat (``seen_at``), sent every sixth of a
   lease's lifetime, and since when they have come without a gap (``beating_since``); a
-  stopping instance deletes its row.
+  stopping instance clears its marks and deletes its row.
 
 ``seatd_served_elsewhere`` (init.sql) decides: the event's instance is another one that beat
 within two thirds of a lease (so a dead owner is dead here by the time its Redis lease runs
@@ -149,14 +149,17 @@ class PostgresOwners:
         )
 
     async def close(self) -> None:
-        """Stop beating and delete this instance's row: its events are free at once (call it
-        after the events were let go)."""
-        for task in (self._beating, self._releasing):  # releases left: the row goes below
+        """Stop beating, clear this instance's marks and delete its row: its events are free
+        at once (call it after the events were let go). The marks go too, releases still
+        waiting among them: an instance that has just started counts every marked owner as
+        alive, row or not, and would refuse those events for its first lease."""
+        for task in (self._beating, self._releasing):  # releases left: cleared below
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         try:
+            await self._fetch(_DISOWN_ALL, self.instance_id)
             await self._fetch(_RETIRE, self.instance_id)
         except Exception as error:  # the row then just ages past a lease
             log.warning("owners_retire_failed", error=repr(error))

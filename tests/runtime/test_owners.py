@@ -196,6 +196,26 @@ async def test_a_stopped_instance_leaves_its_events_free_at_once(
     assert second.active(event_id) is not None
 
 
+async def test_an_instance_that_stops_at_once_leaves_no_event_marked(
+    pool: asyncpg.Pool, store: PostgresStore, instance: MakeInstance
+) -> None:
+    """A stopping instance closes its record right after letting its events go, before their
+    releases (which wait half a second together) went out. Its marks must go with its row:
+    an instance that has just started counts every marked owner as alive, and refused such
+    events for its first lease (found by the protocol fuzzer, whose server started just after
+    another test's had stopped)."""
+    first, first_owners = await instance("first")
+    event_id = await _event(store)
+    await first.ask(event_id, GetEvent())
+    assert (await _owner_row(pool, event_id))[0] == "first"
+    await first.close()
+    await first_owners.close()
+    assert (await _owner_row(pool, event_id))[0] is None
+    newcomer, _ = await instance("newcomer")  # not beating for a lease yet
+    await newcomer.ask(event_id, GetEvent())
+    assert newcomer.active(event_id) is not None
+
+
 async def test_a_restarted_instance_disowns_what_its_crash_left(
     pool: asyncpg.Pool, store: PostgresStore
 ) -> None:
