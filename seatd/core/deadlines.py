@@ -21,26 +21,35 @@ __all__ = ["Deadlines"]
 
 class Deadlines:
     """``(time, id)`` pairs, earliest first. An id may be queued more than once (a refreshed
-    hold): the owner decides, when a pair comes up, whether it is still current."""
+    hold): the owner decides, when a pair comes up, whether it is still current.
+
+    Empty, it holds nothing: a deque allocates 0.6 KiB up front, and every loaded event and
+    every connection has a queue, most of them empty (BENCHMARKS.md, idle)."""
 
     __slots__ = ("_heap", "_ids", "_times")
 
     def __init__(self, pairs: Iterable[tuple[float, str]] = ()) -> None:
-        self._times: deque[float] = deque()
-        self._ids: deque[str] = deque()
-        self._heap: list[tuple[float, str]] = []  # pushed out of order
+        self._times: deque[float] | None = None
+        self._ids: deque[str] = _NO_IDS
+        self._heap: list[tuple[float, str]] | None = None  # pushed out of order
         for when, item in sorted(pairs):
             self.push(when, item)
 
     def __len__(self) -> int:
-        return len(self._times) + len(self._heap)
+        times, heap = self._times, self._heap
+        return (len(times) if times else 0) + (len(heap) if heap else 0)
 
     def push(self, when: float, item: str) -> None:
         times = self._times
+        if times is None:
+            times = self._times = deque()
+            self._ids = deque()
         if not times or when >= times[-1]:
             times.append(when)
             self._ids.append(item)
         else:
+            if self._heap is None:
+                self._heap = []
             heapq.heappush(self._heap, (when, item))
 
     def first(self) -> float | None:
@@ -55,11 +64,21 @@ class Deadlines:
         times, heap = self._times, self._heap
         if heap and (not times or heap[0][0] < times[0]):
             return heap[0]
+        assert times
         return times[0], self._ids[0]
 
     def pop(self) -> tuple[float, str]:
         """Take the earliest pair (the queue must not be empty)."""
         times, heap = self._times, self._heap
         if heap and (not times or heap[0][0] < times[0]):
-            return heapq.heappop(heap)
-        return times.popleft(), self._ids.popleft()
+            pair = heapq.heappop(heap)
+        else:
+            assert times
+            pair = times.popleft(), self._ids.popleft()
+        if not times and not heap:  # empty again: give the deques back
+            self._times, self._ids, self._heap = None, _NO_IDS, None
+        return pair
+
+
+# The ids of an empty queue: never appended to (push makes a deque of its own first).
+_NO_IDS: deque[str] = deque()
