@@ -454,7 +454,7 @@ class _Outcomes:
     object the garbage collector tracks until a pass sees it, and those passes walk every
     object made since the last; a dict holding only strings and bytes is never tracked.
     Remembering outcomes as records made the collector's young passes 1.5 times as frequent
-    at 7,500 keyed holds/s (hold p99 23.6-29.5 against 17.0-18.8 ms; BENCHMARKS.md)."""
+    at 7,500 keyed holds/s (hold p99 21.7-27.2 against 18.1-21.2 ms; BENCHMARKS.md)."""
 
     __slots__ = ("_hashes", "_responses")
 
