@@ -302,34 +302,27 @@ def test_bench_needs_no_extra_until_it_runs() -> None:
     assert "bench extra" in proc.stderr
 
 
-def test_usage_errors_exit_2() -> None:
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["rush", "--baseline"], "--baseline applies to the throughput scenario only"),
+        (["idle", "--instances", "2"], "--instances does not apply to idle"),
+        (["rush", "--holds-only"], "--holds-only applies to throughput and events only"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], said: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "seatd", "bench", "rush", "--baseline"],
+        [sys.executable, "-m", "seatd", "bench", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert proc.returncode == 2
-    assert "--baseline applies to the throughput scenario only" in proc.stderr
-    idle = subprocess.run(
-        [sys.executable, "-m", "seatd", "bench", "idle", "--instances", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert idle.returncode == 2
-    assert "--instances does not apply to idle" in idle.stderr
-    rush = subprocess.run(
-        [sys.executable, "-m", "seatd", "bench", "rush", "--holds-only"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert rush.returncode == 2
-    assert "--holds-only applies to throughput and events only" in rush.stderr
+    assert said in proc.stderr
+
+
+def test_bench_is_listed() -> None:
     listed = subprocess.run(
         [sys.executable, "-m", "seatd", "--help"], capture_output=True, text=True, check=False
     )
