@@ -151,7 +151,7 @@ class EventState:
         for hold in holds:
             self._add_hold(hold)
         self._journal.clear()
-        self._queue_expiries()  # in time order: loaded holds come in any order
+        self._queue_expiries()  # at once, in time order: loaded holds come in any order
 
     # --- batch lifecycle ------------------------------------------------------------------
 
@@ -267,6 +267,7 @@ class EventState:
             max_expires_at=now + self.policy.max_hold_lifetime,
         )
         self._add_hold(hold)
+        self._deadlines.push(hold.expires_at, hold.hold_id)
         self._effects.append(HoldCreated(hold))
         return hold
 
@@ -414,7 +415,6 @@ class EventState:
             journal.set(self._seat_hold, sid, hold.hold_id)
         journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
         journal.add(self._user_held, hold.user_id, len(hold.seat_ids))
-        self._deadlines.push(hold.expires_at, hold.hold_id)
 
     def _end_hold(self, hold: Hold, reason: HoldEndReason) -> None:
         journal = self._journal
