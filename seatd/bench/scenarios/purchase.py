@@ -1,5 +1,6 @@
 """throughput and events: connections hold distinct seats and reserve each hold (or, with
-``holds_only``, only hold them); the baseline (one transaction per command) and forwarding (every client on a non-owner) comparisons."""
+``holds_only``, only hold them); the baseline (one transaction per command) and forwarding
+(every client on a non-owner) comparisons."""
 
 from __future__ import annotations
 
