@@ -22,13 +22,18 @@ from seatd.core import (
 )
 from seatd.runtime.ports import FencedOut, IdempotencyRecord, StaleVersion
 
+# Hold times far in the future (2096): a hold past its expiry in the shared test database is
+# one any running seatd's overdue sweep wakes and loads, bumping the epoch these tests write
+# with (a batch written straight to the store was fenced once in a full run).
+T = 4_000_000_000.0
+
 
 async def _event(store: PostgresStore) -> str:
     return await new_event(store, "store")
 
 
 def _hold(user: str, *seats: str) -> Hold:
-    return Hold(str(uuid.uuid4()), user, seats, 1000.0, 2000.0, 3000.0)
+    return Hold(str(uuid.uuid4()), user, seats, T + 1000, T + 2000, T + 3000)
 
 
 async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
@@ -36,11 +41,11 @@ async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
     loaded = await store.load_event(event_id)
     assert loaded is not None
     kept, gone, sold = _hold("u1", "S0"), _hold("u2", "S1"), _hold("u3", "S2", "S3")
-    reservation = Reservation(str(uuid.uuid4()), "u3", ("S2", "S3"), 1500.0)
+    reservation = Reservation(str(uuid.uuid4()), "u3", ("S2", "S3"), T + 1500)
     key = IdempotencyRecord("u3", "k1", "hash", b'{"ok": true, "result": {}}')
     effects = [
         HoldCreated(kept), HoldCreated(gone), HoldCreated(sold),
-        HoldEnded(gone, HoldEndReason.RELEASED), HoldExtended(kept._replace(expires_at=2500.0)),
+        HoldEnded(gone, HoldEndReason.RELEASED), HoldExtended(kept._replace(expires_at=T + 2500)),
         HoldEnded(sold, HoldEndReason.RESERVED), ReservationCreated(reservation),
     ]  # fmt: skip
     await store.persist(
@@ -49,7 +54,7 @@ async def test_a_batch_is_written_and_read_back(store: PostgresStore) -> None:
     again = await store.load_event(event_id)
     assert again is not None and again.version == loaded.version + 1
     assert [(h.hold_id, h.seat_ids, h.expires_at) for h in again.holds] == [
-        (kept.hold_id, ("S0",), 2500.0)
+        (kept.hold_id, ("S0",), T + 2500)
     ]
     assert [(r.reservation_id, r.seat_ids) for r in again.reservations] == [
         (reservation.reservation_id, ("S2", "S3"))
@@ -152,7 +157,7 @@ async def test_the_previous_releases_calls_end_refresh_and_refuse_as_before(
     single = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 20)) + ")"
     many = "SELECT seatd_persist_batches(" + ", ".join(f"${n}" for n in range(1, 26)) + ")"
     rows = _previous_rows([])
-    rows[0], rows[1], rows[2] = [ended.hold_id], [refreshed.hold_id], [2500.0]
+    rows[0], rows[1], rows[2] = [ended.hold_id], [refreshed.hold_id], [T + 2500]
     async with pool.acquire() as conn:
         scans = "SELECT pg_stat_get_xact_numscans('hold_seats'::regclass)"
         async with conn.transaction():
@@ -162,7 +167,7 @@ async def test_the_previous_releases_calls_end_refresh_and_refuse_as_before(
             assert await conn.fetchval(scans) == before  # no sequential scan
         loaded = await store.load_event(one)  # a new epoch: the calls below are fenced
         assert loaded is not None
-        assert [(h.hold_id, h.expires_at) for h in loaded.holds] == [(refreshed.hold_id, 2500.0)]
+        assert [(h.hold_id, h.expires_at) for h in loaded.holds] == [(refreshed.hold_id, T + 2500)]
         gone = [*rows]
         gone[0], gone[1], gone[2] = [], [ended.hold_id], [2600.0]  # ended above: gone
         stale = (one, first.epoch, loaded.version, loaded.version + 1, *gone, "[]")
@@ -344,7 +349,7 @@ async def test_a_batch_reads_only_the_holds_it_changes(
     )
     effects: list[Effect] = [
         HoldEnded(ended, HoldEndReason.RELEASED),
-        HoldExtended(refreshed._replace(expires_at=2500.0)),
+        HoldExtended(refreshed._replace(expires_at=T + 2500)),
     ]
     async with pool.acquire() as conn, conn.transaction():
         # The plan the function keeps after its first calls, whatever the table holds now.

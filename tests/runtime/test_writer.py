@@ -31,6 +31,9 @@ from seatd.runtime.ports import (
 )
 from seatd.runtime.writer import BatchWriter
 
+# Hold times far in the future: see test_store.T (an overdue hold gets its event woken).
+T = 4_000_000_000.0
+
 
 async def _event(store: PostgresStore) -> tuple[str, int, int]:
     """A new event, loaded: (id, owner epoch, version)."""
@@ -41,7 +44,7 @@ async def _event(store: PostgresStore) -> tuple[str, int, int]:
 
 
 def _hold(user: str, seat: str) -> Hold:
-    return Hold(str(uuid.uuid4()), user, (seat,), 1000.0, 2000.0, 3000.0)
+    return Hold(str(uuid.uuid4()), user, (seat,), T + 1000, T + 2000, T + 3000)
 
 
 async def _holds(pool: asyncpg.Pool, event_id: str) -> int:
@@ -63,7 +66,7 @@ async def test_each_event_of_a_shared_transaction_gets_its_own_outcome(
         # A refreshed hold that is not in the database: an error inside the transaction.
         BatchWrite(broken[0], broken[1], broken[2], broken[2] + 1, [
             HoldCreated(_hold("u2", "S1")),
-            HoldExtended(_hold("u1", "S0")._replace(expires_at=2500.0)),
+            HoldExtended(_hold("u1", "S0")._replace(expires_at=T + 2500)),
         ]),
         BatchWrite(keyed[0], keyed[1], keyed[2], keyed[2] + 1, [HoldCreated(_hold("u1", "S0"))], [record]),
         BatchWrite(written[0].replace("writer", "nope"), 1, 0, 1, []),  # no such event
@@ -92,9 +95,12 @@ async def test_every_row_of_a_shared_transaction_lands_under_its_own_event(
     await store.persist(
         second[0], second[1], second[2] + 1, [HoldCreated(older)], previous=second[2]
     )
-    a1, a2 = _hold("a1", "S0"), Hold(str(uuid.uuid4()), "a2", ("S1", "S2"), 1000.0, 2000.0, 3000.0)
+    a1, a2 = (
+        _hold("a1", "S0"),
+        Hold(str(uuid.uuid4()), "a2", ("S1", "S2"), T + 1000, T + 2000, T + 3000),
+    )
     b1 = _hold("b1", "S0")
-    taken = Reservation(str(uuid.uuid4()), "u1", ("S3",), 1500.0)
+    taken = Reservation(str(uuid.uuid4()), "u1", ("S3",), T + 1500)
     writes = [
         BatchWrite(first[0], first[1], first[2], first[2] + 1, [HoldCreated(a1), HoldCreated(a2)],
                    [IdempotencyRecord("a1", "ka", "h", b'{"ok": true}')]),
