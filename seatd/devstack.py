@@ -227,6 +227,9 @@ class PostgresServer:
     The app role (``user``) owns the database and everything ``init_sql`` creates, and may
     schedule pg_cron jobs, so the service can re-apply the same file (``seatd init-db``) as itself.
     The extensions are created by the superuser first because they need superuser rights.
+
+    ``wal_ready_mb``: that much WAL (min_wal_size) kept ready for reuse, written when the cluster
+    is made, so commits never wait for a new WAL file (``seatd bench``; see ``_fill_wal``).
     """
 
     def __init__(
@@ -241,6 +244,7 @@ class PostgresServer:
         durable: bool = False,
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         bindir: Path | None = None,
+        wal_ready_mb: int = 0,
     ) -> None:
         self.port = _check_port(port if port is not None else free_port())
         self.dbname = dbname
@@ -251,6 +255,8 @@ class PostgresServer:
         self.durable = durable
         self.extensions = tuple(extensions)
         self.bindir = bindir or find_pg_bindir()
+        # WAL kept ready for reuse (min_wal_size), written once when the cluster is made.
+        self.wal_ready_mb = wal_ready_mb
         self._base = base_dir
         # PostgreSQL refuses to run as root: its binaries then run as the postgres OS user.
         self._os_user = PG_OS_USER if _is_root() else None
@@ -305,7 +311,8 @@ class PostgresServer:
         """Initialise the cluster if needed, start it if not running, provision db and schema."""
         try:
             self._prepare_base()
-            if not (self.data_dir / "PG_VERSION").exists():
+            new = not (self.data_dir / "PG_VERSION").exists()
+            if new:
                 self._initdb()
             self._write_config()
             if self.is_running():
@@ -313,6 +320,8 @@ class PostgresServer:
             else:
                 self._pg_ctl_start()
             self._provision()
+            if new and self.wal_ready_mb:
+                self._fill_wal()
             if self.init_sql is not None:
                 self.apply_sql(self.init_sql)
         except BaseException:
@@ -407,6 +416,7 @@ class PostgresServer:
             "unix_socket_directories": sockets,
             "max_connections": 300,
             "fsync": "on" if self.durable else "off",
+            **({"min_wal_size": f"{self.wal_ready_mb}MB"} if self.wal_ready_mb else {}),
             "shared_preload_libraries": "pg_cron",
             "cron.database_name": self.dbname,
             # pg_cron runs jobs over libpq; point it at the only address we listen on.
@@ -457,6 +467,29 @@ class PostgresServer:
         if user == self.user:
             env["PGPASSWORD"] = self.password
         return _run([*argv, *args], env=env).stdout
+
+    def _fill_wal(self) -> None:
+        """Leave ``wal_ready_mb`` of WAL segment files ready for reuse, as on a server that has
+        run a while.
+
+        A new cluster has none: each time its WAL crosses into a new segment, the commit doing
+        it first creates and zero-fills a 16 MB file and waits for it to reach the disk (70 ms
+        on a slow disk, against 3 for a commit into a recycled file; BENCHMARKS.md, round 13).
+        A running server renames its old segments for reuse at each checkpoint, keeping
+        min_wal_size of them. So the segments are written here by switching to a new one over
+        and over (a row between switches: a switch with nothing written does nothing), and a
+        checkpoint recycles them all. In the ``postgres`` database: the app's stays untouched.
+        """
+        size = int(self.psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))
+        segments = -(-self.wal_ready_mb * 2**20 // size)
+        self.psql(
+            "CREATE TABLE seatd_wal_fill (i int);"
+            f"DO $$BEGIN FOR i IN 1..{segments} LOOP"
+            " INSERT INTO seatd_wal_fill VALUES (i); PERFORM pg_switch_wal(); END LOOP; END$$;"
+            "DROP TABLE seatd_wal_fill",
+            dbname="postgres",
+        )
+        self.psql("CHECKPOINT", dbname="postgres")
 
     def _provision(self) -> None:
         """Create the app role and database (if missing) and the extensions (superuser only)."""

@@ -140,9 +140,9 @@ def _check_files_limit(options: Options) -> None:
         )
 
 
-async def _start_services() -> Services:
+async def _start_services(wal_ready_mb: int) -> Services:
     """Start the throwaway services in a thread; stopped again if cancelled meanwhile."""
-    starting = asyncio.ensure_future(asyncio.to_thread(Services.start_own))
+    starting = asyncio.ensure_future(asyncio.to_thread(Services.start_own, wal_ready_mb))
     try:
         return await asyncio.shield(starting)
     except asyncio.CancelledError:
@@ -191,14 +191,22 @@ async def _main(options: Options, out: TextIO) -> int:
             + (
                 "seatd on the services named by POSTGRES_*/REDIS_*"
                 if options.use_services
-                else "a throwaway PostgreSQL (durable) and Redis"
+                else "a throwaway PostgreSQL (durable, "
+                + (
+                    f"{options.wal_ready_mb} MB of WAL ready for reuse"
+                    if options.wal_ready_mb
+                    else "a brand-new cluster"
+                )
+                + ") and Redis"
             )
             + " ...",
             file=out,
             flush=True,
         )
         services = (
-            Services.from_env(os.environ) if options.use_services else await _start_services()
+            Services.from_env(os.environ)
+            if options.use_services
+            else await _start_services(options.wal_ready_mb)
         )
     results: list[RunResult] = []
     document: dict[str, Any] = {
@@ -208,6 +216,8 @@ async def _main(options: Options, out: TextIO) -> int:
         "target": options.url or ("services from env" if options.use_services else "throwaway"),
         "server_env": dict(options.server_env),
     }
+    if services is not None and services.mode == "own":
+        document["postgres_wal_ready_mb"] = options.wal_ready_mb
     try:
         harness = Harness(
             secret=secret,

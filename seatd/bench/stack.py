@@ -4,7 +4,9 @@ Why a child process (``python -m seatd serve``) and not an in-process server: th
 measure the server as it runs in production, on its own interpreter and event loop, and read
 its CPU and memory from the outside (psutil) without the load generator's mixed in.
 PostgreSQL is started durable (fsync on), like production, so commit costs are real: group
-commit only pays off when a commit costs something.
+commit only pays off when a commit costs something. And like a production server that has run a
+while, it has WAL segments ready for reuse (``--fresh-wal``: without), so no commit waits for a
+new WAL file to be made, which only a brand-new cluster does at every segment.
 """
 
 from __future__ import annotations
@@ -70,11 +72,17 @@ class Services:
     _stoppers: list[Any] = field(default_factory=list)
 
     @classmethod
-    def start_own(cls) -> Services:
+    def start_own(cls, wal_ready_mb: int = 0) -> Services:
+        """Throwaway PostgreSQL (durable) and Redis; ``wal_ready_mb`` of WAL ready for reuse."""
         from seatd.devstack import DevstackError, PostgresServer, RedisServer
 
         pg = PostgresServer(
-            dbname="seatd", user="seatd", password="seatd", init_sql=find_init_sql(), durable=True
+            dbname="seatd",
+            user="seatd",
+            password="seatd",
+            init_sql=find_init_sql(),
+            durable=True,
+            wal_ready_mb=wal_ready_mb,
         )
         redis = RedisServer()
         services = cls(postgres_env={}, redis_env={}, mode="own")

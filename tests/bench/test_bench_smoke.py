@@ -341,6 +341,7 @@ def test_bench_is_listed() -> None:
         (["--url", "ws://127.0.0.1:9/", "--secret", "x" * 40], "cannot reach ws://127.0.0.1:9/"),
         (["--seats", "100001"], "an event has at most 100000 seats, not 100001"),
         (["--holds-only", "--via-non-owner"], "--via-non-owner compares purchases"),
+        (["--fresh-wal", "--use-services"], "--fresh-wal applies to the throwaway PostgreSQL"),
     ],
 )
 def test_a_mistake_is_one_line_and_exit_2_before_any_load(args: list[str], said: str) -> None:
