@@ -160,6 +160,8 @@ def _resources(result: RunResult) -> str:
         entry = result.resources.get(name)
         if entry:
             parts.append(f"{name} cpu {entry['cpu_percent']:.0f}%")
+    if wal := result.resources.get("wal"):
+        parts.append(f"postgres wal {wal['mb']:g} MB")
     lg = result.loadgen
     parts.append(
         f"load generator cpu {lg['cpu_percent']:.0f}% ({lg['cpu_s']:.1f}s, "

@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["actor_stats", "bucket_quantile", "metrics_url", "parse_metrics", "scrape"]
+__all__ = [
+    "actor_stats",
+    "bucket_quantile",
+    "metrics_url",
+    "parse_metrics",
+    "scrape",
+    "wal_position",
+]
 
 _BUCKET = "seatd_commit_seconds_bucket"
 
@@ -34,6 +41,32 @@ def scrape(ws_url: str, timeout: float = 2.0) -> dict[str, float] | None:
             return parse_metrics(reply.read().decode())
     except (OSError, urllib.error.URLError, ValueError):
         return None
+
+
+async def wal_position(postgres_env: Mapping[str, str] | None) -> int | None:
+    """How many bytes of WAL PostgreSQL has written in its life, or None if it cannot be asked.
+
+    Read before and after a window, the difference is what the window's writes cost in WAL:
+    how much ``min_wal_size`` must hold for a burst of them (README), and what each commit
+    must bring to the disk."""
+    if not postgres_env or "POSTGRES_PORT" not in postgres_env:
+        return None
+    from seatd.bench.verify import connect
+
+    # A database that refuses us (asyncpg's errors, a timeout) only costs the figure.
+    try:
+        connection = await connect(postgres_env)
+    except Exception:
+        return None
+    try:
+        position = await connection.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+        )
+    except Exception:
+        return None
+    finally:
+        await connection.close()
+    return int(position)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

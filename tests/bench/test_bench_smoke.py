@@ -134,15 +134,19 @@ def test_throughput_reserves_every_hold(smoke_all: tuple[dict[str, Any], Path]) 
     assert 1 <= actors["commits"] <= actors["batches"]
     assert actors["commit_failures"] == 0
     assert 0 < actors["commit_share"] <= 1
-    _check_cpu_per_request(run)
+    _check_per_request(run)
     # Only a window of seconds is sure to span a CPU clock tick; a smoke rush sells out in ms.
     assert run["metrics"]["server_cpu_us_per_request"] > 0
 
 
-def _check_cpu_per_request(run: dict[str, Any]) -> None:
-    """Each process's CPU per request: its CPU seconds over the window's requests."""
+def _check_per_request(run: dict[str, Any]) -> None:
+    """Each process's CPU per request: its CPU seconds over the window's requests; and the WAL
+    PostgreSQL wrote per request, every one of which wrote a row."""
     ops, metrics = run["ops"], run["metrics"]
     requests = ops["hold"]["count"] + ops["reserve"]["count"]
+    wal = run["resources"]["wal"]["bytes"]
+    assert metrics["postgres_wal_bytes_per_request"] == round(wal / requests)
+    assert wal >= 200 * requests
     for name, cpu_s in (
         ("server", run["resources"]["server"]["cpu_s"]),
         ("postgres", run["resources"]["postgres"]["cpu_s"]),
@@ -163,7 +167,7 @@ def test_rush_sells_every_seat_exactly_once(smoke_all: tuple[dict[str, Any], Pat
     assert metrics["buyers_served"] + metrics["buyers_without_seats"] == metrics["buyers"]
     assert metrics["conflicts"] == hold["errors"].get("seat_unavailable", 0)
     assert metrics["hold_attempts"] == hold["count"]
-    _check_cpu_per_request(run)
+    _check_per_request(run)
     names = {c["name"] for c in run["verification"]["checks"]}
     assert "sold out: every seat in exactly one acknowledged hold" in names
     assert "no seat reserved twice" in names
@@ -228,6 +232,8 @@ def test_holds_only_holds_and_never_reserves(service_env: dict[str, str]) -> Non
         metrics = run["metrics"]
         assert metrics["holds"] == run["params"]["seats"] == run["ops"]["hold"]["ok"]
         assert metrics["holds_per_s"] > 0 and "purchases" not in metrics
+        # A hold writes its seat's row and its retry key's, with their indexes.
+        assert metrics["postgres_wal_bytes_per_request"] >= 400
         assert run["window_s"] < 30, "waited for the deadline with no seat left to hold"
     baseline = document["baseline"]
     assert baseline["group_commit_holds_per_s"] > 0 and baseline["ratio"] > 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from seatd.bench.serverstats import actor_stats, scrape
+from seatd.bench.serverstats import actor_stats, scrape, wal_position
 from seatd.bench.stack import (
     BenchError,
     ProcessMeter,
@@ -103,6 +103,8 @@ class Window:
         self._server_urls = list(server_urls)
         self._metrics_before: list[dict[str, float] | None] = []
         self._metrics_after: list[dict[str, float] | None] = []
+        # Bytes of WAL PostgreSQL wrote over the window, when the harness could ask it.
+        self.wal_bytes: int | None = None
 
     def count_from_here(self) -> None:
         """Read the actors' counters now, before the load starts: read once it runs, the
@@ -160,6 +162,8 @@ class Window:
             actors = actor_stats(self._metrics_before, self._metrics_after)
             if actors is not None:
                 result["actors"] = actors
+        if self.wal_bytes is not None:
+            result["wal"] = {"bytes": self.wal_bytes, "mb": round(self.wal_bytes / 1e6, 1)}
         return result
 
 
@@ -445,11 +449,15 @@ class Harness:
             await self.connect_workers(pool, connections, what)
             window = self.window(server)
             base = pool.progress_total()
+            wal_before = await wal_position(self.postgres_env)
             t0 = await self.go(pool, window, duration, bucket=bucket)
             results = await self.results(
                 pool, window, desc=desc, total=total, unit=unit, timeout=timeout, base=base
             )
             window.stop()
+            wal_after = await wal_position(self.postgres_env)
+            if wal_before is not None and wal_after is not None:
+                window.wal_bytes = wal_after - wal_before
         finally:
             await pool.close()
         return window, t0, results
@@ -481,14 +489,17 @@ def loadgen_summary(
     }
 
 
-def cpu_per_request(
+def per_request(
     resources: dict[str, Any], loadgen: dict[str, Any], requests: int
 ) -> dict[str, float]:
     """Each process's CPU per request answered in the window, in microseconds: what an A/B of
-    two commits compares, since it moves less with the machine's hour than throughput does."""
+    two commits compares, since it moves less with the machine's hour than throughput does.
+    And PostgreSQL's WAL per request, in bytes, which does not move with the hour at all."""
     if not requests:
         return {}
     out: dict[str, float] = {}
+    if wal := resources.get("wal"):
+        out["postgres_wal_bytes_per_request"] = round(wal["bytes"] / requests)
     for name, entry in (
         ("server", resources.get("server")),
         ("postgres", resources.get("postgres")),

@@ -14,9 +14,9 @@ from seatd.bench.scenarios.harness import (
     Harness,
     RunResult,
     closes_by_code,
-    cpu_per_request,
     loadgen_summary,
     merge_ops,
+    per_request,
     unknown_holds,
 )
 from seatd.bench.scenarios.instances import (
@@ -166,7 +166,7 @@ async def _purchase(
         notes += cluster_notes(cluster, owners, owners_after)
     verdict = await verify_run(h.postgres_env, layouts, logs, unknown_holds=unknown_holds(hold))
     resources, loadgen = window.resources(), loadgen_summary(results, window_s, h.client)
-    metrics.update(cpu_per_request(resources, loadgen, hold.count + reserve.count))
+    metrics.update(per_request(resources, loadgen, hold.count + reserve.count))
     return RunResult(
         scenario=scenario,
         label=label or run_label(h, instances),

@@ -12,9 +12,9 @@ from seatd.bench.scenarios.harness import (
     Harness,
     RunResult,
     closes_by_code,
-    cpu_per_request,
     loadgen_summary,
     merge_ops,
+    per_request,
     unknown_holds,
 )
 from seatd.bench.scenarios.instances import (
@@ -103,7 +103,7 @@ async def run_rush(h: Harness, p: dict[str, Any]) -> RunResult:
         metrics["instances"] = instances
         notes += cluster_notes(server, [0], owners)
     resources, loadgen = window.resources(), loadgen_summary(results, window_s, h.client)
-    metrics.update(cpu_per_request(resources, loadgen, hold.count + reserve.count))
+    metrics.update(per_request(resources, loadgen, hold.count + reserve.count))
     return RunResult(
         scenario="rush",
         label=run_label(h, instances),
