@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from seatd.bench.options import WAL_READY_MB, parse_options
+from seatd.bench.options import WAL_READY_MB, WAL_READY_MB_QUICK, parse_options
 
 
 @pytest.mark.parametrize(
     ("args", "ready_mb"),
     [
         (["throughput"], WAL_READY_MB),
-        (["all", "--quick"], WAL_READY_MB),
+        (["all", "--quick"], WAL_READY_MB_QUICK),
         (["throughput", "--fresh-wal"], 0),
         # Nobody reads a smoke run's figures: it starts in seconds instead.
         (["all", "--smoke"], 0),
