@@ -161,9 +161,11 @@ class RedisMirror:
                 if holds is None or users is None:
                     holds = self._dirty_holds.setdefault(event_id, {})
                     users = self._dirty_users.setdefault(event_id, {})
-                hold_id, user_id = effect.hold.hold_id, effect.hold.user_id
-                holds[hold_id] = state.hold(hold_id)  # None: ended
-                users[user_id] = state.held_seat_count(user_id)
+                hold = effect.hold
+                # The batch's effects come in order, so a hold's last one says what was
+                # committed: the hold as created or refreshed, or None once it ended.
+                holds[hold.hold_id] = None if isinstance(effect, HoldEnded) else hold
+                users[hold.user_id] = state.held_seat_count(hold.user_id)
         if self._dirty_holds:
             self._pending.set()
 

@@ -15,6 +15,7 @@ Invariants (checked by the property tests):
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
@@ -134,8 +135,8 @@ class EventState:
         self._seats: dict[str, Seat] = {seat.seat_id: seat for seat in seats}
         self._order: list[str] = [seat.seat_id for seat in seats]
         self._position: dict[str, int] = {sid: i for i, sid in enumerate(self._order)}
-        # Live holds as flat tuples, not Hold objects: see _StoredHold.
-        self._holds: dict[str, _StoredHold] = {}
+        # Live holds by id, each packed in bytes (see _pack).
+        self._holds: dict[str, bytes] = {}
         self._seat_hold: dict[str, str] = {}
         self._seat_reservation: dict[str, str] = {}
         self._user_seats: dict[str, int] = {}  # held + reserved, what the limit counts
@@ -193,10 +194,11 @@ class EventState:
     def next_expiry(self) -> float | None:
         """When the earliest live hold expires (stale entries are dropped on the way)."""
         deadlines = self._deadlines
+        holds = self._holds
         while deadlines:
             expires_at, hold_id = deadlines.peek()
-            raw = self._holds.get(hold_id)
-            if raw is not None and raw[_EXPIRES_AT] == expires_at:
+            packed = holds.get(hold_id)
+            if packed is not None and _expiry(packed) == expires_at:
                 return expires_at
             deadlines.pop()
         return None
@@ -209,11 +211,11 @@ class EventState:
         return SeatState.AVAILABLE
 
     def hold(self, hold_id: str) -> Hold | None:
-        raw = self._holds.get(hold_id)
-        return None if raw is None else _hold(raw)
+        packed = self._holds.get(hold_id)
+        return None if packed is None else _unpack(hold_id, packed)
 
     def live_holds(self) -> list[Hold]:
-        return [_hold(raw) for raw in self._holds.values()]
+        return [_unpack(hold_id, packed) for hold_id, packed in self._holds.items()]
 
     def held_seat_count(self, user_id: str) -> int:
         return self._user_held.get(user_id, 0)
@@ -222,7 +224,9 @@ class EventState:
         """The live holds and the seats each user holds as of the last commit: while a batch
         is being written, what PostgreSQL has until that write commits."""
         journal = self._journal
-        holds = [_hold(raw) for raw in journal.before(self._holds).values()]
+        holds = [
+            _unpack(hold_id, packed) for hold_id, packed in journal.before(self._holds).items()
+        ]
         return holds, journal.before(self._user_held)
 
     def seat_ids(self) -> list[str]:
@@ -290,7 +294,7 @@ class EventState:
             expires_at,
             hold.max_expires_at,
         )
-        self._journal.set(self._holds, hold.hold_id, _stored(refreshed))
+        self._journal.set(self._holds, hold.hold_id, _pack(refreshed))
         self._deadlines.push(expires_at, hold.hold_id)
         self._effects.append(HoldExtended(refreshed))
         return refreshed
@@ -358,7 +362,7 @@ class EventState:
     def _snapshot(self, cmd: GetSnapshot, now: float) -> SeatSnapshot:
         self._expire_due(now)
         holds = self._holds
-        held = tuple((sid, holds[hold_id][_EXPIRES_AT]) for sid, hold_id in self._seat_hold.items())
+        held = tuple((sid, _expiry(holds[hold_id])) for sid, hold_id in self._seat_hold.items())
         return SeatSnapshot(
             self.version + (1 if self._effects else 0),
             len(self._seats),
@@ -379,13 +383,13 @@ class EventState:
             else:
                 hold_id = self._seat_hold.get(sid)
                 if hold_id is not None:
-                    mine = self._holds[hold_id][_USER_ID] == user_id
+                    mine = _user_of(self._holds[hold_id]) == user_id
                     conflicts.append({"seat_id": sid, "state": "held", "yours": mine})
         return conflicts
 
     def _owned_live_hold(self, user_id: str, hold_id: str) -> Hold:
-        raw = self._holds.get(hold_id)
-        if raw is None:
+        packed = self._holds.get(hold_id)
+        if packed is None:
             reason = self._ended.get(hold_id) if self._ended is not None else None
             if reason is HoldEndReason.EXPIRED:
                 raise HoldExpired(f"hold {hold_id} expired", details={"hold_id": hold_id})
@@ -397,7 +401,7 @@ class EventState:
             raise HoldNotFound(
                 f"no live hold {hold_id} in this event", details={"hold_id": hold_id}
             )
-        hold = _hold(raw)
+        hold = _unpack(hold_id, packed)
         if hold.user_id != user_id:
             raise Forbidden(f"hold {hold_id} belongs to another user")
         return hold
@@ -405,12 +409,12 @@ class EventState:
     def _queue_expiries(self) -> None:
         """Queue every live hold's expiry afresh (after a load or a rollback)."""
         self._deadlines = Deadlines(
-            (raw[_EXPIRES_AT], raw[_HOLD_ID]) for raw in self._holds.values()
+            (_expiry(packed), hold_id) for hold_id, packed in self._holds.items()
         )
 
     def _add_hold(self, hold: Hold) -> None:
         journal = self._journal
-        journal.set(self._holds, hold.hold_id, _stored(hold))
+        journal.set(self._holds, hold.hold_id, _pack(hold))
         for sid in hold.seat_ids:
             journal.set(self._seat_hold, sid, hold.hold_id)
         journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
@@ -435,43 +439,50 @@ class EventState:
         if first is None or first > now:
             return ()
         expired: list[Hold] = []
+        holds = self._holds
         while first is not None and first <= now:
             expires_at, hold_id = deadlines.pop()
             first = deadlines.first()
-            raw = self._holds.get(hold_id)
-            if raw is not None and raw[_EXPIRES_AT] == expires_at:
-                hold = _hold(raw)
+            packed = holds.get(hold_id)
+            if packed is not None and _expiry(packed) == expires_at:
+                hold = _unpack(hold_id, packed)
                 self._end_hold(hold, HoldEndReason.EXPIRED)
                 expired.append(hold)
         return tuple(expired)
 
 
-# A live hold as kept in EventState: (hold_id, user_id, created_at, expires_at, max_expires_at,
-# *seat_ids), one flat tuple of strings and numbers. The garbage collector stops tracking such
-# a tuple at its first pass, but never a Hold (a tuple subclass) or any other class's instance,
-# and a tuple holding another tuple only at a later pass (the inner one is found after it). An
-# on-sale keeps every live hold for minutes: as Hold objects they stayed tracked, and each pass
-# of an older generation walked them all (at 7,500 holds/s, one every ~20 s stalled replies by
-# 300 ms and more; BENCHMARKS.md, round 12).
-_StoredHold = tuple[Any, ...]
-_HOLD_ID: Final = 0
-_USER_ID: Final = 1
-_EXPIRES_AT: Final = 3
+# A live hold as kept in EventState: bytes, not an object. Its three times as doubles
+# (created_at, expires_at, max_expires_at), then "user_id NUL seat_id [NUL seat_id ...]" in
+# UTF-8. Bytes are not a container, and a dict of strings and bytes is not tracked either, so
+# an on-sale's live holds leave the cyclic garbage collector nothing to walk. As objects (Hold,
+# then flat tuples) every hold was walked by the next young pass at least: at 7,500 holds/s
+# that was a pass every ~3 s stalling every reply by 15-20 ms (BENCHMARKS.md, rounds 12 and
+# 13). The doubles come back exact (a refresh is capped by max_expires_at, and PostgreSQL
+# checks expires_at <= max_expires_at); struct packs them in a fifth of the time of repr().
+# The protocol refuses control characters in ids, so no user or seat id holds the separator.
+_TIMES: Final = struct.Struct("ddd")
+_EXPIRY: Final = struct.Struct("8xd")  # expires_at alone
+_SEP: Final = "\0"
 
 
-def _stored(hold: Hold) -> _StoredHold:
-    return (
-        hold.hold_id,
-        hold.user_id,
-        hold.created_at,
-        hold.expires_at,
-        hold.max_expires_at,
-        *hold.seat_ids,
-    )
+def _pack(hold: Hold) -> bytes:
+    times = _TIMES.pack(hold.created_at, hold.expires_at, hold.max_expires_at)
+    return times + _SEP.join((hold.user_id, *hold.seat_ids)).encode("utf-8", "surrogatepass")
 
 
-def _hold(raw: _StoredHold) -> Hold:
-    return Hold(raw[0], raw[1], raw[5:], raw[2], raw[3], raw[4])
+def _expiry(packed: bytes) -> float:
+    expires_at: float = _EXPIRY.unpack_from(packed)[0]
+    return expires_at
+
+
+def _user_of(packed: bytes) -> str:
+    return packed[_TIMES.size :].decode("utf-8", "surrogatepass").partition(_SEP)[0]
+
+
+def _unpack(hold_id: str, packed: bytes) -> Hold:
+    created_at, expires_at, max_expires_at = _TIMES.unpack_from(packed)
+    user_id, *seat_ids = packed[_TIMES.size :].decode("utf-8", "surrogatepass").split(_SEP)
+    return Hold(hold_id, user_id, tuple(seat_ids), created_at, expires_at, max_expires_at)
 
 
 # One table for every event (a dict of bound methods per event cost 0.9 KiB each).

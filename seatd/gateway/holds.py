@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -47,9 +47,9 @@ class HoldFollower:
         "_connection",
         "_deadlines",
         "_followed",
+        "_pending",
         "_timer",
         "_warning",
-        "_warnings",
     )
 
     def __init__(
@@ -65,10 +65,8 @@ class HoldFollower:
         self._warning = warning
         # The holds watched, warned or not: a warning ends the timer, not the watching.
         self._followed: set[str] | None = None  # made on first use: most connections hold nothing
-        # Each hold's pending warning: (loop time, event id, hold id, expires_at, *seat_ids);
-        # a flat tuple of strings and numbers, which the garbage collector stops tracking at
-        # its first pass (see event_state._StoredHold).
-        self._warnings: dict[str, _Warning] | None = None
+        self._pending: _Pending | None = None  # made on first use
+
         self._deadlines = Deadlines()  # (loop time, hold id), stale ones skipped
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
@@ -120,7 +118,7 @@ class HoldFollower:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._warnings, self._deadlines = None, Deadlines()
+        self._pending, self._deadlines = None, Deadlines()
         followed, self._followed = self._followed, None
         for hold_id in followed or ():
             self._broadcaster.unwatch_hold(hold_id, self._connection)
@@ -134,14 +132,17 @@ class HoldFollower:
         delay = lifetime - min(self._warning, lifetime / 4)
         loop = asyncio.get_running_loop()
         when = loop.time() + max(delay, 0.0)
-        warnings = self._warnings
-        if warnings is None:
-            warnings = self._warnings = {}
-        warnings[hold.hold_id] = (when, event_id, hold.hold_id, hold.expires_at, *hold.seat_ids)
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = _Pending()
+        hold_id, due = hold.hold_id, pending.due
+        due[hold_id] = when
+        pending.expiries[hold_id] = hold.expires_at
+        pending.ids[hold_id] = _SEP.join((event_id, *hold.seat_ids))
         deadlines = self._deadlines
         deadlines.push(when, hold.hold_id)
-        if len(deadlines) > 2 * len(warnings) + _SPARE_ENTRIES:
-            self._deadlines = Deadlines((w[0], hold_id) for hold_id, w in warnings.items())
+        if len(deadlines) > 2 * len(due) + _SPARE_ENTRIES:
+            self._deadlines = Deadlines((at, hold_id) for hold_id, at in due.items())
         if self._timer is None or when < self._armed_at:
             self._arm(loop, when)
 
@@ -156,38 +157,59 @@ class HoldFollower:
             self._followed.discard(hold_id)
 
     def _cancel(self, hold_id: str) -> None:
-        if self._warnings is not None:
-            self._warnings.pop(hold_id, None)  # its deadline is skipped when it comes up
+        if self._pending is not None:
+            self._pending.drop(hold_id)  # its deadline is skipped when it comes up
 
     def _ring(self) -> None:
         """Send the warnings that are due; arm the timer for the next live one."""
         self._timer = None
         loop = asyncio.get_running_loop()
         now, wall = loop.time(), self._clock()
-        deadlines, warnings = self._deadlines, self._warnings
-        while deadlines and warnings is not None and not self._closed:
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines and pending is not None and not self._closed:
             when, hold_id = deadlines.peek()
-            warning = warnings.get(hold_id)
-            if warning is None or warning[0] != when:
+            if pending.due.get(hold_id) != when:
                 deadlines.pop()  # the hold ended or moved since
                 continue
             if when > now:
                 self._arm(loop, when)
                 return
             deadlines.pop()
-            del warnings[hold_id]
-            if warning[3] > wall:
-                self._warn(warning)
+            expires_at, ids = pending.drop(hold_id)
+            if expires_at > wall:
+                event_id, *seat_ids = ids.split(_SEP)
+                self._warn(event_id, hold_id, expires_at, seat_ids)
             # else: late (the process was paused, say): the hold has expired, and hold_expired
             # follows from its expiry. After a 15 s pause, 252 stale warnings went out at once.
 
-    def _warn(self, warning: _Warning) -> None:
-        _, event_id, hold_id, expires_at, *seat_ids = warning
+    def _warn(self, event_id: str, hold_id: str, expires_at: float, seat_ids: list[str]) -> None:
         push = wire.HoldExpiring(event_id, hold_id, tuple(seat_ids), format_time(expires_at))
         self._connection.send(encode_push("hold_expiring", push))
 
 
-_Warning = tuple[Any, ...]
+class _Pending:
+    """The pending warnings of one connection's holds, by hold id, in three dicts of strings
+    and floats: the loop time each is due, its hold's expiry, and its ids joined, "event_id NUL
+    seat_id [NUL seat_id ...]". Dicts of strings and floats are not tracked by the garbage
+    collector, so followed holds leave it nothing to walk (see event_state._pack); a tuple per
+    hold left one object for every young pass."""
+
+    __slots__ = ("due", "expiries", "ids")
+
+    def __init__(self) -> None:
+        self.due: dict[str, float] = {}
+        self.expiries: dict[str, float] = {}
+        self.ids: dict[str, str] = {}
+
+    def drop(self, hold_id: str) -> tuple[float, str]:
+        """Forget a hold's warning; its expiry and ids (0.0 and "" if it had none)."""
+        self.due.pop(hold_id, None)
+        return self.expiries.pop(hold_id, 0.0), self.ids.pop(hold_id, "")
+
+
+# Between a warning's ids, which never hold control characters (the protocol and the events
+# table refuse them).
+_SEP = "\0"
 # Deadlines of ended holds tolerated beyond the live ones before the queue is rebuilt.
 _SPARE_ENTRIES = 32
 

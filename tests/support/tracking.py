@@ -1,8 +1,9 @@
 """How many objects the cyclic garbage collector walks: what long-lived state costs its passes.
 
-A live hold must leave the collector after one pass (flat tuples of strings and numbers): an
-on-sale keeps hundreds of thousands for minutes, and every object they leave tracked is walked
-again by each pass of an older generation, stalling every reply (BENCHMARKS.md, round 12)."""
+A live hold must leave the collector nothing to walk (bytes, strings and floats in untracked
+dicts): an on-sale keeps hundreds of thousands for minutes; every object they leave tracked is
+walked again by each pass of an older generation, and even one the first young pass untracks
+makes those passes longer, stalling every reply (BENCHMARKS.md, rounds 12 and 13)."""
 
 from __future__ import annotations
 
