@@ -54,6 +54,8 @@ async def _commit_times(dsn: str, commits: int) -> tuple[list[float], list[float
 
 
 def _line(label: str, stayed: list[float], crossed: list[float]) -> str:
+    if not crossed:
+        return f"{label:<34} no commit crossed a segment: give more --commits"
     cut = statistics.quantiles(stayed, n=100)
     return (
         f"{label:<34} other commits: {len(stayed)}, p50 {cut[49]:.1f} ms, p99 {cut[98]:.1f} ms;"
@@ -65,7 +67,7 @@ def _line(label: str, stayed: list[float], crossed: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--commits", type=int, default=1500)
-    parser.add_argument("--ready-mb", type=int, default=256)
+    parser.add_argument("--ready-mb", type=int, default=256, help="32 to 1024")
     args = parser.parse_args()
     for label, ready_mb in (
         ("brand-new cluster", 0),

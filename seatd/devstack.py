@@ -43,6 +43,10 @@ LOCALHOST = "127.0.0.1"
 # The system services' ports: nothing here may ever start on or talk to them.
 SYSTEM_PORTS = frozenset({5432, 6379})
 PG_SUPERUSER = "postgres"
+# PostgreSQL's min_wal_size is at least two 16 MB segments, and at most max_wal_size (the
+# default 1 GB, which a cluster here keeps): below or above, it is refused or capped.
+MIN_WAL_READY_MB = 32
+MAX_WAL_READY_MB = 1024
 PG_OS_USER = "postgres"
 DEFAULT_EXTENSIONS = ("postgis", "pg_cron")
 START_TIMEOUT_S = 60.0
@@ -256,6 +260,10 @@ class PostgresServer:
         self.extensions = tuple(extensions)
         self.bindir = bindir or find_pg_bindir()
         # WAL kept ready for reuse (min_wal_size), written once when the cluster is made.
+        if wal_ready_mb and not MIN_WAL_READY_MB <= wal_ready_mb <= MAX_WAL_READY_MB:
+            raise DevstackError(
+                f"wal_ready_mb is 0 or {MIN_WAL_READY_MB} to {MAX_WAL_READY_MB}, not {wal_ready_mb}"
+            )
         self.wal_ready_mb = wal_ready_mb
         self._base = base_dir
         # PostgreSQL refuses to run as root: its binaries then run as the postgres OS user.

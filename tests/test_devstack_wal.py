@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from seatd.devstack import PostgresServer
+import pytest
+
+from seatd.devstack import DevstackError, PostgresServer
 
 
 def _segments_ahead(pg: PostgresServer) -> int:
@@ -23,5 +25,10 @@ def test_wal_ready_mb_leaves_that_much_recycled_ahead_and_keeps_it() -> None:
         assert pg.psql("SHOW min_wal_size").strip() == "96MB"
         # 96 MB is six 16 MB segments; the one written last is the current one.
         assert _segments_ahead(pg) >= 5
-        # The app's database is not where the segments were written.
-        assert pg.psql("SELECT to_regclass('seatd_wal_fill')", dbname="walcheck").strip() == ""
+
+
+def test_wal_ready_mb_is_what_min_wal_size_accepts() -> None:
+    """Under two segments PostgreSQL refuses min_wal_size; over max_wal_size it caps it."""
+    for wrong in (-1, 16, 2048):
+        with pytest.raises(DevstackError, match="wal_ready_mb is 0 or 32 to 1024"):
+            PostgresServer(dbname="walcheck", wal_ready_mb=wrong)

@@ -8,6 +8,7 @@ share of the actors' time went to waiting for PostgreSQL. A server that does not
 
 from __future__ import annotations
 
+import contextlib
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -59,13 +60,15 @@ async def wal_position(postgres_env: Mapping[str, str] | None) -> int | None:
     except Exception:
         return None
     try:
+        # The insert position: what has been written, whether or not it reached the disk yet.
         position = await connection.fetchval(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint", timeout=5
         )
     except Exception:
         return None
     finally:
-        await connection.close()
+        with contextlib.suppress(Exception):
+            await connection.close(timeout=5)
     return int(position)
 
 

@@ -453,12 +453,13 @@ class EventState:
 
 # A live hold as kept in EventState: bytes, not an object. Its three times as doubles
 # (created_at, expires_at, max_expires_at), then "user_id NUL seat_id [NUL seat_id ...]" in
-# UTF-8. Bytes are not a container, and a dict of strings and bytes is not tracked either, so
-# an on-sale's live holds leave the cyclic garbage collector nothing to walk. As objects (Hold,
-# then flat tuples) every hold was walked by the next young pass at least: at 7,500 holds/s
-# that was a pass every ~3 s stalling every reply by 15-20 ms (BENCHMARKS.md, rounds 12 and
-# 13). The doubles come back exact (a refresh is capped by max_expires_at, and PostgreSQL
-# checks expires_at <= max_expires_at); struct packs them in a fifth of the time of repr().
+# UTF-8. Bytes are not a container, so an on-sale's live holds leave the cyclic garbage
+# collector nothing to walk but their dict (one object; CPython before 3.14 does not even track
+# a dict of strings and bytes). As objects (Hold, then flat tuples) every hold was walked by the
+# next young pass at least: at 7,500 holds/s that was a pass every ~3 s stalling every reply by
+# 15-20 ms (BENCHMARKS.md, rounds 12 and 13). struct gives the doubles back bit for bit, which
+# matters: a refresh is capped at max_expires_at, and PostgreSQL checks expires_at <=
+# max_expires_at. It packs them in a fifth of the time of repr().
 # The protocol refuses control characters in ids, so no user or seat id holds the separator.
 _TIMES: Final = struct.Struct("ddd")
 _EXPIRY: Final = struct.Struct("8xd")  # expires_at alone

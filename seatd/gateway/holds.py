@@ -66,7 +66,6 @@ class HoldFollower:
         # The holds watched, warned or not: a warning ends the timer, not the watching.
         self._followed: set[str] | None = None  # made on first use: most connections hold nothing
         self._pending: _Pending | None = None  # made on first use
-
         self._deadlines = Deadlines()  # (loop time, hold id), stale ones skipped
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
@@ -157,8 +156,11 @@ class HoldFollower:
             self._followed.discard(hold_id)
 
     def _cancel(self, hold_id: str) -> None:
-        if self._pending is not None:
-            self._pending.drop(hold_id)  # its deadline is skipped when it comes up
+        pending = self._pending
+        if pending is not None:
+            pending.drop(hold_id)  # its deadline is skipped when it comes up
+            if not pending.due:
+                self._pending = None
 
     def _ring(self) -> None:
         """Send the warnings that are due; arm the timer for the next live one."""
@@ -176,6 +178,8 @@ class HoldFollower:
                 return
             deadlines.pop()
             expires_at, ids = pending.drop(hold_id)
+            if not pending.due:
+                self._pending = None  # given back; the loop drops the stale deadlines left
             if expires_at > wall:
                 event_id, *seat_ids = ids.split(_SEP)
                 self._warn(event_id, hold_id, expires_at, seat_ids)
@@ -190,9 +194,9 @@ class HoldFollower:
 class _Pending:
     """The pending warnings of one connection's holds, by hold id, in three dicts of strings
     and floats: the loop time each is due, its hold's expiry, and its ids joined, "event_id NUL
-    seat_id [NUL seat_id ...]". Dicts of strings and floats are not tracked by the garbage
-    collector, so followed holds leave it nothing to walk (see event_state._pack); a tuple per
-    hold left one object for every young pass."""
+    seat_id [NUL seat_id ...]". Followed holds leave the garbage collector nothing to walk but
+    these dicts (see event_state._pack); a tuple per hold left one object for every young
+    pass. Given back when the last warning goes."""
 
     __slots__ = ("due", "expiries", "ids")
 

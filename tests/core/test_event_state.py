@@ -1647,3 +1647,30 @@ def test_live_holds_leave_nothing_for_the_next_young_pass() -> None:
     assert young_objects(place_all) < 20
     assert young_objects(refresh_half) < 20
     assert len(state.live_holds()) == 2000
+
+
+def test_a_live_hold_comes_back_exactly_as_placed_whatever_its_ids_and_times() -> None:
+    """Live holds are kept packed (bytes: three doubles, then the ids in UTF-8): ids in any
+    script and times that no short decimal writes come back unchanged, refreshed or not, and
+    so does a reload of what was committed."""
+    seat_ids = ("Ü-1", "🎫 2", "座席3", "A,B;C")
+    seats = [Seat(sid) for sid in seat_ids]
+    policy = Policy(300.1 / 3, 8, 1800.0 / 7)
+    state = EventState(INFO, policy, seats)
+    now = 1_700_000_000.123456789 / 3
+    placed = state.handle(PlaceHold("josé 🎟", seat_ids[:3], "h-1"), now)
+    other = state.handle(PlaceHold("ünïcødé", seat_ids[3:], "h-2"), now)
+    state.commit()
+    assert state.hold("h-1") == placed and state.hold("h-2") == other
+    assert placed.seat_ids == seat_ids[:3] and placed.user_id == "josé 🎟"
+    refreshed = state.handle(RefreshHold("josé 🎟", "h-1"), now + 1 / 3)
+    state.commit()
+    assert (
+        state.hold("h-1") == refreshed
+        and refreshed.expires_at == now + 1 / 3 + policy.hold_duration
+    )
+    assert refreshed.created_at == now and refreshed.max_expires_at == placed.max_expires_at
+    assert sorted(state.live_holds()) == sorted([refreshed, other])
+    again = EventState(INFO, policy, seats, holds=state.committed_holds()[0])
+    assert sorted(again.live_holds()) == sorted([refreshed, other])
+    assert again.next_expiry() == other.expires_at

@@ -21,7 +21,16 @@ from seatd.adapters import redis as redis_adapter
 from seatd.adapters.postgres import PostgresStore
 from seatd.adapters.redis import RedisMirror, hold_key, user_counts_key
 from seatd.app import mirror_events
-from seatd.core import EventInfo, EventState, Hold, PlaceHold, Policy, ReleaseHold, Seat
+from seatd.core import (
+    EventInfo,
+    EventState,
+    Hold,
+    PlaceHold,
+    Policy,
+    RefreshHold,
+    ReleaseHold,
+    Seat,
+)
 from seatd.errors import StoreUnavailable
 from seatd.runtime.actor import ActorSettings
 from seatd.runtime.ports import SystemClock
@@ -318,3 +327,29 @@ async def test_loading_an_event_mirrors_its_committed_holds_and_only_their_count
                 # PostgreSQL keeps microseconds: the loaded time is the stored one.
                 "expires_at": pytest.approx(hold.expires_at, abs=1e-5),
             }
+
+
+async def test_a_batch_with_several_changes_to_one_hold_mirrors_its_last(redis: Redis) -> None:
+    """The mirror takes each hold as the batch's last effect on it left it: placed then
+    refreshed, the refreshed hold; placed then released, no key at all."""
+    mirror = RedisMirror(redis, list)  # nothing to resync: only the flushes write
+    event_id = f"last-{uuid.uuid4().hex[:8]}"
+    state = EventState(EventInfo(event_id, "E"), Policy(300, 8, 1800), [Seat("A"), Seat("B")])
+    now = time.time()
+    kept = state.handle(PlaceHold("u1", ("A",), str(uuid.uuid4())), now)
+    assert isinstance(kept, Hold)
+    refreshed = state.handle(RefreshHold("u1", kept.hold_id), now + 5)
+    gone = state.handle(PlaceHold("u2", ("B",), str(uuid.uuid4())), now)
+    assert isinstance(refreshed, Hold) and isinstance(gone, Hold)
+    state.handle(ReleaseHold("u2", gone.hold_id), now + 5)
+    mirror.committed(event_id, 1, state.commit(), state)
+    mirror.start()
+    try:
+        counts = user_counts_key(event_id)
+        await until(lambda: _hget(redis, counts, "u1", b"1"), 5, "the flush")
+        value = orjson.loads(await redis.get(hold_key(event_id, kept.hold_id)) or b"null")
+        assert value["expires_at"] == refreshed.expires_at == kept.expires_at + 5
+        assert not await redis.exists(hold_key(event_id, gone.hold_id))
+        assert await redis.hget(counts, "u2") is None
+    finally:
+        await mirror.close()
