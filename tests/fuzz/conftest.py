@@ -22,6 +22,10 @@ from pathlib import Path
 import pytest
 from fuzz.harness import FuzzSettings, ServerUnderFuzz, fuzz_env
 from support.server import ServerProcess
+from support.services import service_env as build_service_env
+from support.services import start_postgres, start_redis
+
+from seatd.devstack import PostgresServer
 
 _REPORTS = pytest.StashKey[list[str]]()
 
@@ -31,18 +35,43 @@ def fuzz_settings() -> FuzzSettings:
     return FuzzSettings.from_env()
 
 
+@pytest.fixture(scope="session")
+def fuzz_postgres() -> Iterator[PostgresServer]:
+    """The fuzz servers' own PostgreSQL. The oracles judge a lone server, and the suite's
+    shared services are not alone: the in-process server of tests/e2e lives for the whole
+    session and runs whenever an async test does, so its overdue-hold sweep and its leases can
+    take a fuzz event over, and a fuzz server then rightly answers ``unavailable`` (another
+    instance serves the event), which the oracles count as a violation."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fuzz_service_env(fuzz_postgres: PostgresServer) -> Iterator[dict[str, str]]:
+    """POSTGRES_* and REDIS_* of the fuzz servers' own PostgreSQL and Redis."""
+    redis = start_redis()
+    try:
+        yield build_service_env(fuzz_postgres, redis)
+    finally:
+        redis.stop()
+
+
 @pytest.fixture
-def fuzz_server(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
+def fuzz_server(fuzz_service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
     """``seatd serve`` as a child process (a crash is an exit code, and it runs on its own
     core), logging JSON at warning level to a file the test reads."""
-    with _server(fuzz_env(service_env), tmp_path / "seatd.log") as server:
+    with _server(fuzz_env(fuzz_service_env), tmp_path / "seatd.log") as server:
         yield server
 
 
 @pytest.fixture
-def abuse_server(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
+def abuse_server(fuzz_service_env: dict[str, str], tmp_path: Path) -> Iterator[ServerUnderFuzz]:
     """Like ``fuzz_server``, with a per-user limit of 4 seats per event (the history test)."""
-    with _server(fuzz_env(service_env, MAX_SEATS_PER_USER="4"), tmp_path / "seatd.log") as server:
+    env = fuzz_env(fuzz_service_env, MAX_SEATS_PER_USER="4")
+    with _server(env, tmp_path / "seatd.log") as server:
         yield server
 
 

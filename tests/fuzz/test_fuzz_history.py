@@ -133,7 +133,7 @@ class Agents:
 
 async def test_no_double_booking_and_nothing_acknowledged_lost_under_abuse(
     abuse_server: ServerUnderFuzz,
-    postgres: PostgresServer,
+    fuzz_postgres: PostgresServer,
     fuzz_settings: FuzzSettings,
     fuzz_report: list[str],
 ) -> None:
@@ -185,13 +185,13 @@ async def test_no_double_booking_and_nothing_acknowledged_lost_under_abuse(
             await asyncio.gather(*workers)
         marks.append(f"agents done {time.monotonic() - started:.1f} s")
 
-        db = await read_db(postgres.dsn, event_id)
+        db = await read_db(fuzz_postgres.dsn, event_id)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not all(
             w.version == db.version and dict(w.seats) == db.seat_map() for _, w in agents.watches
         ):
             await asyncio.sleep(0.1)
-            db = await read_db(postgres.dsn, event_id)
+            db = await read_db(fuzz_postgres.dsn, event_id)
         views: list[WatcherView] = [watcher_view(name, w) for name, w in agents.watches]
         marks.append(f"settled {time.monotonic() - started:.1f} s")
 
