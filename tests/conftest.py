@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import uvloop
+from support.services import running_postgres, running_redis
 from support.services import service_env as build_service_env
-from support.services import start_postgres, start_redis
 
 from seatd.devstack import PostgresServer, RedisServer
 
@@ -27,21 +27,15 @@ def pytest_asyncio_loop_factories(
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A started PostgreSQL (PostGIS + pg_cron) with init.sql applied, database `seatd_test`."""
-    server = start_postgres()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A started redis-server on a free port (keyspace expiry notifications on)."""
-    server = start_redis()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +47,5 @@ def service_env(postgres: PostgresServer, redis_server: RedisServer) -> dict[str
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A Redis of the test's own, for tests that stop it or must not share its notices."""
-    server = start_redis()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.stop()

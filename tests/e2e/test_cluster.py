@@ -38,7 +38,7 @@ import pytest
 from support.cluster import Cluster
 from support.history import History, Violation, WatcherView, check, read_db, watcher_view
 from support.server import token
-from support.services import service_env, start_postgres, start_redis
+from support.services import running_postgres, running_redis, service_env
 from support.waiting import until
 
 from protocol.client import Backoff, SeatBlock, SeatClient, TemporaryError, Watch
@@ -65,20 +65,14 @@ OP_DEADLINE = 12.0  # an operation retried (same idempotency key) this long ends
 
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[PostgresServer]:
-    server = start_postgres()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def own_redis() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from fuzz.harness import FuzzSettings, ServerUnderFuzz, fuzz_env
 from support.server import ServerProcess
+from support.services import running_postgres, running_redis
 from support.services import service_env as build_service_env
-from support.services import start_postgres, start_redis
 
 from seatd.devstack import PostgresServer
 
@@ -42,21 +42,15 @@ def fuzz_postgres() -> Iterator[PostgresServer]:
     session and runs whenever an async test does, so its overdue-hold sweep and its leases can
     take a fuzz event over, and a fuzz server then rightly answers ``unavailable`` (another
     instance serves the event), which the oracles count as a violation."""
-    server = start_postgres()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def fuzz_service_env(fuzz_postgres: PostgresServer) -> Iterator[dict[str, str]]:
     """POSTGRES_* and REDIS_* of the fuzz servers' own PostgreSQL and Redis."""
-    redis = start_redis()
-    try:
+    with running_redis() as redis:
         yield build_service_env(fuzz_postgres, redis)
-    finally:
-        redis.stop()
 
 
 @pytest.fixture

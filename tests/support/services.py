@@ -6,6 +6,8 @@ the system services on 5432/6379 and never share state with a developer's `make 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from seatd.devstack import SYSTEM_PORTS, PostgresServer, RedisServer
@@ -17,22 +19,26 @@ TEST_USER = "seatd"
 TEST_PASSWORD = "seatd"
 
 
-def start_postgres() -> PostgresServer:
-    """A fresh cluster with init.sql applied as the app role, in database `seatd_test`."""
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A fresh cluster with init.sql applied as the app role, in database `seatd_test`;
+    stopped and deleted on the way out, also when the tests using it failed."""
     server = PostgresServer(
         dbname=TEST_DB, user=TEST_USER, password=TEST_PASSWORD, init_sql=INIT_SQL
     )
     _assert_private(server.port)
-    server.start()
-    return server
+    with server:
+        yield server
 
 
-def start_redis() -> RedisServer:
-    """A fresh redis-server with expiry notifications on and no persistence."""
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A fresh redis-server with expiry notifications on and no persistence; stopped on the
+    way out."""
     server = RedisServer()
     _assert_private(server.port)
-    server.start()
-    return server
+    with server:
+        yield server
 
 
 def service_env(postgres: PostgresServer, redis: RedisServer) -> dict[str, str]:
