@@ -25,6 +25,7 @@ import asyncpg
 import orjson
 import structlog
 
+from seatd.adapters.pg_literal import array_literal
 from seatd.core import (
     Effect,
     EventInfo,
@@ -110,8 +111,36 @@ SELECT e.version,
           FROM reservations r WHERE r.event_id = e.id) AS reserved
   FROM events e WHERE e.id = $1
 """
-_PERSIST = "SELECT seatd_write_batch(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
-_PERSIST_MANY = "SELECT seatd_write_batches(" + ", ".join(f"${n}" for n in range(1, 26)) + ")"
+# Each array goes as its text literal (seatd/adapters/pg_literal.py), cast here to its type.
+_ROW_TYPES = (
+    "text[]", "uuid[]",
+    "text[]", "uuid[]", "float8[]",
+    "text[]", "uuid[]", "text[]", "float8[]", "float8[]", "float8[]",
+    "text[]", "uuid[]", "text[]", "float8[]",
+)  # fmt: skip
+
+
+def _call(function: str, types: Sequence[str]) -> str:
+    """``SELECT function($1, ...)``, an array argument given as text and cast to its type."""
+    arguments = (
+        f"${n}::text::{type_}" if type_.endswith("[]") else f"${n}"
+        for n, type_ in enumerate(types, 1)
+    )
+    return f"SELECT {function}({', '.join(arguments)})"
+
+
+_PERSIST = _call("seatd_write_batch", ("text", "bigint", "bigint", "bigint", *_ROW_TYPES, "jsonb"))
+_PERSIST_MANY = _call(
+    "seatd_write_batches",
+    (
+        "text[]", "bigint[]", "bigint[]", "bigint[]",
+        "int[]", *_ROW_TYPES[0:2],
+        "int[]", *_ROW_TYPES[2:5],
+        "int[]", *_ROW_TYPES[5:11],
+        "int[]", *_ROW_TYPES[11:15],
+        "int[]", "jsonb",
+    ),
+)  # fmt: skip
 # One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
@@ -194,8 +223,8 @@ async def connect_pool(
 # Calls that change nothing (no event has the empty id, and no rows are given) but go through
 # the statement cache as the real ones do.
 _WARM_UP: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    (_PERSIST, ("", 0, 0, 0, *([[]] * 15), "[]")),
-    (_PERSIST_MANY, (*([[]] * 24), "[]")),
+    (_PERSIST, ("", 0, 0, 0, *(["{}"] * 15), "[]")),
+    (_PERSIST_MANY, (*(["{}"] * 24), "[]")),
     (_FIND_KEYS, ("", [], [])),
 )
 
@@ -459,7 +488,7 @@ class PostgresStore:
         *,
         previous: int,
     ) -> None:
-        rows = _rows(effects)
+        rows = _row_arguments(effects)
         keys = _keys_document(idempotency)
         try:
             async with self._connection() as conn:
@@ -476,7 +505,7 @@ class PostgresStore:
         """Several events' batches in one transaction (``seatd_write_batches``); each gets
         its own outcome: None when written, else the exception ``persist`` would raise."""
         arguments = _many_rows(writes)
-        arguments.append([len(w.records) for w in writes])
+        arguments.append(array_literal([len(w.records) for w in writes]))
         arguments.append(_keys_document([r for w in writes for r in w.records]))
         async with self._connection() as conn:
             outcomes = await conn.fetchval(_PERSIST_MANY, *arguments)
@@ -528,7 +557,12 @@ def _rows(effects: Sequence[Effect]) -> list[list[Any]]:
     ]
 
 
-def _many_rows(writes: Sequence[BatchWrite]) -> list[Any]:
+def _row_arguments(effects: Sequence[Effect]) -> list[str]:
+    """seatd_write_batch's row arrays for one batch, each as its literal."""
+    return [array_literal(column) for column in _rows(effects)]
+
+
+def _many_rows(writes: Sequence[BatchWrite]) -> list[str]:
     """seatd_write_batches' arguments up to its retry records: the events, their epochs and
     versions, then each row group's per-event counts and its arrays, all events' rows in one."""
     columns: list[list[Any]] = [[] for _ in _ROW_GROUPS]
@@ -548,7 +582,7 @@ def _many_rows(writes: Sequence[BatchWrite]) -> list[Any]:
         if index in counts:
             arguments.append(counts[index])
         arguments.append(column)
-    return arguments
+    return [array_literal(values) for values in arguments]
 
 
 def _keys_document(records: Iterable[IdempotencyRecord]) -> str:

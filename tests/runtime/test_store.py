@@ -9,7 +9,13 @@ import orjson
 import pytest
 from support.events import new_event
 
-from seatd.adapters.postgres import _PERSIST, _SEATS, PostgresStore, StoreConflict, _rows
+from seatd.adapters.postgres import (
+    _PERSIST,
+    _SEATS,
+    PostgresStore,
+    StoreConflict,
+    _row_arguments,
+)
 from seatd.core import (
     Effect,
     Hold,
@@ -387,7 +393,7 @@ async def test_a_batch_reads_only_the_holds_it_changes(
         before = await _holds_key_reads(conn)
         outcome = await conn.fetchval(
             _PERSIST, event_id, loaded.epoch, loaded.version + 1, loaded.version + 2,
-            *_rows(effects), "[]",
+            *_row_arguments(effects), "[]",
         )  # fmt: skip
         assert outcome == 0
         assert await _holds_key_reads(conn) - before <= 4  # one probe per seat, and slack
