@@ -97,7 +97,6 @@ SELECT reservation_id::text, user_id, array_agg(seat_id ORDER BY seat_id),
        extract(epoch FROM min(reserved_at))::float8
 FROM reservations WHERE event_id = $1 GROUP BY reservation_id, user_id
 """
-# The whole batch in one round trip: see seatd_write_batch in init.sql.
 # One statement, so one consistent snapshot of the event's committed state at its version.
 _SNAPSHOT = """
 SELECT e.version,
@@ -111,7 +110,8 @@ SELECT e.version,
           FROM reservations r WHERE r.event_id = e.id) AS reserved
   FROM events e WHERE e.id = $1
 """
-# Each array goes as its text literal (seatd/adapters/pg_literal.py), cast here to its type.
+# The whole batch in one round trip: see seatd_write_batch in init.sql. Each array goes as
+# its text literal (seatd/adapters/pg_literal.py), cast here to its type.
 _ROW_TYPES = (
     "text[]", "uuid[]",
     "text[]", "uuid[]", "float8[]",
