@@ -110,14 +110,22 @@ SELECT e.version,
           FROM reservations r WHERE r.event_id = e.id) AS reserved
   FROM events e WHERE e.id = $1
 """
-# The whole batch in one round trip: see seatd_write_batch in init.sql. Each array goes as
-# its text literal (seatd/adapters/pg_literal.py), cast here to its type.
-_ROW_TYPES = (
-    "text[]", "uuid[]",
-    "text[]", "uuid[]", "float8[]",
-    "text[]", "uuid[]", "text[]", "float8[]", "float8[]", "float8[]",
-    "text[]", "uuid[]", "text[]", "float8[]",
+# The whole batch in one round trip: see seatd_write_batch in init.sql. Its row arrays, in its
+# argument order, each with its group and type: the arrays of one group are parallel (one entry
+# per row), and seatd_write_batches takes each group's per-event row count before the group's
+# first array. The retry records follow as one JSON document (``_keys_document``), after their
+# per-event counts in seatd_write_batches. Each array goes as its text literal
+# (seatd/adapters/pg_literal.py), cast in the statement to its type.
+_ROW_ARRAYS = (
+    ("deleted", "text[]"), ("deleted", "uuid[]"),
+    ("extended", "text[]"), ("extended", "uuid[]"), ("extended", "float8[]"),
+    ("held", "text[]"), ("held", "uuid[]"), ("held", "text[]"),
+    ("held", "float8[]"), ("held", "float8[]"), ("held", "float8[]"),
+    ("reserved", "text[]"), ("reserved", "uuid[]"), ("reserved", "text[]"),
+    ("reserved", "float8[]"),
 )  # fmt: skip
+_ROW_GROUPS = tuple(group for group, _ in _ROW_ARRAYS)
+_FIRST_OF_GROUP = frozenset(_ROW_GROUPS.index(group) for group in set(_ROW_GROUPS))
 
 
 def _call(function: str, types: Sequence[str]) -> str:
@@ -129,18 +137,22 @@ def _call(function: str, types: Sequence[str]) -> str:
     return f"SELECT {function}({', '.join(arguments)})"
 
 
-_PERSIST = _call("seatd_write_batch", ("text", "bigint", "bigint", "bigint", *_ROW_TYPES, "jsonb"))
-_PERSIST_MANY = _call(
-    "seatd_write_batches",
-    (
-        "text[]", "bigint[]", "bigint[]", "bigint[]",
-        "int[]", *_ROW_TYPES[0:2],
-        "int[]", *_ROW_TYPES[2:5],
-        "int[]", *_ROW_TYPES[5:11],
-        "int[]", *_ROW_TYPES[11:15],
-        "int[]", "jsonb",
-    ),
-)  # fmt: skip
+def _many_types() -> list[str]:
+    """seatd_write_batches' argument types: the events' columns, then each row group's counts
+    before its arrays (as ``_many_rows`` lays them out), then the retry records'."""
+    types = ["text[]", "bigint[]", "bigint[]", "bigint[]"]
+    for index, (_, type_) in enumerate(_ROW_ARRAYS):
+        if index in _FIRST_OF_GROUP:
+            types.append("int[]")
+        types.append(type_)
+    return [*types, "int[]", "jsonb"]
+
+
+_PERSIST = _call(
+    "seatd_write_batch",
+    ("text", "bigint", "bigint", "bigint", *(type_ for _, type_ in _ROW_ARRAYS), "jsonb"),
+)
+_PERSIST_MANY = _call("seatd_write_batches", _many_types())
 # One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
@@ -515,21 +527,8 @@ class PostgresStore:
         ]
 
 
-# The row arrays of seatd_write_batch, in its argument order, each named by its group: the
-# arrays of one group are parallel (one entry per row), and seatd_write_batches takes each
-# group's per-event row count before the group's first array. The retry records follow as one
-# JSON document (``_keys_document``), after their per-event counts in seatd_write_batches.
-_ROW_GROUPS = (
-    "deleted", "deleted",
-    "extended", "extended", "extended",
-    "held", "held", "held", "held", "held", "held",
-    "reserved", "reserved", "reserved", "reserved",
-)  # fmt: skip
-_FIRST_OF_GROUP = frozenset(_ROW_GROUPS.index(group) for group in set(_ROW_GROUPS))
-
-
 def _rows(effects: Sequence[Effect]) -> list[list[Any]]:
-    """One batch's row arrays, in ``_ROW_GROUPS`` order, one entry per seat: each held seat is a
+    """One batch's row arrays, in ``_ROW_ARRAYS`` order, one entry per seat: each held seat is a
     row carrying its hold's fields (the ``hold_seats`` table), so an ended or refreshed hold is
     named by its seats (the rows' primary keys) beside its id; each reserved seat is a row of
     its reservation's."""
