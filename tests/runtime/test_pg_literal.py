@@ -6,6 +6,7 @@ import math
 import uuid
 
 import asyncpg
+import orjson
 import pytest
 
 from seatd.adapters.pg_literal import array_literal
@@ -33,12 +34,21 @@ AWKWARD_TEXT = [
     "\u2028",
     "/slash/",
 ]
+# The same without control characters: orjson's own escaping carries these.
+QUOTED_BY_JSON = [v for v in AWKWARD_TEXT if v.isprintable() or v == "\u2028"]
 
 
-@pytest.mark.parametrize("values", [AWKWARD_TEXT, [], ["only"], [f"S-{n}" for n in range(500)]])
+@pytest.mark.parametrize(
+    "values", [AWKWARD_TEXT, QUOTED_BY_JSON, [], ["only"], [f"S-{n}" for n in range(500)]]
+)
 async def test_text_arrays_round_trip(pool: asyncpg.Pool, values: list[str]) -> None:
     back = await pool.fetchval("SELECT $1::text::text[]", array_literal(values))
     assert back == values
+
+
+def test_strings_without_control_characters_take_orjson_literal_as_is() -> None:
+    assert "\\" in array_literal(QUOTED_BY_JSON)  # escapes to carry
+    assert array_literal(QUOTED_BY_JSON) == "{" + orjson.dumps(QUOTED_BY_JSON).decode()[1:-1] + "}"
 
 
 async def test_one_awkward_string_among_plain_ones_round_trips(pool: asyncpg.Pool) -> None:
