@@ -139,7 +139,10 @@ class Broadcaster:
         # Hold id -> the connection following it, or a set when several do (rare): a set per
         # live hold would be one more object the garbage collector walks (see core.Hold).
         self._hold_watchers: dict[str, Subscriber | set[Subscriber]] = {}
-        self._event_holds: dict[str, set[str]] = {}  # event -> followed hold ids
+        # Event -> how many of its holds are followed here. A count, not a set of the hold ids:
+        # only whether there are any is asked, and a set growing with a sale's holds stalled
+        # the loop for milliseconds each time it doubled (BENCHMARKS.md, round 14).
+        self._followed_holds: dict[str, int] = {}
         self._hold_event: dict[str, str] = {}  # followed hold id -> its event
 
     # --- the commit side -------------------------------------------------------------------
@@ -248,7 +251,7 @@ class Broadcaster:
             watcher.hold_changed(event_id, hold, ended)
 
     def _relayed_news(self, event_id: str, frame: bytes) -> None:
-        if not self._event_holds.get(event_id):
+        if event_id not in self._followed_holds:
             return
         try:
             news = orjson.loads(frame)
@@ -316,7 +319,7 @@ class Broadcaster:
         if topic is None or subscriber not in topic.subscribers:
             return False
         del topic.subscribers[subscriber]
-        if not topic.subscribers and not self._event_holds.get(event_id):
+        if not topic.subscribers and event_id not in self._followed_holds:
             self._lost_interest(event_id)
         return True
 
@@ -335,7 +338,7 @@ class Broadcaster:
     # --- holders ---------------------------------------------------------------------------
 
     def follows_holds(self, event_id: str) -> bool:
-        return bool(self._event_holds.get(event_id))
+        return event_id in self._followed_holds
 
     def watch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
         watchers = self._hold_watchers
@@ -348,9 +351,9 @@ class Broadcaster:
             watchers[hold_id] = {current, subscriber}
         if hold_id not in self._hold_event:
             self._hold_event[hold_id] = event_id
-            holds = self._event_holds.setdefault(event_id, set())
-            holds.add(hold_id)
-            if len(holds) == 1 and not self.has_subscribers(event_id) and self._watched:
+            followed = self._followed_holds.get(event_id, 0) + 1
+            self._followed_holds[event_id] = followed
+            if followed == 1 and not self.has_subscribers(event_id) and self._watched:
                 self._watched(event_id)
 
     def unwatch_hold(self, hold_id: str, subscriber: Subscriber) -> None:
@@ -368,13 +371,14 @@ class Broadcaster:
         event_id = self._hold_event.pop(hold_id, None)
         if event_id is None:
             return
-        holds = self._event_holds.get(event_id)
-        if holds is not None:
-            holds.discard(hold_id)
-            if not holds:
-                del self._event_holds[event_id]
-                if not self.has_subscribers(event_id):
-                    self._lost_interest(event_id)
+        followed = self._followed_holds.get(event_id, 0) - 1
+        if followed > 0:
+            self._followed_holds[event_id] = followed
+            return
+        if self._followed_holds.pop(event_id, None) is None:
+            return
+        if not self.has_subscribers(event_id):
+            self._lost_interest(event_id)
 
 
 _NEWS = "holds"

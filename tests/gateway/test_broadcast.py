@@ -144,6 +144,32 @@ async def test_a_hold_s_only_follower_stopping_drops_the_hold() -> None:
     assert follower.ended == []
 
 
+async def test_an_event_is_followed_while_any_of_its_holds_is() -> None:
+    interest: list[tuple[str, str]] = []
+    broadcaster = Broadcaster(
+        instance_id="me",
+        publish=lambda e, f: None,
+        watched=lambda e: interest.append(("watched", e)),
+        unwatched=lambda e: interest.append(("unwatched", e)),
+    )
+    follower = Sink()
+    for hold_id in ("h1", "h2", "h3"):
+        broadcaster.watch_hold("e1", hold_id, follower)
+    broadcaster.watch_hold("e2", "h4", follower)
+    broadcaster.watch_hold("e1", "h1", Sink())  # a second follower: not a second hold
+    assert interest == [("watched", "e1"), ("watched", "e2")]
+    broadcaster.unwatch_hold("h2", follower)
+    broadcaster.committed("e1", 1, [HoldEnded(_hold("h3", "A-3"), HoldEndReason.EXPIRED)], None)
+    broadcaster.unwatch_hold("h1", follower)  # its other follower still follows it
+    assert broadcaster.follows_holds("e1") and broadcaster.follows_holds("e2")
+    assert interest == [("watched", "e1"), ("watched", "e2")]
+    broadcaster.committed("e1", 2, [HoldEnded(_hold("h1", "A-1"), HoldEndReason.RELEASED)], None)
+    assert not broadcaster.follows_holds("e1") and broadcaster.follows_holds("e2")
+    assert interest[2:] == [("unwatched", "e1")]
+    broadcaster.unwatch_hold("h4", follower)
+    assert interest[3:] == [("unwatched", "e2")]
+
+
 async def test_followed_holds_leave_the_garbage_collector_after_a_pass() -> None:
     broadcaster = Broadcaster(instance_id="me", publish=lambda e, f: None)
     followers = [Sink() for _ in range(10)]
