@@ -81,6 +81,8 @@ WHERE id = $1 AND NOT seatd_served_elsewhere(owner_instance, $2, $3)
 RETURNING {_EVENT_COLUMNS}, version, owner_epoch
 """
 _SERVED_BY = "SELECT owner_instance FROM events WHERE id = $1"
+# Claims of one load: a claim that misses an event with no other owner tries again.
+_CLAIM_ATTEMPTS = 3
 _SEATS = """
 SELECT seat_id, section, row, number, category, x, y FROM seats
 WHERE event_id = $1 ORDER BY ordinal, seat_id
@@ -453,17 +455,30 @@ class PostgresStore:
         next_after = page[-1]["id"] if len(rows) > limit else None
         return EventPage(tuple((_event_info(r), r.get("distance")) for r in page), next_after)
 
+    async def _claim(self, conn: asyncpg.Connection, event_id: str) -> asyncpg.Record | None:
+        """The event's row, claimed for this instance; None if there is no such event. Each
+        statement reads what was committed when it began, so an event created (or let go by
+        its owner) just after the claim missed it is seen by the second read with no owner,
+        or this one: claimed again then. Only another instance's mark refuses the event."""
+        for _ in range(_CLAIM_ATTEMPTS):
+            row = await conn.fetchrow(_CLAIM, event_id, self._instance_id, self._lease_ttl)
+            if row is not None:
+                return row
+            served_by = await conn.fetchrow(_SERVED_BY, event_id)
+            if served_by is None:
+                return None
+            owner = served_by[0]
+            if owner is not None and owner != self._instance_id:
+                raise OwnedElsewhere(
+                    f"event {event_id} is served by another instance; retry", owner=owner
+                )
+        raise OwnedElsewhere(f"event {event_id} is changing hands; retry")
+
     async def load_event(self, event_id: str) -> LoadedEvent | None:
         async with self._connection(transaction=True) as conn:
-            row = await conn.fetchrow(_CLAIM, event_id, self._instance_id, self._lease_ttl)
+            row = await self._claim(conn, event_id)
             if row is None:
-                served_by = await conn.fetchrow(_SERVED_BY, event_id)
-                if served_by is None:
-                    return None
-                raise OwnedElsewhere(
-                    f"event {event_id} is served by another instance; retry",
-                    owner=served_by[0],
-                )
+                return None
             seats = tuple(map(Seat._make, await conn.fetch(_SEATS, event_id)))
             holds = tuple(
                 Hold(r[0], r[1], tuple(r[5]), r[2], r[3], r[4])

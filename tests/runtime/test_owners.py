@@ -9,10 +9,12 @@ whichever instance asked first (both found by fault injection)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -416,3 +418,50 @@ async def test_releases_wait_together_and_a_new_claim_keeps_its_event(
         assert (await _owner_row(pool, back))[0] == "me"
     finally:
         await owners.close()
+
+
+class _CreatedAfterTheClaim(PostgresStore):
+    """A store whose load's first claim finds no event, which another connection then
+    creates before the load reads who serves it (as when a client sends a hold for an event
+    right behind the ``create_event`` that makes it, and the two meet in PostgreSQL)."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, instance_id: str, create: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(pool, instance_id, TTL)
+        self._create: Callable[[], Awaitable[None]] | None = create
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        async with super()._connection(transaction=transaction) as conn:
+            yield _ThenCreate(conn, self)
+
+
+class _ThenCreate:
+    def __init__(self, conn: asyncpg.Connection, store: _CreatedAfterTheClaim) -> None:
+        self._conn, self._store = conn, store
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        row = await self._conn.fetchrow(query, *args)
+        create, self._store._create = self._store._create, None
+        if create is not None:
+            assert row is None  # the claim found no event: it did not exist yet
+            await create()
+        return row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_an_event_created_just_after_the_claim_missed_it_is_loaded(
+    pool: asyncpg.Pool, store: PostgresStore
+) -> None:
+    event_id = f"own-{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        await store.create_event(NewEvent(EventInfo(event_id, "Owner test"), (Seat("S1"),)))
+
+    racing = _CreatedAfterTheClaim(pool, "me", create)
+    loaded = await racing.load_event(event_id)  # was: unavailable, "served by another instance"
+    assert loaded is not None and [seat.seat_id for seat in loaded.seats] == ["S1"]
+    assert await _owner_row(pool, event_id) == ("me", loaded.epoch)
