@@ -28,7 +28,9 @@ _JSON_ONLY_ESCAPE = re.compile(rb"\\[bfnrtu]")
 
 
 def array_literal(values: Sequence[str | float]) -> str:
-    """The literal of a one-dimensional array of strings or of finite numbers (no NULLs)."""
+    """The literal of a one-dimensional array of strings or of finite numbers (no NULLs).
+    orjson writes NaN and infinity as null: such a time would reach PostgreSQL as NULL, which
+    every column these arrays are written to refuses (the batch fails whole, nothing half)."""
     dumped = orjson.dumps(values)
     if b"\\" in dumped and _JSON_ONLY_ESCAPE.search(dumped):
         return "{" + ",".join(_quoted(value) for value in values) + "}"
