@@ -156,11 +156,15 @@ class HoldFollower:
             self._followed.discard(hold_id)
 
     def _cancel(self, hold_id: str) -> None:
-        pending = self._pending
-        if pending is not None:
-            pending.drop(hold_id)  # its deadline is skipped when it comes up
-            if not pending.due:
-                self._pending = None
+        if self._pending is not None:
+            self._drop_warning(self._pending, hold_id)  # its deadline is skipped when it comes up
+
+    def _drop_warning(self, pending: _Pending, hold_id: str) -> tuple[float, str]:
+        """Forget a hold's warning (see ``_Pending.drop``); the last one gives ``pending`` back."""
+        dropped = pending.drop(hold_id)
+        if not pending.due:
+            self._pending = None
+        return dropped
 
     def _ring(self) -> None:
         """Send the warnings that are due; arm the timer for the next live one."""
@@ -177,9 +181,8 @@ class HoldFollower:
                 self._arm(loop, when)
                 return
             deadlines.pop()
-            expires_at, ids = pending.drop(hold_id)
-            if not pending.due:
-                self._pending = None  # given back; the loop drops the stale deadlines left
+            # Once the last is dropped, this loop drops the stale deadlines left.
+            expires_at, ids = self._drop_warning(pending, hold_id)
             if expires_at > wall:
                 event_id, *seat_ids = ids.split(_SEP)
                 self._warn(event_id, hold_id, expires_at, seat_ids)

@@ -39,9 +39,9 @@ def fuzz_settings() -> FuzzSettings:
 def fuzz_postgres() -> Iterator[PostgresServer]:
     """The fuzz servers' own PostgreSQL. The oracles judge a lone server, and the suite's
     shared services are not alone: the in-process server of tests/e2e lives for the whole
-    session and runs whenever an async test does, so its overdue-hold sweep and its leases can
-    take a fuzz event over, and a fuzz server then rightly answers ``unavailable`` (another
-    instance serves the event), which the oracles count as a violation."""
+    session and runs whenever an async test does. Were it to load a fuzz event (its overdue
+    sweep loads any event with holds nobody times), a fuzz server would rightly answer
+    ``unavailable`` for it, which the oracles count as a violation."""
     with running_postgres() as server:
         yield server
 
