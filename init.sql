@@ -178,9 +178,13 @@ DROP FUNCTION IF EXISTS seatd_persist_batch(
 -- One batch of one event in one call (one round trip: a single statement is its own
 -- transaction). Returns 0 when written; -1 when p_epoch is no longer the owner's epoch (fenced);
 -- -2 when the stored version is not p_previous, the version the owner applied the batch on
--- (its memory and the database disagree); -3 when a retry key of the batch is already stored
--- (the owner did not remember it: it runs the batch again with the stored outcome). Nothing is
--- written in those cases. Deletes come first: the batch's final state is consistent, so no
+-- (its memory and the database disagree). Nothing is written in those cases. A retry key of the
+-- batch already stored (the owner did not remember it) fails the call on the primary key of
+-- idempotency_keys, and the statement's transaction takes everything back: the owner runs the
+-- batch again with the stored outcome. Its records are inserted first, so such a batch stops
+-- there, and without a probe per key beforehand (5-12 us of PostgreSQL's CPU per keyed command;
+-- BENCHMARKS.md, round 15). PostgreSQL's log shows each such call as a duplicate key error: a
+-- retry that reached an owner which had not seen its first attempt. Deletes come first: the batch's final state is consistent, so no
 -- inserted seat can collide. The retry records come as one JSON array of [user_id, key,
 -- request_hash, response] arrays (the response being the stored reply itself): parsed once
 -- here, where four text arrays cost the service ~0.7 us per element to encode (BENCHMARKS.md,
@@ -195,7 +199,7 @@ DROP FUNCTION IF EXISTS seatd_persist_batch(
 -- end or refresh a few: each batch then cost more than the last until the next vacuum. So rows
 -- are named by their primary key, and the SET clauses take scans and joins that could still do
 -- that off the table for this function only.
-CREATE OR REPLACE FUNCTION seatd_write_batch(
+CREATE OR REPLACE FUNCTION seatd_apply_batch(
     p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
     p_deleted_seats text[], p_deleted_holds uuid[],
     p_extended_seats text[], p_extended_holds uuid[], p_extended_until float8[],
@@ -220,16 +224,11 @@ BEGIN
     IF current_version <> p_previous THEN
         RETURN -2;
     END IF;
-    -- One index probe per key (LATERAL ... LIMIT 1): a join could scan every key of the event.
-    IF jsonb_array_length(p_keys) > 0 AND EXISTS (
-        SELECT 1 FROM jsonb_array_elements(p_keys) AS u(r)
-        CROSS JOIN LATERAL (
-            SELECT 1 FROM idempotency_keys k
-            WHERE k.event_id = p_event AND k.user_id = u.r->>0 AND k.key = u.r->>1
-            LIMIT 1
-        ) AS stored
-    ) THEN
-        RETURN -3;
+    -- A plain INSERT: a key already stored fails it, and with it the call (above).
+    IF jsonb_array_length(p_keys) > 0 THEN
+        INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
+        SELECT p_event, u.r->>0, u.r->>1, u.r->>2, u.r->3
+        FROM jsonb_array_elements(p_keys) AS u(r);
     END IF;
     UPDATE events SET version = p_version WHERE id = p_event;
     -- Each row is found by one primary-key probe (LATERAL ... LIMIT 1, which the planner cannot
@@ -277,16 +276,38 @@ BEGIN
         FROM unnest(p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at)
              AS u(seat_id, reservation_id, user_id, reserved_at);
     END IF;
-    -- A plain INSERT: the probe above ran under the event's row lock, which every writer of
-    -- this event's keys takes first, and the owner sends each key once per batch, so no row can
-    -- conflict. ON CONFLICT DO NOTHING cost a quarter more per key (speculative insertion);
-    -- were a conflict possible after all, the batch would fail whole, never half-written.
-    IF jsonb_array_length(p_keys) > 0 THEN
-        INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
-        SELECT p_event, u.r->>0, u.r->>1, u.r->>2, u.r->3
-        FROM jsonb_array_elements(p_keys) AS u(r);
-    END IF;
     RETURN 0;
+END
+$fn$;
+
+-- The previous release's call of one batch, which answers -3 for a retry key already stored:
+-- seatd_apply_batch, with that failure turned back into its answer (the subtransaction takes
+-- back what the call wrote). Also what seatd_persist_batch below calls. Kept for instances of
+-- the previous release still running during a rolling upgrade; to be dropped in a later
+-- release, with the functions below.
+CREATE OR REPLACE FUNCTION seatd_write_batch(
+    p_event text, p_epoch bigint, p_previous bigint, p_version bigint,
+    p_deleted_seats text[], p_deleted_holds uuid[],
+    p_extended_seats text[], p_extended_holds uuid[], p_extended_until float8[],
+    p_seats text[], p_seat_holds uuid[], p_seat_users text[], p_seat_created float8[],
+    p_seat_expires float8[], p_seat_max_expires float8[],
+    p_reserved_seats text[], p_reservations uuid[], p_reserved_users text[], p_reserved_at float8[],
+    p_keys jsonb
+) RETURNS integer LANGUAGE plpgsql AS $fn$
+DECLARE
+    violated text;
+BEGIN
+    RETURN seatd_apply_batch(
+        p_event, p_epoch, p_previous, p_version, p_deleted_seats, p_deleted_holds,
+        p_extended_seats, p_extended_holds, p_extended_until,
+        p_seats, p_seat_holds, p_seat_users, p_seat_created, p_seat_expires, p_seat_max_expires,
+        p_reserved_seats, p_reservations, p_reserved_users, p_reserved_at, p_keys);
+EXCEPTION WHEN unique_violation THEN
+    GET STACKED DIAGNOSTICS violated = CONSTRAINT_NAME;
+    IF violated = 'idempotency_keys_pkey' THEN
+        RETURN -3;
+    END IF;
+    RAISE;
 END
 $fn$;
 
@@ -313,7 +334,7 @@ $fn$;
 -- (the service sends each event once per call). Returns one outcome per event, as
 -- seatd_write_batch would: every event is checked first (its row locked, its epoch, its
 -- version, its retry keys, its refreshed holds: -1, -2, -3, -4), and only the events that pass
--- are written, each table with one statement for all of them: the writes of seatd_write_batch,
+-- are written, each table with one statement for all of them: the writes of seatd_apply_batch,
 -- set-based (change both together; a lone event's batch stays on that function, a sixth cheaper
 -- per purchase). So a refusal writes nothing for its event and leaves the others alone, without
 -- a subtransaction per event; a per-event call cost PostgreSQL 115-140 us per event
@@ -385,7 +406,7 @@ BEGIN
     UPDATE events e SET version = v.version
     FROM unnest(p_events, p_versions) AS v(id, version)
     WHERE e.id = v.id AND v.id = ANY (ok);
-    -- One primary-key probe per row, as in seatd_write_batch.
+    -- One primary-key probe per row, as in seatd_apply_batch.
     DELETE FROM hold_seats WHERE ctid = ANY (ARRAY(
         SELECT f.ctid
         FROM unnest(seatd_row_events(p_events, p_n_deleted), p_deleted_seats, p_deleted_holds)
@@ -430,7 +451,8 @@ BEGIN
                 p_reserved_users, p_reserved_at)
          AS u(ev, seat_id, reservation_id, user_id, reserved_at)
     WHERE u.ev = ANY (ok);
-    -- A plain INSERT, as in seatd_write_batch: the keys were probed under the events' locks.
+    -- A plain INSERT: the keys were probed above, under the events' locks, which every writer
+    -- of an event's keys takes first.
     INSERT INTO idempotency_keys (event_id, user_id, key, request_hash, response)
     SELECT u.ev, u.r->>0, u.r->>1, u.r->>2, u.r->3
     FROM unnest(seatd_row_events(p_events, p_n_keys), key_rows) AS u(ev, r)

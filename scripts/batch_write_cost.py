@@ -1,4 +1,4 @@
-"""What PostgreSQL spends on each part of one event's batch write (``seatd_write_batch``), per
+"""What PostgreSQL spends on each part of one event's batch write (``seatd_apply_batch``), per
 hold, on a throwaway durable cluster (BENCHMARKS.md, round 15).
 
     .venv/bin/python scripts/batch_write_cost.py [--holds 50] [--calls 100] [--rounds 6]
@@ -31,7 +31,7 @@ from seatd.devstack import PostgresServer
 from seatd.runtime.ports import IdempotencyRecord
 
 INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
-_FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION seatd_write_batch\(.*?\n\$fn\$;\n", re.S)
+_FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION seatd_apply_batch\(.*?\n\$fn\$;\n", re.S)
 
 
 def _cut(body: str, first: str, upto: str, instead: str = "") -> str:
@@ -40,18 +40,13 @@ def _cut(body: str, first: str, upto: str, instead: str = "") -> str:
     return body[:start] + instead + body[end:]
 
 
-_PROBE = "    -- One index probe per key (LATERAL"
+_RECORDS = "    -- A plain INSERT: a key already stored fails it"
 _VERSION = "    UPDATE events SET version"
-_RECORDS = "    -- A plain INSERT: the probe above"
 _RETURN = "    RETURN 0;\nEND"
 
 
-def _without_probe(body: str) -> str:
-    return _cut(body, _PROBE, _VERSION)
-
-
 def _without_records(body: str) -> str:
-    return _cut(_without_probe(body), _RECORDS, _RETURN)
+    return _cut(body, _RECORDS, _VERSION)
 
 
 def _without_holds(body: str) -> str:
@@ -62,14 +57,13 @@ def _without_holds(body: str) -> str:
 
 def _lock_and_version(body: str) -> str:
     return _cut(
-        body, _PROBE, _RETURN, "    UPDATE events SET version = p_version WHERE id = p_event;\n"
+        body, _RECORDS, _RETURN, "    UPDATE events SET version = p_version WHERE id = p_event;\n"
     )
 
 
 # Variant name -> how its body is made from the function's; the first is the function itself.
 VARIANTS: dict[str, Callable[[str], str]] = {
     "as it is": lambda body: body,
-    "no probe of the retry keys": _without_probe,
     "no retry records": _without_records,
     "no hold rows": _without_holds,
     "lock and version only": _lock_and_version,
@@ -85,12 +79,12 @@ async def _measure(dsn: str, holds: int, calls: int, rounds: int) -> dict[str, l
     conn = await asyncpg.connect(dsn)
     try:
         body = _FUNCTION.search(INIT_SQL.read_text())
-        assert body is not None, "seatd_write_batch not found in init.sql"
+        assert body is not None, "seatd_apply_batch not found in init.sql"
         names = {}
         for n, (label, make) in enumerate(VARIANTS.items()):
-            name = f"seatd_write_batch_v{n}"
+            name = f"seatd_apply_batch_v{n}"
             names[label] = name
-            sql = make(body.group(0)).replace("FUNCTION seatd_write_batch(", f"FUNCTION {name}(")
+            sql = make(body.group(0)).replace("FUNCTION seatd_apply_batch(", f"FUNCTION {name}(")
             await conn.execute(sql)
         event = f"cost-{uuid.uuid4().hex[:8]}"
         await conn.execute("INSERT INTO events (id, name) VALUES ($1, 'cost')", event)
@@ -111,7 +105,7 @@ async def _measure(dsn: str, holds: int, calls: int, rounds: int) -> dict[str, l
         spent: dict[str, list[float]] = {label: [] for label in VARIANTS}
         for _ in range(rounds):
             for label, name in names.items():
-                statement = _PERSIST.replace("seatd_write_batch(", f"{name}(")
+                statement = _PERSIST.replace("seatd_apply_batch(", f"{name}(")
                 before = _backend_cpu(pid)
                 for _ in range(calls):
                     now = time.time()

@@ -8,7 +8,7 @@ applied on (``previous``), else ``StaleVersion``: the actor's memory and the dat
 and the event must reload rather than write on top of a state it has not seen.
 
 A batch's effects are netted first (a hold created and released in the same batch never touches
-the database) and then written by one call of ``seatd_write_batch`` (init.sql) with arrays:
+the database) and then written by one call of ``seatd_apply_batch`` (init.sql) with arrays:
 one round trip and one implicit transaction per batch, however large, where one statement per
 kind cost 6-8 round trips. Times travel as float seconds and are turned into timestamps by
 ``to_timestamp`` in SQL, which avoids building datetimes in Python.
@@ -112,7 +112,7 @@ SELECT e.version,
           FROM reservations r WHERE r.event_id = e.id) AS reserved
   FROM events e WHERE e.id = $1
 """
-# The whole batch in one round trip: see seatd_write_batch in init.sql. Its row arrays, in its
+# The whole batch in one round trip: see seatd_apply_batch in init.sql. Its row arrays, in its
 # argument order, each with its group and type: the arrays of one group are parallel (one entry
 # per row), and seatd_write_batches takes each group's per-event row count before the group's
 # first array. The retry records follow as one JSON document (``_keys_document``), after their
@@ -153,10 +153,11 @@ def _many_types() -> list[str]:
 
 
 _PERSIST = _call(
-    "seatd_write_batch",
+    "seatd_apply_batch",
     ("text", "bigint", "bigint", "bigint", *(type_ for _, type_ in _ROW_ARRAYS), "jsonb"),
 )
 _PERSIST_MANY = _call("seatd_write_batches", _many_types())
+_KEYS_PRIMARY_KEY = "idempotency_keys_pkey"
 # One index probe per key (LATERAL): a plain join may scan every key stored for the event.
 _FIND_KEYS = """
 SELECT k.user_id, k.key, k.request_hash, k.response::text
@@ -526,6 +527,13 @@ class PostgresStore:
                 )
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
+        except asyncpg.UniqueViolationError as error:
+            # seatd_apply_batch writes the retry records first; one already stored fails it.
+            if error.constraint_name != _KEYS_PRIMARY_KEY:
+                raise
+            raise KeysAlreadyUsed(
+                f"event {event_id}: a retry key of the batch is already stored"
+            ) from None
         refusal = _refusal(event_id, epoch, previous, outcome)
         if refusal is not None:
             raise refusal
@@ -601,7 +609,7 @@ def _group_rows(
 
 
 def _row_arguments(effects: Sequence[Effect]) -> list[str]:
-    """seatd_write_batch's row arrays for one batch, each as its literal."""
+    """seatd_apply_batch's row arrays for one batch, each as its literal."""
     return [array_literal(column) for column in _rows(effects)]
 
 
@@ -644,7 +652,7 @@ def _keys_document(records: Iterable[IdempotencyRecord]) -> str:
 
 
 def _refusal(event_id: str, epoch: int, previous: int, outcome: int) -> Exception | None:
-    """What a batch write's outcome code means (see seatd_write_batch in init.sql)."""
+    """What a batch write's outcome code means (see seatd_write_batches in init.sql)."""
     if outcome == 0:
         return None
     if outcome == -1:

@@ -34,7 +34,7 @@ async def test_every_floor_connection_has_the_hot_statements_prepared_and_nothin
             async with pool.acquire() as first, pool.acquire() as second:
                 for conn in (first, second):
                     statements = " ".join(await _prepared(conn))
-                    assert "seatd_write_batch(" in statements
+                    assert "seatd_apply_batch(" in statements
                     assert "seatd_write_batches(" in statements
                     assert "FROM idempotency_keys" in statements
         finally:

@@ -26,7 +26,7 @@ from seatd.core import (
     Reservation,
     ReservationCreated,
 )
-from seatd.runtime.ports import FencedOut, IdempotencyRecord, StaleVersion
+from seatd.runtime.ports import FencedOut, IdempotencyRecord, KeysAlreadyUsed, StaleVersion
 
 # Hold times far in the future (2096): a hold past its expiry in the shared test database is
 # one any running seatd's overdue sweep wakes and loads, bumping the epoch these tests write
@@ -227,6 +227,45 @@ async def test_a_batch_applied_on_another_version_writes_nothing(
     assert await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id) == (
         loaded.version
     )
+
+
+async def test_a_batch_with_a_stored_retry_key_writes_nothing(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """A retry key the owner did not remember is found by the write itself (its records go in
+    first, on the primary key): the whole batch is refused, and so are the previous releases'
+    calls, with -3 as before."""
+    event_id = await _event(store)
+    loaded = await store.load_event(event_id)
+    assert loaded is not None
+    key = IdempotencyRecord("u1", "k1", "h1", b'{"ok": true}')
+    first = _hold("u1", "S0")
+    await store.persist(
+        event_id, loaded.epoch, loaded.version + 1, [HoldCreated(first)], [key],
+        previous=loaded.version,
+    )  # fmt: skip
+    version = loaded.version + 1
+    second = _hold("u2", "S1")
+    fresh = IdempotencyRecord("u2", "k2", "h2", b'{"ok": true}')
+    with pytest.raises(KeysAlreadyUsed):
+        await store.persist(
+            event_id, loaded.epoch, version + 1, [HoldCreated(second)], [fresh, key],
+            previous=version,
+        )  # fmt: skip
+    keys = '[["u2", "k2", "h2", {"ok": true}], ["u1", "k1", "h1", {"ok": true}]]'
+    async with pool.acquire() as conn:
+        rows = _row_arguments([HoldCreated(second)])
+        # What the previous release calls, with these arguments.
+        call = _PERSIST.replace("seatd_apply_batch(", "seatd_write_batch(")
+        args = (event_id, loaded.epoch, version, version + 1, *rows, keys)
+        assert await conn.fetchval(call, *args) == -3
+        old_single = "SELECT seatd_persist_batch(" + ", ".join(f"${n}" for n in range(1, 20))
+        older = (event_id, loaded.epoch, version, version + 1, *_previous_rows([second]), keys)
+        assert await conn.fetchval(old_single + ")", *older) == -3
+    assert await pool.fetchval("SELECT version FROM events WHERE id = $1", event_id) == version
+    stored = await pool.fetch("SELECT hold_id::text FROM hold_seats WHERE event_id = $1", event_id)
+    assert [r[0] for r in stored] == [first.hold_id]
+    assert await store.find_idempotency(event_id, [("u2", "k2")]) == {}
 
 
 async def test_refreshing_a_hold_the_database_lost_fails_the_whole_batch(
