@@ -2,11 +2,14 @@
 hold, on a throwaway durable cluster (BENCHMARKS.md, round 15).
 
     .venv/bin/python scripts/batch_write_cost.py [--holds 50] [--calls 100] [--rounds 6]
+        [--refusals] [--against GIT_REF]
 
 Each call writes ``--holds`` new one-seat holds, each with its retry record, as the service
-sends them. Besides the function itself, copies of it with one part cut out run in turn
-(rounds alternate, so the machine's drift falls on every variant alike); the difference
-between two is what that part costs. The figure is the backend's CPU time (user + system, from
+sends them (``--refusals``: the retry records alone, as a refused command leaves). Besides the
+function itself, copies of it with one part cut out run in turn (rounds alternate, so the
+machine's drift falls on every variant alike); the difference between two is what that part
+costs. ``--against`` also runs the function as init.sql had it at another commit, to compare
+a change of it side by side. The figure is the backend's CPU time (user + system, from
 /proc: the cluster must run on this machine), which includes the commit's WAL write.
 """
 
@@ -17,6 +20,7 @@ import asyncio
 import os
 import re
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +35,11 @@ from seatd.devstack import PostgresServer
 from seatd.runtime.ports import IdempotencyRecord
 
 INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
+# The one-event batch function: seatd_apply_batch, seatd_write_batch before round 15.
 _FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION seatd_apply_batch\(.*?\n\$fn\$;\n", re.S)
+_EARLIER_FUNCTION = re.compile(
+    r"CREATE OR REPLACE FUNCTION seatd_write_batch\(.*?\n\$fn\$;\n", re.S
+)
 
 
 def _cut(body: str, first: str, upto: str, instead: str = "") -> str:
@@ -75,24 +83,48 @@ def _backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _measure(dsn: str, holds: int, calls: int, rounds: int) -> dict[str, list[float]]:
+def _functions(against: str | None) -> dict[str, str]:
+    """Variant label -> its ``CREATE FUNCTION`` under a name of its own."""
+    found = _FUNCTION.search(INIT_SQL.read_text())
+    assert found is not None, "seatd_apply_batch not found in init.sql"
+    body = found.group(0)
+    functions = {
+        label: make(body).replace("FUNCTION seatd_apply_batch(", f"FUNCTION seatd_cost_v{n}(")
+        for n, (label, make) in enumerate(VARIANTS.items())
+    }
+    if against is not None:
+        text = subprocess.run(
+            ["git", "show", f"{against}:init.sql"],
+            cwd=INIT_SQL.parent, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        earlier = _FUNCTION.search(text) or _EARLIER_FUNCTION.search(text)
+        assert earlier is not None, f"no batch function in init.sql at {against}"
+        functions[f"at {against}"] = re.sub(
+            r"FUNCTION seatd_(apply|write)_batch\(", "FUNCTION seatd_cost_ref(", earlier.group(0)
+        )
+    return functions
+
+
+def _name(function: str) -> str:
+    found = re.search(r"FUNCTION (seatd_cost_\w+)\(", function)
+    assert found is not None
+    return found.group(1)
+
+
+async def _measure(
+    dsn: str, functions: dict[str, str], holds: int, calls: int, rounds: int, refusals: bool
+) -> dict[str, list[float]]:
     conn = await asyncpg.connect(dsn)
     try:
-        body = _FUNCTION.search(INIT_SQL.read_text())
-        assert body is not None, "seatd_apply_batch not found in init.sql"
-        names = {}
-        for n, (label, make) in enumerate(VARIANTS.items()):
-            name = f"seatd_apply_batch_v{n}"
-            names[label] = name
-            sql = make(body.group(0)).replace("FUNCTION seatd_apply_batch(", f"FUNCTION {name}(")
-            await conn.execute(sql)
+        for function in functions.values():
+            await conn.execute(function)
         event = f"cost-{uuid.uuid4().hex[:8]}"
         await conn.execute("INSERT INTO events (id, name) VALUES ($1, 'cost')", event)
         await conn.execute(
             "INSERT INTO seats (event_id, seat_id, ordinal)"
             " SELECT $1, 'S' || n, n FROM generate_series(1, $2) AS n",
             event,
-            holds * calls * rounds * len(VARIANTS),
+            holds * calls * rounds * len(functions),
         )
         epoch, version = await conn.fetchrow(
             "UPDATE events SET owner_epoch = owner_epoch + 1 WHERE id = $1"
@@ -102,10 +134,10 @@ async def _measure(dsn: str, holds: int, calls: int, rounds: int) -> dict[str, l
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         response = orjson.dumps({"ok": True, "result": {"hold_id": str(uuid.uuid4())}})
         seat = 0
-        spent: dict[str, list[float]] = {label: [] for label in VARIANTS}
+        spent: dict[str, list[float]] = {label: [] for label in functions}
         for _ in range(rounds):
-            for label, name in names.items():
-                statement = _PERSIST.replace("seatd_apply_batch(", f"{name}(")
+            for label, function in functions.items():
+                statement = _PERSIST.replace("seatd_apply_batch(", f"{_name(function)}(")
                 before = _backend_cpu(pid)
                 for _ in range(calls):
                     now = time.time()
@@ -113,19 +145,20 @@ async def _measure(dsn: str, holds: int, calls: int, rounds: int) -> dict[str, l
                     for _ in range(holds):
                         seat += 1
                         user = f"user{seat % 1000}"
-                        hold = Hold(
-                            str(uuid.uuid4()), user, (f"S{seat}",), now, now + 600, now + 1800
-                        )
-                        effects.append(HoldCreated(hold))
+                        if not refusals:
+                            seats = (f"S{seat}",)
+                            hold = Hold(str(uuid.uuid4()), user, seats, now, now + 600, now + 1800)
+                            effects.append(HoldCreated(hold))
                         records.append(
                             IdempotencyRecord(user, str(uuid.uuid4()), "h" * 32, response)
                         )
+                    after = version + 1 if effects else version
                     outcome = await conn.fetchval(
-                        statement, event, epoch, version, version + 1,
+                        statement, event, epoch, version, after,
                         *_row_arguments(effects), _keys_document(records),
                     )  # fmt: skip
                     assert outcome == 0, outcome
-                    version += 1
+                    version = after
                 spent[label].append((_backend_cpu(pid) - before) / (calls * holds) * 1e6)
         return spent
     finally:
@@ -134,14 +167,20 @@ async def _measure(dsn: str, holds: int, calls: int, rounds: int) -> dict[str, l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--holds", type=int, default=50, help="holds per call")
+    parser.add_argument("--holds", type=int, default=50, help="commands per call")
     parser.add_argument("--calls", type=int, default=100, help="calls per variant and round")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--refusals", action="store_true", help="retry records, no hold rows")
+    parser.add_argument("--against", metavar="GIT_REF", help="also the function at this commit")
     args = parser.parse_args()
+    functions = _functions(args.against)
     with PostgresServer(dbname="batchcost", durable=True, init_sql=INIT_SQL) as pg:
-        spent = asyncio.run(_measure(pg.dsn, args.holds, args.calls, args.rounds))
+        spent = asyncio.run(
+            _measure(pg.dsn, functions, args.holds, args.calls, args.rounds, args.refusals)
+        )
     tick = 1e6 / os.sysconf("SC_CLK_TCK") / (args.calls * args.holds)
-    print(f"PostgreSQL CPU per hold, {args.holds} holds a call (one clock tick = {tick:.1f} µs):")
+    what = "refused command" if args.refusals else "hold"
+    print(f"PostgreSQL CPU per {what}, {args.holds} a call (one clock tick = {tick:.1f} µs):")
     for label, figures in spent.items():
         low, high = min(figures), max(figures)
         print(f"  {label:<28} median {statistics.median(figures):6.1f} µs  ({low:.1f}-{high:.1f})")
