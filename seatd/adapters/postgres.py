@@ -528,12 +528,11 @@ class PostgresStore:
         except asyncpg.RaiseError as error:
             raise StoreConflict(f"event {event_id}: {error}") from error
         except asyncpg.UniqueViolationError as error:
-            # seatd_apply_batch writes the retry records first; one already stored fails it.
+            # seatd_apply_batch writes the retry records first, and one already stored fails
+            # it: the refusal seatd_write_batches answers -3 for.
             if error.constraint_name != _KEYS_PRIMARY_KEY:
                 raise
-            raise KeysAlreadyUsed(
-                f"event {event_id}: a retry key of the batch is already stored"
-            ) from None
+            outcome = -3
         refusal = _refusal(event_id, epoch, previous, outcome)
         if refusal is not None:
             raise refusal
