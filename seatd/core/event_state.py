@@ -137,8 +137,13 @@ class EventState:
         self._position: dict[str, int] = {sid: i for i, sid in enumerate(self._order)}
         # Live holds by id, each packed in bytes (see _pack).
         self._holds: dict[str, bytes] = {}
-        self._seat_hold: dict[str, str] = {}
-        self._seat_reservation: dict[str, str] = {}
+        # Every seat's live hold id and reservation id, None when it has none. Made with every
+        # seat at once, so they never grow: a dict growing with a sale's holds stalls the
+        # whole process each time it doubles (BENCHMARKS.md, round 16).
+        self._seat_hold: dict[str, str | None] = dict.fromkeys(self._seats)
+        self._seat_reservation: dict[str, str | None] = dict.fromkeys(self._seats)
+        self._held_seats = 0
+        self._reserved_seats = 0
         self._user_seats: dict[str, int] = {}  # held + reserved, what the limit counts
         self._user_held: dict[str, int] = {}
         self._deadlines = Deadlines()  # (expires_at, hold id), stale ones skipped
@@ -148,6 +153,7 @@ class EventState:
         for reservation in reservations:
             for sid in reservation.seat_ids:
                 self._seat_reservation[sid] = reservation.reservation_id
+            self._reserved_seats += len(reservation.seat_ids)
             self._journal.add(self._user_seats, reservation.user_id, len(reservation.seat_ids))
         for hold in holds:
             self._add_hold(hold)
@@ -188,6 +194,8 @@ class EventState:
         self._journal.rollback()
         self._effects = []
         self._queue_expiries()
+        self._held_seats = _count_set(self._seat_hold)
+        self._reserved_seats = _count_set(self._seat_reservation)
 
     # --- queries --------------------------------------------------------------------------
 
@@ -204,9 +212,9 @@ class EventState:
         return None
 
     def seat_state(self, seat_id: str) -> SeatState:
-        if seat_id in self._seat_reservation:
+        if self._seat_reservation.get(seat_id) is not None:
             return SeatState.RESERVED
-        if seat_id in self._seat_hold:
+        if self._seat_hold.get(seat_id) is not None:
             return SeatState.HELD
         return SeatState.AVAILABLE
 
@@ -312,6 +320,7 @@ class EventState:
         reservation = Reservation(cmd.reservation_id, hold.user_id, hold.seat_ids, now)
         for sid in hold.seat_ids:
             self._journal.set(self._seat_reservation, sid, reservation.reservation_id)
+        self._reserved_seats += len(hold.seat_ids)
         self._effects.append(ReservationCreated(reservation))
         return reservation
 
@@ -328,8 +337,9 @@ class EventState:
         page: list[Seat] = []
         next_after: str | None = None
         total = 0
+        seat_hold, seat_reservation = self._seat_hold, self._seat_reservation
         for index, sid in enumerate(self._order):
-            if sid in self._seat_hold or sid in self._seat_reservation:
+            if seat_hold[sid] is not None or seat_reservation[sid] is not None:
                 continue
             seat = self._seats[sid]
             if cmd.section is not None and seat.section != cmd.section:
@@ -347,7 +357,7 @@ class EventState:
 
     def _summary(self, cmd: GetEvent, now: float) -> EventSummary:
         self._expire_due(now)
-        held, reserved = len(self._seat_hold), len(self._seat_reservation)
+        held, reserved = self._held_seats, self._reserved_seats
         return EventSummary(
             info=self.info,
             total_seats=len(self._seats),
@@ -362,12 +372,14 @@ class EventState:
     def _snapshot(self, cmd: GetSnapshot, now: float) -> SeatSnapshot:
         self._expire_due(now)
         holds = self._holds
-        held = tuple((sid, _expiry(holds[hold_id])) for sid, hold_id in self._seat_hold.items())
+        held = tuple(
+            (sid, _expiry(holds[hold_id]))
+            for sid, hold_id in self._seat_hold.items()
+            if hold_id is not None
+        )
+        reserved = tuple(sid for sid, rid in self._seat_reservation.items() if rid is not None)
         return SeatSnapshot(
-            self.version + (1 if self._effects else 0),
-            len(self._seats),
-            held,
-            tuple(self._seat_reservation),
+            self.version + (1 if self._effects else 0), len(self._seats), held, reserved
         )
 
     def _expire(self, cmd: Expire, now: float) -> tuple[Hold, ...]:
@@ -378,7 +390,7 @@ class EventState:
     def _conflicts(self, seat_ids: tuple[str, ...], user_id: str) -> list[dict[str, Any]]:
         conflicts: list[dict[str, Any]] = []
         for sid in seat_ids:
-            if sid in self._seat_reservation:
+            if self._seat_reservation.get(sid) is not None:
                 conflicts.append({"seat_id": sid, "state": "reserved"})
             else:
                 hold_id = self._seat_hold.get(sid)
@@ -417,6 +429,7 @@ class EventState:
         journal.set(self._holds, hold.hold_id, _pack(hold))
         for sid in hold.seat_ids:
             journal.set(self._seat_hold, sid, hold.hold_id)
+        self._held_seats += len(hold.seat_ids)
         journal.add(self._user_seats, hold.user_id, len(hold.seat_ids))
         journal.add(self._user_held, hold.user_id, len(hold.seat_ids))
 
@@ -424,7 +437,8 @@ class EventState:
         journal = self._journal
         journal.delete(self._holds, hold.hold_id)
         for sid in hold.seat_ids:
-            journal.delete(self._seat_hold, sid)
+            journal.set(self._seat_hold, sid, None)
+        self._held_seats -= len(hold.seat_ids)
         journal.add(self._user_held, hold.user_id, -len(hold.seat_ids))
         if reason is not HoldEndReason.RESERVED:
             journal.add(self._user_seats, hold.user_id, -len(hold.seat_ids))
@@ -449,6 +463,11 @@ class EventState:
                 self._end_hold(hold, HoldEndReason.EXPIRED)
                 expired.append(hold)
         return tuple(expired)
+
+
+def _count_set(ids: dict[str, str | None]) -> int:
+    """How many seats of a per-seat dict have an id."""
+    return sum(1 for value in ids.values() if value is not None)
 
 
 # A live hold as kept in EventState: bytes, not an object. Its three times as doubles

@@ -141,9 +141,9 @@ class Broadcaster:
         self._hold_watchers: dict[str, Subscriber | set[Subscriber]] = {}
         # Event -> how many of its holds are followed here. A count, not a set of the hold ids:
         # only whether there are any is asked, and a set growing with a sale's holds stalled
-        # the loop for milliseconds each time it doubled (BENCHMARKS.md, round 14).
+        # the loop for milliseconds each time it doubled (BENCHMARKS.md, round 14). For the
+        # same reason no dict of each hold's event: the callers know it (round 16).
         self._followed_holds: dict[str, int] = {}
-        self._hold_event: dict[str, str] = {}  # followed hold id -> its event
 
     # --- the commit side -------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class Broadcaster:
             return
         watchers = _as_tuple(self._hold_watchers.pop(hold.hold_id, None))
         if watchers:
-            self._drop_hold(hold.hold_id)
+            self._drop_hold(event_id)
         for watcher in watchers:
             watcher.hold_changed(event_id, hold, ended)
 
@@ -343,20 +343,20 @@ class Broadcaster:
     def watch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
         watchers = self._hold_watchers
         current = watchers.get(hold_id)
-        if current is None:
-            watchers[hold_id] = subscriber
-        elif isinstance(current, set):
+        if isinstance(current, set):
             current.add(subscriber)
-        elif current is not subscriber:
-            watchers[hold_id] = {current, subscriber}
-        if hold_id not in self._hold_event:
-            self._hold_event[hold_id] = event_id
+        elif current is not None:
+            if current is not subscriber:
+                watchers[hold_id] = {current, subscriber}
+        else:
+            watchers[hold_id] = subscriber
             followed = self._followed_holds.get(event_id, 0) + 1
             self._followed_holds[event_id] = followed
             if followed == 1 and not self.has_subscribers(event_id) and self._watched:
                 self._watched(event_id)
 
-    def unwatch_hold(self, hold_id: str, subscriber: Subscriber) -> None:
+    def unwatch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
+        """``subscriber`` no longer follows the hold ``hold_id`` of ``event_id``."""
         current = self._hold_watchers.get(hold_id)
         if isinstance(current, set):
             current.discard(subscriber)
@@ -365,12 +365,10 @@ class Broadcaster:
         elif current is not subscriber:
             return
         del self._hold_watchers[hold_id]
-        self._drop_hold(hold_id)
+        self._drop_hold(event_id)
 
-    def _drop_hold(self, hold_id: str) -> None:
-        event_id = self._hold_event.pop(hold_id, None)
-        if event_id is None:
-            return
+    def _drop_hold(self, event_id: str) -> None:
+        """One of the event's followed holds lost its last follower here."""
         followed = self._followed_holds.get(event_id, 0) - 1
         if followed > 0:
             self._followed_holds[event_id] = followed

@@ -64,7 +64,8 @@ class HoldFollower:
         self._clock = clock
         self._warning = warning
         # The holds watched, warned or not: a warning ends the timer, not the watching.
-        self._followed: set[str] | None = None  # made on first use: most connections hold nothing
+        # Hold id -> its event; made on first use: most connections hold nothing.
+        self._followed: dict[str, str] | None = None
         self._pending: _Pending | None = None  # made on first use
         self._deadlines = Deadlines()  # (loop time, hold id), stale ones skipped
         self._timer: asyncio.TimerHandle | None = None
@@ -84,15 +85,15 @@ class HoldFollower:
             if _succeeded(result):
                 self._cancel(command.hold_id)
                 self._unfollow(command.hold_id)
-                self._broadcaster.unwatch_hold(command.hold_id, self._connection)
+                self._broadcaster.unwatch_hold(event_id, command.hold_id, self._connection)
             return
         outcome = result
         if isinstance(result, StoredReply):
             outcome = result.outcome or _hold_from_reply(result.response)
         if isinstance(outcome, core.Hold):
             if self._followed is None:
-                self._followed = set()
-            self._followed.add(outcome.hold_id)
+                self._followed = {}
+            self._followed[outcome.hold_id] = event_id
             self._broadcaster.watch_hold(event_id, outcome.hold_id, self._connection)
             self._schedule(event_id, outcome)
 
@@ -119,8 +120,8 @@ class HoldFollower:
             self._timer = None
         self._pending, self._deadlines = None, Deadlines()
         followed, self._followed = self._followed, None
-        for hold_id in followed or ():
-            self._broadcaster.unwatch_hold(hold_id, self._connection)
+        for hold_id, event_id in (followed or {}).items():
+            self._broadcaster.unwatch_hold(event_id, hold_id, self._connection)
 
     def pending_warnings(self) -> int:
         """Deadlines kept, live or left behind by ended holds (bounded: see the class)."""
@@ -153,7 +154,7 @@ class HoldFollower:
 
     def _unfollow(self, hold_id: str) -> None:
         if self._followed is not None:
-            self._followed.discard(hold_id)
+            self._followed.pop(hold_id, None)
 
     def _cancel(self, hold_id: str) -> None:
         if self._pending is not None:

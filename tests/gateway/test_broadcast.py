@@ -123,8 +123,8 @@ async def test_every_follower_of_a_hold_is_told_until_it_stops_following() -> No
     broadcaster.watch_hold("e1", "h1", second)
     broadcaster.committed("e1", 1, [HoldExtended(_hold("h1", "A-1"))], None)
     assert first.ended == [("h1", None)] and second.ended == [("h1", None)]
-    broadcaster.unwatch_hold("h1", first)
-    broadcaster.unwatch_hold("h1", first)  # again: nothing happens
+    broadcaster.unwatch_hold("e1", "h1", first)
+    broadcaster.unwatch_hold("e1", "h1", first)  # again: nothing happens
     assert broadcaster.follows_holds("e1")
     broadcaster.committed("e1", 2, [HoldEnded(_hold("h1", "A-1"), HoldEndReason.RELEASED)], None)
     assert first.ended == [("h1", None)]
@@ -136,9 +136,9 @@ async def test_a_hold_s_only_follower_stopping_drops_the_hold() -> None:
     broadcaster = Broadcaster(instance_id="me", publish=lambda e, f: None)
     follower, stranger = Sink(), Sink()
     broadcaster.watch_hold("e1", "h1", follower)
-    broadcaster.unwatch_hold("h1", stranger)  # not a follower: changes nothing
+    broadcaster.unwatch_hold("e1", "h1", stranger)  # not a follower: changes nothing
     assert broadcaster.follows_holds("e1")
-    broadcaster.unwatch_hold("h1", follower)
+    broadcaster.unwatch_hold("e1", "h1", follower)
     assert not broadcaster.follows_holds("e1")
     broadcaster.committed("e1", 1, [HoldExtended(_hold("h1", "A-1"))], None)
     assert follower.ended == []
@@ -158,15 +158,15 @@ async def test_an_event_is_followed_while_any_of_its_holds_is() -> None:
     broadcaster.watch_hold("e2", "h4", follower)
     broadcaster.watch_hold("e1", "h1", Sink())  # a second follower: not a second hold
     assert interest == [("watched", "e1"), ("watched", "e2")]
-    broadcaster.unwatch_hold("h2", follower)
+    broadcaster.unwatch_hold("e1", "h2", follower)
     broadcaster.committed("e1", 1, [HoldEnded(_hold("h3", "A-3"), HoldEndReason.EXPIRED)], None)
-    broadcaster.unwatch_hold("h1", follower)  # its other follower still follows it
+    broadcaster.unwatch_hold("e1", "h1", follower)  # its other follower still follows it
     assert broadcaster.follows_holds("e1") and broadcaster.follows_holds("e2")
     assert interest == [("watched", "e1"), ("watched", "e2")]
     broadcaster.committed("e1", 2, [HoldEnded(_hold("h1", "A-1"), HoldEndReason.RELEASED)], None)
     assert not broadcaster.follows_holds("e1") and broadcaster.follows_holds("e2")
     assert interest[2:] == [("unwatched", "e1")]
-    broadcaster.unwatch_hold("h4", follower)
+    broadcaster.unwatch_hold("e2", "h4", follower)
     assert interest[3:] == [("unwatched", "e2")]
 
 
