@@ -52,6 +52,7 @@ from seatd.core.model import (
     Seat,
     SeatState,
 )
+from seatd.core.shards import ShardedDict, shards_for
 from seatd.errors import (
     EventClosed,
     Forbidden,
@@ -135,8 +136,9 @@ class EventState:
         self._seats: dict[str, Seat] = {seat.seat_id: seat for seat in seats}
         self._order: list[str] = [seat.seat_id for seat in seats]
         self._position: dict[str, int] = {sid: i for i, sid in enumerate(self._order)}
-        # Live holds by id, each packed in bytes (see _pack).
-        self._holds: dict[str, bytes] = {}
+        # Live holds by id, each packed in bytes (see _pack); sharded, like the per-seat ids
+        # below made full size, so that no table of a sale's holds grows all at once.
+        self._holds: ShardedDict[str, bytes] = ShardedDict(shards_for(len(self._seats)))
         # Every seat's live hold id and reservation id, None when it has none. Made with every
         # seat at once, so they never grow: a dict growing with a sale's holds stalls the
         # whole process each time it doubles (BENCHMARKS.md, round 16).
@@ -233,7 +235,9 @@ class EventState:
         is being written, what PostgreSQL has until that write commits."""
         journal = self._journal
         holds = [
-            _unpack(hold_id, packed) for hold_id, packed in journal.before(self._holds).items()
+            _unpack(hold_id, packed)
+            for shard in self._holds.shards
+            for hold_id, packed in journal.before(shard).items()
         ]
         return holds, journal.before(self._user_held)
 
@@ -302,7 +306,7 @@ class EventState:
             expires_at,
             hold.max_expires_at,
         )
-        self._journal.set(self._holds, hold.hold_id, _pack(refreshed))
+        self._journal.set(self._holds.shard(hold.hold_id), hold.hold_id, _pack(refreshed))
         self._deadlines.push(expires_at, hold.hold_id)
         self._effects.append(HoldExtended(refreshed))
         return refreshed
@@ -426,7 +430,7 @@ class EventState:
 
     def _add_hold(self, hold: Hold) -> None:
         journal = self._journal
-        journal.set(self._holds, hold.hold_id, _pack(hold))
+        journal.set(self._holds.shard(hold.hold_id), hold.hold_id, _pack(hold))
         for sid in hold.seat_ids:
             journal.set(self._seat_hold, sid, hold.hold_id)
         self._held_seats += len(hold.seat_ids)
@@ -435,7 +439,7 @@ class EventState:
 
     def _end_hold(self, hold: Hold, reason: HoldEndReason) -> None:
         journal = self._journal
-        journal.delete(self._holds, hold.hold_id)
+        journal.delete(self._holds.shard(hold.hold_id), hold.hold_id)
         for sid in hold.seat_ids:
             journal.set(self._seat_hold, sid, None)
         self._held_seats -= len(hold.seat_ids)

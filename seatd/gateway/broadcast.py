@@ -47,6 +47,7 @@ from seatd.core import (
     HoldExtended,
     ReservationCreated,
 )
+from seatd.core.shards import ShardedDict
 
 __all__ = ["Broadcaster", "Subscriber", "seat_changes"]
 
@@ -138,7 +139,10 @@ class Broadcaster:
         self._topics: dict[str, _Topic] = {}
         # Hold id -> the connection following it, or a set when several do (rare): a set per
         # live hold would be one more object the garbage collector walks (see core.Hold).
-        self._hold_watchers: dict[str, Subscriber | set[Subscriber]] = {}
+        # Sharded, so that it never grows all at once (core.shards).
+        self._hold_watchers: ShardedDict[str, Subscriber | set[Subscriber]] = ShardedDict(
+            _WATCHER_SHARDS
+        )
         # Event -> how many of its holds are followed here. A count, not a set of the hold ids:
         # only whether there are any is asked, and a set growing with a sale's holds stalled
         # the loop for milliseconds each time it doubled (BENCHMARKS.md, round 14). For the
@@ -167,7 +171,7 @@ class Broadcaster:
                     self._push(event_id, topic)
                 else:
                     topic.timer = loop.call_at(due, self._push, event_id, topic)
-        if self._hold_watchers:
+        if self._followed_holds:  # some hold is followed here
             self._notify_holders(event_id, effects)
         if publish is not None:
             news = _hold_news(effects)
@@ -341,7 +345,7 @@ class Broadcaster:
         return event_id in self._followed_holds
 
     def watch_hold(self, event_id: str, hold_id: str, subscriber: Subscriber) -> None:
-        watchers = self._hold_watchers
+        watchers = self._hold_watchers.shard(hold_id)
         current = watchers.get(hold_id)
         if isinstance(current, set):
             current.add(subscriber)
@@ -380,6 +384,9 @@ class Broadcaster:
 
 
 _NEWS = "holds"
+# Shards of the followed holds' table: ~1,400 holds each at 87,382 (where one dict of them
+# stalled the loop for up to 18 ms as it grew), whatever the events they belong to.
+_WATCHER_SHARDS = 64
 _NEWS_PREFIX = b'{"type":"holds"'
 
 
