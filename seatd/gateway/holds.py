@@ -47,6 +47,7 @@ class HoldFollower:
         "_connection",
         "_deadlines",
         "_followed",
+        "_loop",
         "_pending",
         "_timer",
         "_warning",
@@ -70,6 +71,9 @@ class HoldFollower:
         self._deadlines = Deadlines()  # (loop time, hold id), stale ones skipped
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
+        # Kept: asyncio.get_running_loop() makes a getpid system call each time on Python
+        # 3.11, and a hold is scheduled with every reply that places or refreshes one.
+        self._loop = asyncio.get_running_loop()
         # Answers may still arrive after the connection is gone: they must not follow anything.
         self._closed = False
 
@@ -130,7 +134,7 @@ class HoldFollower:
     def _schedule(self, event_id: str, hold: core.Hold) -> None:
         lifetime = hold.expires_at - self._clock()
         delay = lifetime - min(self._warning, lifetime / 4)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         when = loop.time() + max(delay, 0.0)
         pending = self._pending
         if pending is None:
@@ -170,7 +174,7 @@ class HoldFollower:
     def _ring(self) -> None:
         """Send the warnings that are due; arm the timer for the next live one."""
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         now, wall = loop.time(), self._clock()
         deadlines, pending = self._deadlines, self._pending
         while deadlines and pending is not None and not self._closed:

@@ -24,8 +24,9 @@ def test_kept_output_occupies_its_length() -> None:
 
 
 def test_format_time_is_exactly_the_datetime_formatting() -> None:
-    """The per-second cache must not change a single reply: the same string as datetime's
-    isoformat (microseconds rounded half to even, then truncated to milliseconds)."""
+    """The caches (per second, and of the last times formatted) must not change a single
+    reply: the same string as datetime's isoformat (microseconds rounded half to even, then
+    truncated to milliseconds), formatted afresh or again."""
     import random
     from datetime import UTC, datetime
 
@@ -42,6 +43,8 @@ def test_format_time_is_exactly_the_datetime_formatting() -> None:
     values += [base + k / 1e6 for k in range(-1500, 1500)]  # around a second's edges
     values += [0.0, -0.5, -1e-7, base + 0.9995, base + 0.9999995, base - 5e-7, base + 0.1234565]
     assert [v for v in values if format_time(v) != reference(v)] == []
+    again = [v for v in values if format_time(v) != reference(v) or format_time(v) != reference(v)]
+    assert again == []
 
 
 @pytest.mark.parametrize(
