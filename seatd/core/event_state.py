@@ -71,6 +71,8 @@ _MISSING: Any = object()
 # How many ended holds to remember, so a late request gets "hold_expired" rather than a bare
 # "hold_not_found". Memory only: after a restart such a hold is simply not found.
 _TOMBSTONES = 4096
+# Seats from which an event's per-seat tables are made full size at load (see _per_seat).
+_PRESIZED_FROM = 8192
 
 
 class _Journal:
@@ -139,11 +141,13 @@ class EventState:
         # Live holds by id, each packed in bytes (see _pack); sharded, like the per-seat ids
         # below made full size, so that no table of a sale's holds grows all at once.
         self._holds: ShardedDict[str, bytes] = ShardedDict(shards_for(len(self._seats)))
-        # Every seat's live hold id and reservation id, None when it has none. Made with every
-        # seat at once, so they never grow: a dict growing with a sale's holds stalls the
-        # whole process each time it doubles (BENCHMARKS.md, round 16).
-        self._seat_hold: dict[str, str | None] = dict.fromkeys(self._seats)
-        self._seat_reservation: dict[str, str | None] = dict.fromkeys(self._seats)
+        # Each seat's live hold id and reservation id; None (or no entry) when it has none.
+        # A large event's are made with every seat at once, so they never grow: a dict
+        # growing with a sale's holds stalls the whole process each time it doubles
+        # (BENCHMARKS.md, round 16). A small one's start empty (most events are small and
+        # stay loaded, and such a dict regrows in no time).
+        self._seat_hold: dict[str, str | None] = _per_seat(self._seats)
+        self._seat_reservation: dict[str, str | None] = _per_seat(self._seats)
         self._held_seats = 0
         self._reserved_seats = 0
         self._user_seats: dict[str, int] = {}  # held + reserved, what the limit counts
@@ -341,9 +345,9 @@ class EventState:
         page: list[Seat] = []
         next_after: str | None = None
         total = 0
-        seat_hold, seat_reservation = self._seat_hold, self._seat_reservation
+        held, reserved = self._seat_hold.get, self._seat_reservation.get
         for index, sid in enumerate(self._order):
-            if seat_hold[sid] is not None or seat_reservation[sid] is not None:
+            if held(sid) is not None or reserved(sid) is not None:
                 continue
             seat = self._seats[sid]
             if cmd.section is not None and seat.section != cmd.section:
@@ -467,6 +471,11 @@ class EventState:
                 self._end_hold(hold, HoldEndReason.EXPIRED)
                 expired.append(hold)
         return tuple(expired)
+
+
+def _per_seat(seats: dict[str, Seat]) -> dict[str, str | None]:
+    """An empty per-seat table, made full size (every seat: None) for a large event."""
+    return dict.fromkeys(seats) if len(seats) >= _PRESIZED_FROM else {}
 
 
 def _count_set(ids: dict[str, str | None]) -> int:

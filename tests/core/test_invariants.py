@@ -10,6 +10,7 @@ seat invariants are checked after every step.
 from __future__ import annotations
 
 import copy
+import unittest.mock
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from seatd.core import event_state
 from seatd.core.commands import (
     AvailableSeats,
     Command,
@@ -160,7 +162,7 @@ def assert_expired(effects: list[Effect], expired: list[Hold]) -> None:
 class EventStateMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.state = EventState(INFO, POLICY, SEATS)
+        self.state = self.new_state()
         self.model = Model()
         self.now = 0.0
         self.counter = 0
@@ -176,6 +178,14 @@ class EventStateMachine(RuleBasedStateMachine):
 
     # --- set-up -------------------------------------------------------------------------------
 
+    def new_state(
+        self,
+        holds: list[Hold] | None = None,
+        reservations: list[Reservation] | None = None,
+        version: int = 0,
+    ) -> EventState:
+        return EventState(INFO, POLICY, SEATS, holds or [], reservations or [], version)
+
     @initialize(preload=st.booleans())
     def load(self, preload: bool) -> None:
         """Optionally start from loaded data, including a hold that is already past due."""
@@ -187,7 +197,7 @@ class EventStateMachine(RuleBasedStateMachine):
             Hold("pre-due", "u1", ("S00", "S01"), 2.0, 6.0, 9.0),  # already expired at t=10
             Hold("pre-live", "u2", ("S05",), 8.0, 12.0, 15.0),
         ]
-        self.state = EventState(INFO, POLICY, SEATS, holds, [reservation], version=5)
+        self.state = self.new_state(holds, [reservation], version=5)
         self.model = Model(
             holds={h.hold_id: h for h in holds},
             reserved={sid: reservation.user_id for sid in reservation.seat_ids},
@@ -570,6 +580,30 @@ class EventStateMachine(RuleBasedStateMachine):
 TestEventStateMachine = EventStateMachine.TestCase
 TestEventStateMachine.settings = settings(
     max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class FullSizeTablesMachine(EventStateMachine):
+    """The same rules on an event whose per-seat tables are made full size at load, as a
+    large event's are (every seat present, None when free): the other way they are kept."""
+
+    def new_state(
+        self,
+        holds: list[Hold] | None = None,
+        reservations: list[Reservation] | None = None,
+        version: int = 0,
+    ) -> EventState:
+        with unittest.mock.patch.object(event_state, "_PRESIZED_FROM", 1):
+            return super().new_state(holds, reservations, version)
+
+
+TestFullSizeTablesMachine = FullSizeTablesMachine.TestCase
+TestFullSizeTablesMachine.settings = settings(
+    max_examples=60,
     stateful_step_count=40,
     deadline=None,
     database=None,
