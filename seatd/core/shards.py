@@ -17,7 +17,7 @@ _PER_SHARD = 8192
 
 
 def shards_for(entries: int) -> int:
-    """How many shards keep ``entries`` entries at about ``_PER_SHARD`` each (a power of 2)."""
+    """How many shards keep ``entries`` entries at most ``_PER_SHARD`` each (a power of 2)."""
     return 1 << (entries // _PER_SHARD).bit_length()
 
 

@@ -602,10 +602,4 @@ class FullSizeTablesMachine(EventStateMachine):
 
 
 TestFullSizeTablesMachine = FullSizeTablesMachine.TestCase
-TestFullSizeTablesMachine.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestFullSizeTablesMachine.settings = settings(TestEventStateMachine.settings, max_examples=60)
