@@ -146,20 +146,21 @@ def _resources(result: RunResult) -> str:
             f"{name} {entry['cpu_percent']:.0f}%" for name, entry in instances.items()
         )
         parts.append(
-            f"servers cpu {server['cpu_percent']:.0f}% in all ({each}) rss {server['rss_mb']:.0f}"
+            f"servers cpu {server['cpu_percent']:.0f}% in all{_waited(server)} ({each}) rss "
+            f"{server['rss_mb']:.0f}"
             f" MB in all (peak {server['rss_peak_mb']:.0f} MB)"
         )
     elif server:
         parts.append(
-            f"server cpu {server['cpu_percent']:.0f}% rss {server['rss_mb']:.0f} MB "
-            f"(peak {server['rss_peak_mb']:.0f} MB)"
+            f"server cpu {server['cpu_percent']:.0f}%{_waited(server)} rss "
+            f"{server['rss_mb']:.0f} MB (peak {server['rss_peak_mb']:.0f} MB)"
         )
     else:
         parts.append("server cpu/rss unknown (give --server-pid)")
     for name in ("postgres", "redis"):
         entry = result.resources.get(name)
         if entry:
-            parts.append(f"{name} cpu {entry['cpu_percent']:.0f}%")
+            parts.append(f"{name} cpu {entry['cpu_percent']:.0f}%{_waited(entry)}")
     if wal := result.resources.get("wal"):
         parts.append(f"postgres wal {wal['mb']:g} MB")
     lg = result.loadgen
@@ -168,6 +169,12 @@ def _resources(result: RunResult) -> str:
         f"{lg['workers']} worker{'s' if lg['workers'] != 1 else ''}, {lg['client']})"
     )
     return _wrap("; ".join(parts).replace("; ", ", ")) + "  [cpu: % of one core]"
+
+
+def _waited(entry: dict[str, Any]) -> str:
+    """`` (+N% waiting for a core)``: how long the process was ready to run and could not."""
+    wait = entry.get("wait_percent")
+    return "" if wait is None else f" (+{wait:.0f}% waiting for a core)"
 
 
 def _actors(actors: dict[str, Any]) -> str:

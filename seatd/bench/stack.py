@@ -34,6 +34,7 @@ __all__ = [
     "find_init_sql",
     "listener_pid",
     "new_secret",
+    "run_queue_wait",
     "summarize_log",
 ]
 
@@ -246,10 +247,13 @@ def listener_pid(port: int) -> int | None:
 
 
 class ProcessMeter:
-    """CPU time and resident memory of a process (and optionally its children) over a window.
+    """CPU time and resident memory of a process (and optionally its children) over a window,
+    and how long it was ready to run but waited for a core (Linux: ``/proc/PID/schedstat``).
 
     CPU is reported as percent of one core over the window, so 150% means one and a half of
-    the machine's cores were busy with this process.
+    the machine's cores were busy with this process. The wait says what the machine's sharing
+    costs it: on 2 cores with PostgreSQL, Redis and the load generator beside it, a server can
+    spend a fifth of the window ready and unable to run, which latency shows and CPU does not.
     """
 
     def __init__(self, pid: int, *, children: bool = False, label: str = "") -> None:
@@ -259,16 +263,20 @@ class ProcessMeter:
         self._proc = psutil.Process(pid)
         self._children = children
         self._cpu0: dict[int, float] = {}
+        self._wait0: dict[int, float] = {}
         self._t0 = 0.0
         self.cpu_s = 0.0
+        self.wait_s: float | None = None  # None where the kernel does not say
         self.wall_s = 0.0
         self.rss_peak = 0
         self.rss_end = 0  # at stop()
 
-    def _cpu(self) -> dict[int, float]:
+    def _times(self) -> tuple[dict[int, float], dict[int, float] | None]:
+        """CPU seconds by pid, and seconds spent waiting for a core by pid (None if unknown)."""
         import psutil  # type: ignore[import-untyped,unused-ignore]
 
-        result: dict[int, float] = {}
+        cpu: dict[int, float] = {}
+        waits: dict[int, float] | None = {}
         procs = [self._proc]
         if self._children:
             with contextlib.suppress(psutil.Error):
@@ -276,8 +284,13 @@ class ProcessMeter:
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                result[proc.pid] = times.user + times.system
-        return result
+                cpu[proc.pid] = times.user + times.system
+                wait = run_queue_wait(proc.pid)
+                if wait is None:
+                    waits = None
+                elif waits is not None:
+                    waits[proc.pid] = wait
+        return cpu, waits
 
     def rss(self) -> int:
         import psutil  # type: ignore[import-untyped,unused-ignore]
@@ -288,7 +301,8 @@ class ProcessMeter:
             return 0
 
     def start(self) -> None:
-        self._cpu0 = self._cpu()
+        self._cpu0, waits = self._times()
+        self._wait0 = waits or {}
         self._t0 = time.monotonic()
         self.rss_peak = self.rss()
 
@@ -296,15 +310,35 @@ class ProcessMeter:
         self.rss_peak = max(self.rss_peak, self.rss())
 
     def stop(self) -> None:
-        cpu1 = self._cpu()
+        cpu1, wait1 = self._times()
         self.wall_s = time.monotonic() - self._t0
         self.cpu_s = sum(max(0.0, t - self._cpu0.get(pid, 0.0)) for pid, t in cpu1.items())
+        self.wait_s = None
+        if wait1 is not None:
+            self.wait_s = sum(max(0.0, t - self._wait0.get(pid, 0.0)) for pid, t in wait1.items())
         self.rss_end = self.rss()
         self.rss_peak = max(self.rss_peak, self.rss_end)
 
     @property
     def cpu_percent(self) -> float:
         return 100.0 * self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def wait_percent(self) -> float | None:
+        """Time spent ready to run but waiting for a core, as percent of the window."""
+        if self.wait_s is None or self.wall_s <= 0:
+            return None
+        return 100.0 * self.wait_s / self.wall_s
+
+
+def run_queue_wait(pid: int) -> float | None:
+    """Seconds the process's main thread has spent ready to run, waiting for a core (the
+    second field of ``/proc/PID/schedstat``); None where there is no such file."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def summarize_log(text: str, examples: int = 10) -> dict[str, Any]:

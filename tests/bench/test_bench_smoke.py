@@ -84,6 +84,8 @@ def check_run_shape(run: dict[str, Any]) -> None:
         lat = op["latency_ms"]
         assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"]
     assert {"cpu_percent", "rss_mb", "rss_peak_mb"} <= set(run["resources"]["server"])
+    if os.path.exists(f"/proc/{os.getpid()}/schedstat"):  # Linux: the wait for a core too
+        assert 0 <= run["resources"]["server"]["wait_percent"] <= 100
     assert {"workers", "client", "cpu_s", "cpu_percent"} <= set(run["loadgen"])
     verification = run["verification"]
     failed = [c for c in verification["checks"] if not c["ok"]]

@@ -139,6 +139,8 @@ class Window:
                 "cpu_percent": round(meter.cpu_percent, 1),
                 "cpu_s": round(meter.cpu_s, 2),
             }
+            if (wait := meter.wait_percent) is not None:
+                entry["wait_percent"] = round(wait, 1)
             if name == "server" or name.startswith("server:"):
                 entry["rss_mb"] = round(meter.rss_end / MB, 1)
                 entry["rss_peak_mb"] = round(meter.rss_peak / MB, 1)
@@ -157,6 +159,9 @@ class Window:
                 "rss_peak_mb": round(sum(m.rss_peak for m in servers) / MB, 1),
                 "instances": len(servers),
             }
+            waits = [m.wait_s for m in servers]
+            if wall_s > 0 and all(wait is not None for wait in waits):
+                total["wait_percent"] = round(100.0 * sum(w or 0.0 for w in waits) / wall_s, 1)
             result = {"server": total, "instances": instances, **result}
         if self._metrics_after:
             actors = actor_stats(self._metrics_before, self._metrics_after)
