@@ -276,7 +276,7 @@ class ProcessMeter:
         import psutil  # type: ignore[import-untyped,unused-ignore]
 
         cpu: dict[int, float] = {}
-        waits: dict[int, float] | None = {}
+        waits: dict[int, float] = {}
         procs = [self._proc]
         if self._children:
             with contextlib.suppress(psutil.Error):
@@ -285,12 +285,11 @@ class ProcessMeter:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 cpu[proc.pid] = times.user + times.system
-                wait = run_queue_wait(proc.pid)
-                if wait is None:
-                    waits = None
-                elif waits is not None:
+                # A child may be gone by now (a PostgreSQL backend, say): only the measured
+                # process itself saying nothing means the kernel does not tell.
+                if (wait := run_queue_wait(proc.pid)) is not None:
                     waits[proc.pid] = wait
-        return cpu, waits
+        return cpu, waits if self._proc.pid in waits else None
 
     def rss(self) -> int:
         import psutil  # type: ignore[import-untyped,unused-ignore]

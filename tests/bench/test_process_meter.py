@@ -19,6 +19,16 @@ pytestmark = pytest.mark.skipif(
 _SPIN = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
 
 
+def _metered(pid: int) -> ProcessMeter:
+    """A second of the process, after a moment to settle."""
+    time.sleep(0.2)
+    meter = ProcessMeter(pid)
+    meter.start()
+    time.sleep(1.0)
+    meter.stop()
+    return meter
+
+
 def test_a_process_sharing_one_core_with_two_others_mostly_waits_for_it() -> None:
     """Three busy processes on one core: each runs about a third of the time and waits for
     the core the rest; alone on it, one barely waits."""
@@ -27,22 +37,14 @@ def test_a_process_sharing_one_core_with_two_others_mostly_waits_for_it() -> Non
     try:
         for spinner in spinners:
             os.sched_setaffinity(spinner.pid, core)
-        time.sleep(0.2)
-        crowded = ProcessMeter(spinners[0].pid)
-        crowded.start()
-        time.sleep(1.0)
-        crowded.stop()
+        crowded = _metered(spinners[0].pid)
         assert crowded.wait_percent is not None
         assert crowded.wait_percent > 40, (crowded.cpu_percent, crowded.wait_percent)
         assert crowded.cpu_percent < 60
         for spinner in spinners[1:]:
             spinner.kill()
             spinner.wait()
-        time.sleep(0.2)
-        alone = ProcessMeter(spinners[0].pid)
-        alone.start()
-        time.sleep(1.0)
-        alone.stop()
+        alone = _metered(spinners[0].pid)
         assert alone.wait_percent is not None
         assert alone.wait_percent < crowded.wait_percent / 2, (alone.wait_percent,)
     finally:
