@@ -102,6 +102,25 @@ async def test_create_get_and_list_events(admin: SeatClient, alice: SeatClient) 
     assert invalid.value.details == {"path": "$.radius_m"}
 
 
+async def test_concurrent_calls_on_one_client_each_get_their_own_reply(
+    admin: SeatClient, alice: SeatClient
+) -> None:
+    """README: calls may run concurrently on one client; they share its connection."""
+    event_id = await ten_seats(admin, max_seats_per_user=10)
+    seats = [f"A-{n}" for n in range(1, 7)]
+    holds = await asyncio.gather(*(alice.hold(event_id, [seat]) for seat in seats))
+    assert [hold.seat_ids for hold in holds] == [(seat,) for seat in seats]
+    assert len({hold.hold_id for hold in holds}) == len(seats)
+    summary, free, reservation = await asyncio.gather(
+        alice.get_event(event_id),
+        alice.list_available(event_id),
+        alice.reserve(event_id, holds[0].hold_id),
+    )
+    assert summary.held + summary.reserved == len(seats)
+    assert [seat.seat_id for seat in free.seats] == ["A-7", "A-8", "A-9", "A-10"]
+    assert (reservation.hold_id, reservation.seat_ids) == (holds[0].hold_id, ("A-1",))
+
+
 async def test_hold_refresh_release_reserve(
     admin: SeatClient, alice: SeatClient, bob: SeatClient
 ) -> None:
